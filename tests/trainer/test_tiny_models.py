@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from dataset_builder.prompts import PROMPT_TEMPLATES
+from trainer.families import FAMILIES, build_messages, family_of, get_family
+from trainer.tiny_models import build_tiny_model, build_tokenizer, main
+
+
+CORPUS = [
+    *PROMPT_TEMPLATES,
+    "The first image shows farmland and a river. The second image shows the same farmland.",
+    "A new building was built in the north-east. A road was widened in the south.",
+]
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def tiny(request, tmp_path_factory):
+    out = build_tiny_model(request.param, tmp_path_factory.mktemp(request.param), corpus=CORPUS)
+    return request.param, out
+
+
+def _frames(seed=0):
+    rng = np.random.default_rng(seed)
+    # Two sizes on purpose: build_messages brings the later frame to the earlier one's size.
+    return [rng.integers(0, 255, (70, 90, 3), dtype=np.uint8), rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)]
+
+
+def test_family_saves_loads_and_generates(tiny):
+    name, path = tiny
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+    assert type(model).__name__ == FAMILIES[name].model_class
+    assert family_of(model) is get_family(name)
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    messages = build_messages(name, "Describe the satellite video.", _frames())
+    enc = processor.apply_chat_template(
+        [messages], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        logits = model(**enc).logits
+    assert logits.shape[:2] == enc["input_ids"].shape
+    assert torch.isfinite(logits).all()
+    out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == enc["input_ids"].shape[1] + 4 or out[0, -1] == processor.tokenizer.eos_token_id
+
+
+def test_reloaded_model_is_bit_identical(tiny):
+    _, path = tiny
+    a = AutoModelForImageTextToText.from_pretrained(path)
+    b = AutoModelForImageTextToText.from_pretrained(path)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+
+
+def test_assistant_mask_covers_answer_and_end_of_turn_only(tiny):
+    name, path = tiny
+    processor = AutoProcessor.from_pretrained(path)
+    answer = "A new building was built in the north-east."
+    messages = build_messages(name, "Describe the satellite video.", _frames(), answer=answer)
+    enc = processor.apply_chat_template(
+        [messages], tokenize=True, return_dict=True, return_tensors="pt", return_assistant_tokens_mask=True
+    )
+    supervised = enc["input_ids"][0][enc["assistant_masks"][0].bool()]
+    text = processor.tokenizer.decode(supervised)
+    assert text.strip() == answer + processor.tokenizer.eos_token
+    # The answer decodes back exactly: captions are never mangled by the tokenizer.
+    assert processor.tokenizer.decode(supervised[:-1]).strip() == answer
+
+
+def test_visual_layout_per_family(tiny):
+    name, path = tiny
+    processor = AutoProcessor.from_pretrained(path)
+    messages = build_messages(name, "What changed?", _frames())
+    enc = processor.apply_chat_template([messages], tokenize=True, return_dict=True, return_tensors="pt")
+    if FAMILIES[name].visual == "video":
+        assert enc["pixel_values_videos"].shape[1] == 2  # one clip of two frames
+    else:
+        assert enc["image_grid_thw"].shape[0] == 2  # two separate images
+
+
+def test_tokenizer_keeps_corpus_words_whole():
+    tok = build_tokenizer(CORPUS * 20, vocab_size=512)
+    ids = tok("A new building was built in the north-east.")["input_ids"]
+    assert len(ids) <= 12
+    assert tok.decode(ids) == "A new building was built in the north-east."
+
+
+def test_cli_writes_a_loadable_model(tmp_path, capsys):
+    main(["--family", "llava-next-video", "--out", str(tmp_path / "m"), "--image_size", "32"])
+    info = json.loads((tmp_path / "m" / "tiny_model.json").read_text())
+    assert info["family"] == "llava-next-video"
+    assert info["image_size"] == 32
+    assert "parameters" in capsys.readouterr().out
+    AutoModelForImageTextToText.from_pretrained(tmp_path / "m")
+
+
+def test_bad_family_is_refused():
+    with pytest.raises(ValueError, match="family"):
+        build_tiny_model("llava-9000", "/nonexistent")
