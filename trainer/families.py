@@ -67,7 +67,7 @@ FAMILIES: dict[str, Family] = {
             name="llava-onevision",
             model_type="llava_onevision",
             model_class="LlavaOnevisionForConditionalGeneration",
-            # As a 2-frame video: 2 x 196 + 1 tokens on the 0.5B/7B models, against anyres tiling (thousands) for images.
+            # As a 2-frame video: 2 x 196 + 1 tokens on the real models, against anyres tiling (thousands) for images.
             visual="video",
             vision_modules=("model.vision_tower", "model.multi_modal_projector"),
             language_model="model.language_model",
@@ -114,9 +114,8 @@ def family_of(model_or_config) -> Family:
     for family in FAMILIES.values():
         if family.model_type == model_type:
             return family
-    raise ValueError(
-        f"model_type {model_type!r} belongs to no registered family ({', '.join(f.model_type for f in FAMILIES.values())})"
-    )
+    known = ", ".join(f.model_type for f in FAMILIES.values())
+    raise ValueError(f"model_type {model_type!r} belongs to no registered family ({known})")
 
 
 def register_family(family: Family) -> None:

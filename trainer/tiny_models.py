@@ -52,8 +52,8 @@ logger = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>"]
 QWEN_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
-# Vicuna-style, as the llava-hf checkpoints, but with `{% generation %}` markers around the answer *and* its EOS, so that
-# assistant-only masking trains the model to stop. The generation prompt ends at "ASSISTANT:" and the answer starts
+# Vicuna-style, as the llava-hf checkpoints, but with `{% generation %}` markers around the answer *and* its EOS, so
+# that assistant-only masking trains the model to stop. The generation prompt ends at "ASSISTANT:" and the answer starts
 # with its own leading space, so training and generation tokenize the answer identically.
 VICUNA_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -130,7 +130,6 @@ class TinyModelConfig:
 def tokenizer_corpus(size: int = 3000, seed: int = 0) -> list[str]:
     """Text the tiny tokenizers are trained on: the prompt templates and synthetic captions."""
     from dataset_builder.describe import describe_corpus
-
     from trainer.ccexpert_prompt import CCEXPERT_PROMPT
 
     chat = ["USER: ASSISTANT:", "user assistant system You are a helpful assistant."]

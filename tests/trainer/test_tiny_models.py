@@ -52,7 +52,7 @@ def test_reloaded_model_is_bit_identical(tiny):
     _, path = tiny
     a = AutoModelForImageTextToText.from_pretrained(path)
     b = AutoModelForImageTextToText.from_pretrained(path)
-    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), name
 
 
