@@ -53,8 +53,8 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>"]
 QWEN_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 # Vicuna-style, as the llava-hf checkpoints, but with `{% generation %}` markers around the answer *and* its EOS, so
-# that assistant-only masking trains the model to stop. The generation prompt ends at "ASSISTANT:" and the answer starts
-# with its own leading space, so training and generation tokenize the answer identically.
+# that assistant-only masking trains the model to stop. The generation prompt ends at "ASSISTANT:" and the answer
+# starts with its own leading space, so training and generation tokenize the answer identically.
 VICUNA_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}"
