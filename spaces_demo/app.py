@@ -1,0 +1,245 @@
+"""GeoLLaVA Space: describe what changed between two satellite images of one place.
+
+    BASE_MODEL_ID=outputs/quickstart/base ADAPTER_ID=outputs/quickstart/adapter python spaces_demo/app.py
+
+The base model and the adapter (with its pruning masks) are named by environment variables, local paths or Hub ids,
+so the same app runs a 7B model on a GPU Space and the quickstart's tiny model on a CPU. It calls the same function as
+``geollava-predict``, so both give the same text for the same pair.
+"""
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import av
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from dataset_builder.prompts import PROMPT_TEMPLATES
+
+
+try:  # ZeroGPU on Hugging Face Spaces; a pass-through everywhere else.
+    import spaces
+
+    gpu = spaces.GPU(duration=60)
+except ImportError:  # pragma: no cover - `spaces` is in the requirements; keep the app runnable without it
+
+    def gpu(fn):
+        """Run ``fn`` as is (no ZeroGPU here)."""
+        return fn
+
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+#: Larger inputs are resized (with a note): the model sees a few hundred pixels anyway.
+MAX_SIDE = int(os.environ.get("GEOLLAVA_MAX_SIDE", "2048"))
+DEFAULT_MAX_NEW_TOKENS = int(os.environ.get("GEOLLAVA_MAX_NEW_TOKENS", "128"))
+
+ABOUT = """
+**What it is.** A video-LLM (LLaVA-NeXT-Video, Video-LLaVA, ...) fine-tuned with LoRA/QLoRA and magnitude pruning on
+pairs of [fMoW](https://github.com/fMoW/dataset) satellite images of one place taken at least a year apart, following
+GeoLLaVA (arXiv 2410.19552). It describes each image, then what changed between them.
+
+**Good at.** Land-use changes that are visible at the model's input resolution: new or demolished buildings, new or
+wider roads, cleared forest, construction sites, water extent.
+
+**Not good at.** Small objects, counting, exact dates, anything outside the two frames, images that are not
+nadir-ish satellite/aerial RGB, and pairs that are not registered (the same place). It can state changes that did not
+happen: check what it says against the images.
+"""
+
+_MODEL = {}
+_LOCK = threading.Lock()
+
+
+def get_model():
+    """Load (once) the base model + adapter named by ``BASE_MODEL_ID`` / ``ADAPTER_ID``."""
+    with _LOCK:
+        if not _MODEL:
+            from trainer.loading import load_for_inference
+
+            base = os.environ.get("BASE_MODEL_ID")
+            if not base:
+                raise RuntimeError("set BASE_MODEL_ID (a local path or a Hub id) to the base model")
+            adapter = os.environ.get("ADAPTER_ID") or None
+            model, processor, family = load_for_inference(base, adapter)
+            _MODEL.update(model=model, processor=processor, family=family, base=base, adapter=adapter)
+        return _MODEL
+
+
+class InputError(ValueError):
+    """A problem with what the user uploaded, shown to them as is."""
+
+
+def _name(path) -> str:
+    return Path(str(path)).name
+
+
+def read_frame(path) -> Image.Image:
+    """Read one uploaded image (JPEG, PNG or 3-band GeoTIFF), or say clearly why it cannot be used."""
+    from trainer.predict import read_image
+
+    try:
+        return read_image(path)
+    except (ValueError, OSError) as err:
+        raise InputError(f"Could not use '{_name(path)}': {err}") from err
+
+
+def read_clip(path) -> list[Image.Image]:
+    """The first and last frame of an uploaded clip (as the official GeoLLaVA reader takes them)."""
+    try:
+        with av.open(str(path)) as container:
+            frames = [frame.to_image() for frame in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError, ValueError) as err:
+        raise InputError(f"Could not read '{_name(path)}' as a video clip: {err}") from err
+    if len(frames) < 2:
+        raise InputError(
+            f"The clip '{_name(path)}' has {len(frames)} frame(s); it needs at least 2 (before and after)."
+        )
+    return [frames[0], frames[-1]]
+
+
+def limit_size(image: Image.Image, label: str) -> tuple[Image.Image, str | None]:
+    """Resize an image whose longer side exceeds :data:`MAX_SIDE`, and say so."""
+    if max(image.size) <= MAX_SIDE:
+        return image, None
+    scale = MAX_SIDE / max(image.size)
+    new = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    note = f"The {label} image was {image.width}×{image.height} px; it was resized to {new[0]}×{new[1]} px."
+    return image.resize(new, Image.Resampling.LANCZOS), note
+
+
+def gather_frames(before, after, clip) -> tuple[list[Image.Image], list[str]]:
+    """The two frames to describe, from two images or one clip, with notes on what was adjusted."""
+    if clip:
+        frames = read_clip(clip)
+    else:
+        missing = [label for label, value in (("before", before), ("after", after)) if not value]
+        if missing:
+            raise InputError(
+                f"Please upload the {' and the '.join(missing)} image (or one 2-frame clip under 'Use a clip')."
+            )
+        frames = [read_frame(before), read_frame(after)]
+    notes = []
+    for i, label in enumerate(("before", "after")):
+        frames[i], note = limit_size(frames[i], label)
+        if note:
+            notes.append(note)
+    return frames, notes
+
+
+def model_view(frames: list[Image.Image], processor) -> Image.Image:
+    """The two frames side by side at the size the model's processor feeds it."""
+    side = None
+    for attr in ("video_processor", "image_processor"):
+        sub = getattr(processor, attr, None)
+        crop = getattr(sub, "crop_size", None) or getattr(sub, "size", None)
+        if isinstance(crop, dict):
+            side = crop.get("height") or crop.get("shortest_edge")
+        if side and side < 4096:
+            break
+    side = int(side) if side and side < 4096 else 336
+    tiles = [frame.convert("RGB").resize((side, side), Image.Resampling.BICUBIC) for frame in frames]
+    gap = max(2, side // 32)
+    canvas = Image.new("RGB", (2 * side + gap, side), "white")
+    canvas.paste(tiles[0], (0, 0))
+    canvas.paste(tiles[1], (side + gap, 0))
+    return canvas
+
+
+@gpu
+def _generate(frames, template_id: int, max_new_tokens: int) -> str:
+    from trainer.predict import describe_pair
+
+    loaded = get_model()
+    return describe_pair(
+        loaded["model"],
+        loaded["processor"],
+        loaded["family"],
+        frames[0],
+        frames[1],
+        template_id=template_id,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def describe(before, after, clip, template: str, max_new_tokens: float):
+    """The Space's one action: returns (description, the frames as the model saw them, status message)."""
+    try:
+        frames, notes = gather_frames(before, after, clip)
+        template_id = PROMPT_TEMPLATES.index(template) if template in PROMPT_TEMPLATES else 0
+        text = _generate(frames, template_id, int(max_new_tokens))
+        view = model_view(frames, get_model()["processor"])
+    except InputError as err:
+        return "", None, f"⚠️ {err}"
+    except Exception as err:  # the app must stay up: show the failure, keep serving
+        logger.exception("description failed")
+        return "", None, f"⚠️ Something went wrong while describing this pair: {type(err).__name__}: {err}"
+    status = "✅ Done." + "".join(f"\n\nℹ️ {note}" for note in notes)
+    return text, view, status
+
+
+def examples() -> list[list]:
+    """Example pairs shipped with the Space (synthetic fMoW-style scenes)."""
+    pairs = []
+    for before in sorted(EXAMPLES_DIR.glob("*_before.jpg")):
+        after = before.with_name(before.name.replace("_before", "_after"))
+        if after.exists():
+            pairs.append([str(before), str(after)])
+    return pairs
+
+
+def build_demo() -> gr.Blocks:
+    """The Gradio app."""
+    with gr.Blocks(title="GeoLLaVA: what changed here?") as demo:
+        gr.Markdown("# 🛰️ GeoLLaVA — what changed here?\nUpload two satellite images of one place, earlier first.")
+        with gr.Row():
+            before = gr.Image(type="filepath", label="Before (earlier)", elem_id="before", sources=["upload"])
+            after = gr.Image(type="filepath", label="After (later)", elem_id="after", sources=["upload"])
+        with gr.Accordion("Other inputs: a GeoTIFF, any file, or one 2-frame clip", open=False):
+            with gr.Row():
+                before_file = gr.File(label="Before (JPEG, PNG or 3-band GeoTIFF)", elem_id="before_file")
+                after_file = gr.File(label="After (JPEG, PNG or 3-band GeoTIFF)", elem_id="after_file")
+                clip = gr.File(label="Use a clip (first and last frame)", elem_id="clip")
+        template = gr.Dropdown(
+            choices=list(PROMPT_TEMPLATES), value=PROMPT_TEMPLATES[0], label="Prompt (the paper's 6 templates)"
+        )
+        with gr.Accordion("Advanced settings", open=False):
+            max_new_tokens = gr.Slider(8, 512, value=DEFAULT_MAX_NEW_TOKENS, step=8, label="Max new tokens")
+        run = gr.Button("Describe the change", variant="primary", elem_id="run")
+        status = gr.Markdown(elem_id="status")
+        output = gr.Textbox(label="Description", lines=6, elem_id="output")
+        view = gr.Image(label="The frames as the model saw them (before | after)", elem_id="view", interactive=False)
+        if examples():
+            gr.Examples(examples(), inputs=[before, after], label="Examples (synthetic fMoW-style scenes)")
+        gr.Markdown(ABOUT)
+
+        def _run(b, a, bf, af, c, t, n):
+            return describe(bf or b, af or a, c, t, n)
+
+        run.click(
+            _run,
+            [before, after, before_file, after_file, clip, template, max_new_tokens],
+            [output, view, status],
+            api_name="describe",
+        )
+    return demo
+
+
+def main() -> None:
+    """Start the app (``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` choose where)."""
+    logging.basicConfig(level=logging.INFO)
+    demo = build_demo()
+    try:
+        get_model()
+    except Exception:  # noqa: BLE001 - still serve the page; each request reports the problem
+        logger.exception("could not load the model at start-up")
+    demo.queue(default_concurrency_limit=int(os.environ.get("GEOLLAVA_CONCURRENCY", "1")), max_size=32)
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), show_error=True)
+
+
+if __name__ == "__main__":
+    main()
