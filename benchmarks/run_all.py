@@ -2,9 +2,9 @@
 
     make bench
 
-Each script writes `benchmarks/results/<name>.json` and `.md`; this runner writes `benchmarks/results/README.md`, a table
-of which ran, how long each took and whether it succeeded. A failing benchmark is reported and the others still run;
-the exit code is non-zero if any failed.
+Each script writes `benchmarks/results/<name>.json` and `.md`; this runner writes
+`benchmarks/results/README.md`, a table of which ran, how long each took and whether it succeeded. A failing
+benchmark is reported and the others still run; the exit code is non-zero if any failed.
 """
 
 import json

@@ -85,7 +85,7 @@ def loopback_hub():
     port = free_port()
     storage = OUT / "hub"
     shutil.rmtree(storage, ignore_errors=True)
-    log = open(OUT / "logs" / "geollava-hub.log", "w")
+    log = open(OUT / "logs" / "geollava-hub.log", "w")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [str(BIN / "geollava-hub"), "--host", "127.0.0.1", "--port", str(port), "--storage", str(storage)],
         stdout=log,

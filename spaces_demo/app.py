@@ -14,7 +14,6 @@ from pathlib import Path
 
 import av
 import gradio as gr
-import numpy as np
 from PIL import Image
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
@@ -199,11 +198,10 @@ def build_demo() -> gr.Blocks:
         with gr.Row():
             before = gr.Image(type="filepath", label="Before (earlier)", elem_id="before", sources=["upload"])
             after = gr.Image(type="filepath", label="After (later)", elem_id="after", sources=["upload"])
-        with gr.Accordion("Other inputs: a GeoTIFF, any file, or one 2-frame clip", open=False):
-            with gr.Row():
-                before_file = gr.File(label="Before (JPEG, PNG or 3-band GeoTIFF)", elem_id="before_file")
-                after_file = gr.File(label="After (JPEG, PNG or 3-band GeoTIFF)", elem_id="after_file")
-                clip = gr.File(label="Use a clip (first and last frame)", elem_id="clip")
+        with gr.Accordion("Other inputs: a GeoTIFF, any file, or one 2-frame clip", open=False), gr.Row():
+            before_file = gr.File(label="Before (JPEG, PNG or 3-band GeoTIFF)", elem_id="before_file")
+            after_file = gr.File(label="After (JPEG, PNG or 3-band GeoTIFF)", elem_id="after_file")
+            clip = gr.File(label="Use a clip (first and last frame)", elem_id="clip")
         template = gr.Dropdown(
             choices=list(PROMPT_TEMPLATES), value=PROMPT_TEMPLATES[0], label="Prompt (the paper's 6 templates)"
         )
