@@ -1,0 +1,96 @@
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset_builder.prompts import PROMPT_TEMPLATES
+
+
+@pytest.fixture()
+def app(space_model, monkeypatch):
+    base, adapter = space_model
+    monkeypatch.setenv("BASE_MODEL_ID", str(base))
+    monkeypatch.setenv("ADAPTER_ID", str(adapter))
+    from spaces_demo import app as module
+
+    module._MODEL.clear()
+    yield module
+    module._MODEL.clear()
+
+
+def _predict_cli(base, adapter, before, after, template_id, capsys):
+    from trainer.predict import main as predict_main
+
+    predict_main(
+        [
+            "--model",
+            str(base),
+            "--adapter",
+            str(adapter),
+            "--prompt-template",
+            str(template_id),
+            str(before),
+            str(after),
+        ]
+    )
+    return capsys.readouterr().out.strip()
+
+
+def test_same_text_as_geollava_predict(app, space_model, pair_files, capsys):
+    before, after, _ = pair_files
+    text, view, status = app.describe(str(before), str(after), None, PROMPT_TEMPLATES[2], 16)
+    assert status.startswith("✅"), status
+    assert isinstance(view, Image.Image) and view.width > view.height  # the two frames side by side
+    assert text
+    assert text == _predict_cli(*space_model, before, after, 2, capsys).splitlines()[-1].strip()
+
+
+def test_missing_image_is_a_friendly_message(app, pair_files):
+    before, _, _ = pair_files
+    text, view, status = app.describe(str(before), None, None, PROMPT_TEMPLATES[0], 8)
+    assert (text, view) == ("", None)
+    assert "Please upload the after image" in status
+
+
+def test_non_image_file_is_a_friendly_message(app, pair_files):
+    before, _, notes = pair_files
+    text, _, status = app.describe(str(before), str(notes), None, PROMPT_TEMPLATES[0], 8)
+    assert text == ""
+    assert "Could not use 'notes.txt'" in status
+
+
+def test_too_large_image_is_resized_with_a_note(app, pair_files, tmp_path, monkeypatch):
+    monkeypatch.setattr(app, "MAX_SIDE", 32)
+    before, after, _ = pair_files
+    big = tmp_path / "big.png"
+    Image.open(before).resize((96, 80)).save(big)
+    text, _, status = app.describe(str(big), str(after), None, PROMPT_TEMPLATES[0], 8)
+    assert text
+    assert "was 96×80 px; it was resized to 32×27 px" in status
+
+
+def _clip(path, n_frames):
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_clip_with_two_frames_works_and_one_frame_is_refused(app, tmp_path):
+    good, bad = tmp_path / "good.mp4", tmp_path / "bad.mp4"
+    _clip(good, 3)
+    _clip(bad, 1)
+    text, _, status = app.describe(None, None, str(good), PROMPT_TEMPLATES[0], 8)
+    assert text and status.startswith("✅")
+    text, _, status = app.describe(None, None, str(bad), PROMPT_TEMPLATES[0], 8)
+    assert text == "" and "has 1 frame(s)" in status
+
+
+def test_blocks_build_with_examples_and_api(app):
+    demo = app.build_demo()
+    assert "describe" in str(demo.config)
