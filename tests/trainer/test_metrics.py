@@ -1,0 +1,136 @@
+"""Each metric against its reference library or a hand-computed value on fixed strings."""
+
+import math
+
+import pytest
+
+from trainer import metrics
+
+
+def test_rouge_uses_the_porter_stemmer_and_equals_rouge_score():
+    from rouge_score import rouge_scorer
+
+    # "buildings" and "building" share the Porter stem "build"; without stemming ROUGE-1 would be 2/3.
+    scores = metrics.rouge_scores(["new buildings appear"], [["new building appears"]])
+    assert scores["rouge1"] == [1.0]
+    plain = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False).score(
+        "new building appears", "new buildings appear"
+    )
+    assert plain["rouge1"].fmeasure == pytest.approx(1 / 3)
+    preds = ["A road was widened near the river.", "Nothing changed at all", "Trees were cleared; a site appears."]
+    refs = [["The road near the river was widened."], ["No change is visible."], ["A forest was cleared."]]
+    ref_scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    got = metrics.rouge_scores(preds, refs)
+    for i, (p, r) in enumerate(zip(preds, refs, strict=True)):
+        expected = ref_scorer.score(r[0], p)
+        for key in ("rouge1", "rouge2", "rougeL"):
+            assert got[key][i] == expected[key].fmeasure
+
+
+def test_rouge_takes_the_best_reference_per_type():
+    got = metrics.rouge_scores(["a road was built"], [["nothing here", "a road was built"]])
+    assert got == {"rouge1": [1.0], "rouge2": [1.0], "rougeL": [1.0]}
+
+
+def test_rouge_of_an_empty_prediction_is_zero():
+    assert metrics.rouge_scores([""], [["a road"]])["rougeL"] == [0.0]
+
+
+def test_sentence_bleu2_hand_computed_with_method1_smoothing():
+    # hyp "the cat sat" vs ref "the cat sat down": p1 = 3/3, p2 = 2/2, BP = exp(1 - 4/3).
+    (score,) = metrics.sentence_bleu2(["the cat sat"], [["the cat sat down"]])
+    assert score == pytest.approx(math.exp(1 - 4 / 3))
+    # no bigram match: method1 replaces the 0 count by epsilon 0.1 -> sqrt(p1 * 0.1/2) with p1 = 2/3 (BP = 1).
+    (score,) = metrics.sentence_bleu2(["cat the dog"], [["the cat sat"]])
+    assert score == pytest.approx(math.sqrt((2 / 3) * (0.1 / 2)))
+
+
+def test_sentence_bleu2_is_case_sensitive_whitespace_and_uses_all_references():
+    (lower,) = metrics.sentence_bleu2(["the cat sat"], [["The Cat sat"]])
+    assert lower < 0.5  # "the" != "The": whitespace tokens, no lowercasing, as the paper's code
+    (multi,) = metrics.sentence_bleu2(["the cat sat"], [["a dog ran", "the cat sat"]])
+    assert multi == pytest.approx(1.0)
+    assert metrics.sentence_bleu2([""], [["the cat"]]) == [0.0]
+
+
+def test_corpus_sacrebleu_equals_sacrebleu_and_allows_ragged_references():
+    import sacrebleu
+
+    preds = ["a new road was built here", "nothing changed"]
+    refs = [["a new road was built here"], ["nothing has changed", "no change"]]
+    expected = sacrebleu.BLEU().corpus_score(preds, [[r[0] for r in refs], [None, "no change"]]).score / 100
+    assert metrics.corpus_sacrebleu(preds, refs) == pytest.approx(expected)
+    assert 0 < expected < 1
+
+
+def test_mismatched_counts_and_empty_reference_lists_are_errors():
+    with pytest.raises(ValueError, match="2 predictions but 1 reference lists"):
+        metrics.rouge_scores(["a", "b"], [["a"]])
+    with pytest.raises(ValueError, match="row 0: references must be a non-empty list"):
+        metrics.sentence_bleu2(["a"], [[]])
+
+
+def test_sbert_cosine_uses_the_offline_minilm_and_is_a_cosine():
+    from sentence_transformers import SentenceTransformer
+
+    preds = ["A new road was built.", "The lake shrank."]
+    refs = [["A road has been built."], ["A forest was cleared.", "The lake is smaller."]]
+    scores, info = metrics.sbert_cosine(preds, refs)
+    assert info.model == "all-MiniLM-L6-v2" and "not available" in info.detail
+    st = SentenceTransformer(metrics.minilm_path(), device="cpu")
+    e = st.encode([preds[0], refs[0][0]], convert_to_tensor=True)
+    import torch
+
+    assert scores[0] == pytest.approx(float(torch.nn.functional.cosine_similarity(e[0], e[1], dim=0)), abs=1e-5)
+    e = st.encode([preds[1], *refs[1]], convert_to_tensor=True, normalize_embeddings=True)
+    assert scores[1] == pytest.approx(max(float(e[0] @ e[1]), float(e[0] @ e[2])), abs=1e-5)
+    same, _ = metrics.sbert_cosine(["identical text"], [["identical text"]])
+    assert same[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bertscore_equals_bert_score_with_minilm_layer_6_and_empty_is_zero():
+    import bert_score
+
+    preds = ["A new road was built.", "", "Trees were cut down in the north."]
+    refs = [["A road has been built."], ["Nothing changed."], ["A forest was cleared.", "Trees were removed."]]
+    scores, info = metrics.bertscore_f1(preds, refs)
+    assert "num_layers=6" in info.detail
+    _, _, f1 = bert_score.score(
+        [preds[0], preds[2]], [refs[0], refs[2]], model_type=metrics.minilm_path(), num_layers=6
+    )
+    assert scores[0] == pytest.approx(float(f1[0]), abs=1e-5)
+    assert scores[2] == pytest.approx(float(f1[1]), abs=1e-5)
+    assert scores[1] == 0.0
+
+
+def test_coco_metrics_equal_pycocoevalcap_without_meteor():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    preds = ["a new road is built .", "nothing has changed", "the trees are gone"]
+    refs = [
+        ["A new road was built.", "a road appears"],
+        ["Nothing changed.", "no change", "the scene is the same"],
+        ["the trees were cleared", "trees are gone"],
+    ]
+    got, unavailable, details = metrics.coco_caption_metrics(preds, refs, meteor=False)
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": r} for r in rs] for i, rs in enumerate(refs)})
+    res = tok.tokenize({i: [{"caption": p}] for i, p in enumerate(preds)})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    assert [got[f"bleu{n}"] for n in range(1, 5)] == pytest.approx(bleu)
+    assert got["rougeL_coco"] == pytest.approx(Rouge().compute_score(gts, res)[0])
+    assert got["cider_d"] == pytest.approx(Cider().compute_score(gts, res)[0])
+    # never a made-up number: no METEOR, so no S*m either, and the output says why
+    assert "meteor" not in got and "s_m" not in got
+    assert set(unavailable) == {"meteor", "s_m"}
+    assert "PTBTokenizer" in details["tokenizer"]
+
+
+def test_coco_metrics_without_java_use_plain_tokens_and_skip_meteor(monkeypatch):
+    monkeypatch.setattr(metrics, "java_available", lambda: False)
+    got, unavailable, details = metrics.coco_caption_metrics(["A road."], [["a road"]], meteor=True)
+    assert got["bleu1"] == pytest.approx(1.0)
+    assert "Java" in unavailable["meteor"] and "no Java" in details["tokenizer"]

