@@ -205,12 +205,26 @@ def collect_rows(predictions_path: str | Path, references_path: str | Path | Non
     return rows, skipped, n_empty
 
 
-def score_rows(rows: list[ScoredRow], config: ScoreConfig | None = None) -> dict:
+def score_rows(
+    rows: list[ScoredRow],
+    *,
+    meteor: bool = True,
+    model_metrics: bool = True,
+    batch_size: int = 64,
+    sbert_model: str | None = None,
+    bertscore_model: str | None = None,
+    bertscore_layers: int | None = None,
+) -> dict:
     """Every metric over the rows (GeoLLaVA macro means, LEVIR-CC corpus metrics, grounding when ``changes`` exist).
 
     Args:
         rows: Checked rows (:func:`collect_rows`).
-        config: Options (models, METEOR); defaults when ``None``.
+        meteor: Run METEOR (Java).
+        model_metrics: Compute ``sbert_cosine`` and ``bertscore_f1``.
+        batch_size: Batch size of the embedding models.
+        sbert_model: Sentence-transformers model (default: see :func:`trainer.metrics.load_sbert`).
+        bertscore_model: BERTScore model (default: see :func:`trainer.metrics.bertscore_f1`).
+        bertscore_layers: Its layer (required with ``bertscore_model``).
 
     Returns:
         The metrics dict: metric keys, ``n_rows``, ``per_category``, ``libraries``, ``models``, ``unavailable``
@@ -218,9 +232,6 @@ def score_rows(rows: list[ScoredRow], config: ScoreConfig | None = None) -> dict
     """
     if not rows:
         raise ValueError("no row can be scored")
-    meteor = config.meteor if config else True
-    model_metrics = config.model_metrics if config else True
-    batch_size = config.batch_size if config else 64
     predictions = [r.prediction for r in rows]
     references = [r.references for r in rows]
     out: dict = {"n_rows": len(rows)}
@@ -237,14 +248,14 @@ def score_rows(rows: list[ScoredRow], config: ScoreConfig | None = None) -> dict
 
     if model_metrics:
         t = time.perf_counter()
-        sbert, info = metrics.sbert_cosine(predictions, references, config.sbert_model if config else None)
+        sbert, info = metrics.sbert_cosine(predictions, references, sbert_model)
         out["sbert_cosine"] = metrics.mean(sbert)
         models["sbert_cosine"] = info.as_dict()
         timings["sbert_cosine"] = time.perf_counter() - t
         t = time.perf_counter()
         kwargs = {"batch_size": batch_size}
-        if config and config.bertscore_model:
-            kwargs.update(model_type=config.bertscore_model, num_layers=config.bertscore_layers)
+        if bertscore_model:
+            kwargs.update(model_type=bertscore_model, num_layers=bertscore_layers)
         bert, info = metrics.bertscore_f1(predictions, references, **kwargs)
         out["bertscore_f1"] = metrics.mean(bert)
         models["bertscore_f1"] = info.as_dict()
@@ -260,15 +271,23 @@ def score_rows(rows: list[ScoredRow], config: ScoreConfig | None = None) -> dict
     timings["levircc"] = time.perf_counter() - t
 
     grounded = [r for r in rows if r.changes is not None]
+    extractor_error = None
     if grounded:
-        out.update(grounding_scores([r.prediction for r in grounded], [r.changes for r in grounded]))
-        if len(grounded) < len(rows):
-            out["grounding_note"] = (
-                f"{len(rows) - len(grounded)} scored rows have no 'changes' and are not in grounding"
-            )
-    else:
+        try:
+            import dataset_builder.changes  # noqa: F401 - the extractor grounding_scores uses
+        except ImportError as err:
+            extractor_error = f"no change-kind extractor (dataset_builder.changes): {err}"
+    if not grounded:
         for key in GROUNDING_KEYS:
             unavailable[key] = "no row has a 'changes' column (true changes are known only for synthetic data)"
+    elif extractor_error:
+        for key in GROUNDING_KEYS:
+            unavailable[key] = extractor_error
+    else:
+        out.update(grounding_scores([r.prediction for r in grounded], [r.changes for r in grounded]))
+        if len(grounded) < len(rows):
+            missing = len(rows) - len(grounded)
+            out["grounding_note"] = f"{missing} scored rows have no 'changes' and are not in grounding"
 
     by_category: dict[str, list[float]] = defaultdict(list)
     for row, value in zip(rows, rouge["rougeL"], strict=True):
@@ -318,7 +337,15 @@ def score_file(config: ScoreConfig) -> dict:
     if not rows:
         reasons = "; ".join(f"line {s['line']}: {s['reason']}" for s in skipped[:5])
         raise ValueError(f"{config.predictions}: no row can be scored ({len(skipped)} skipped: {reasons})")
-    result = score_rows(rows, config)
+    result = score_rows(
+        rows,
+        meteor=config.meteor,
+        model_metrics=config.model_metrics,
+        batch_size=config.batch_size,
+        sbert_model=config.sbert_model,
+        bertscore_model=config.bertscore_model,
+        bertscore_layers=config.bertscore_layers,
+    )
     result["empty_predictions"] = n_empty
     result["skipped"] = skipped
     result["n_skipped"] = len(skipped)
