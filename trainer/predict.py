@@ -50,6 +50,8 @@ def _read_tiff(path: Path) -> Image.Image:
     except Exception as err:  # tifffile raises many types for corrupt files; report them all the same way
         raise ValueError(f"{path}: not a readable TIFF/GeoTIFF ({type(err).__name__}: {err})") from err
     array = np.squeeze(np.asarray(array))
+    if array.size == 0:
+        raise ValueError(f"{path}: not a readable TIFF/GeoTIFF (no image data)")
     if array.ndim == 2:
         raise ValueError(f"{path}: GeoTIFF has 1 band; a 3-band RGB image is needed")
     if array.ndim != 3:
