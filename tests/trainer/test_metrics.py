@@ -134,3 +134,12 @@ def test_coco_metrics_without_java_use_plain_tokens_and_skip_meteor(monkeypatch)
     got, unavailable, details = metrics.coco_caption_metrics(["A road."], [["a road"]], meteor=True)
     assert got["bleu1"] == pytest.approx(1.0)
     assert "Java" in unavailable["meteor"] and "no Java" in details["tokenizer"]
+
+
+def test_bertscore_bf16_is_close_to_float32_and_says_so():
+    preds = ["A new road was built in the north.", "Trees were cut down."]
+    refs = [["A road has been built in the north."], ["A forest was cleared."]]
+    exact, _ = metrics.bertscore_f1(preds, refs)
+    fast, info = metrics.bertscore_f1(preds, refs, bf16=True)
+    assert fast == pytest.approx(exact, abs=5e-3)
+    assert "bfloat16" in info.detail
