@@ -18,7 +18,7 @@ def app(space_model, monkeypatch):
     module._MODEL.clear()
 
 
-def _predict_cli(base, adapter, before, after, template_id, capsys):
+def _predict_cli(base, adapter, before, after, template_id, capsys, max_new_tokens=16):
     from trainer.predict import main as predict_main
 
     predict_main(
@@ -29,6 +29,8 @@ def _predict_cli(base, adapter, before, after, template_id, capsys):
             str(adapter),
             "--prompt-template",
             str(template_id),
+            "--max-new-tokens",
+            str(max_new_tokens),
             str(before),
             str(after),
         ]

@@ -87,7 +87,18 @@ def test_upload_two_images_and_get_the_description(served, browser, space_model,
     from trainer.predict import main as predict_main
 
     before, after, _ = pair_files
-    predict_main(["--model", str(space_model[0]), "--adapter", str(space_model[1]), str(before), str(after)])
+    predict_main(
+        [
+            "--model",
+            str(space_model[0]),
+            "--adapter",
+            str(space_model[1]),
+            "--max-new-tokens",
+            "128",
+            str(before),
+            str(after),
+        ]
+    )
     expected = capsys.readouterr().out.strip().splitlines()[-1].strip()
 
     page = browser.new_page(viewport={"width": 1200, "height": 1400})
