@@ -29,7 +29,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from trainer.masks import load_masks, mask_sparsity, mask_targets, save_masks
+from trainer.masks import apply_masks, load_masks, mask_sparsity, mask_targets, save_masks
 from trainer.pruning import PruningConfig, calibration_batches, collect_targets, compute_masks
 
 
@@ -48,6 +48,15 @@ def _dequantized(weight: torch.Tensor) -> torch.Tensor:
         return bnbf.dequantize_4bit(weight.data, weight.quant_state)
     # int8 row-wise absmax quantization maps 0 to code 0: the codes are zero exactly where the weights are.
     return weight.data.float()
+
+
+def _pruned_positions(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # The smaller form on the weight's device: flat int64 indices (8 bytes per pruned weight) below 12.5 % sparsity,
+    # which covers the paper's 1/5/10 %, else a boolean mask (1 byte per weight).
+    pruned = ~mask.reshape(-1)
+    if weight.is_contiguous() and 8 * int(pruned.sum()) < pruned.numel():
+        return pruned.nonzero().squeeze(1).to(weight.device)
+    return pruned.reshape(weight.shape).to(weight.device)
 
 
 class PruningCallback(TrainerCallback):
@@ -198,11 +207,16 @@ class PruningCallback(TrainerCallback):
         if self._quantized:
             return  # frozen packed weights cannot change; their zeros were checked when the masks were loaded
         if self._pruned is None:
+            apply_masks(model, self.masks)  # checks names, shapes and precision once
             targets = mask_targets(model, self.masks)
-            self._pruned = [(targets[name], (~mask).to(targets[name].device)) for name, mask in self.masks.items()]
+            self._pruned = [(targets[n], _pruned_positions(targets[n], m)) for n, m in self.masks.items()]
+            return
         with torch.no_grad():
-            for weight, pruned in self._pruned:
-                weight.masked_fill_(pruned, 0)
+            for weight, positions in self._pruned:
+                if positions.dtype == torch.bool:
+                    weight.masked_fill_(positions, 0)
+                else:
+                    weight.view(-1).index_fill_(0, positions, 0)
 
     def _check_quantized_zeros(self, model) -> None:
         targets = mask_targets(model, self.masks)
