@@ -267,3 +267,16 @@ def test_prune_before_quantization_then_nf4_keeps_exact_zeros(tiny_path, tmp_pat
     with pytest.raises(FileExistsError, match="pruned the same way"):
         prune_before_quantization(tiny_path, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.1), out)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_config_parses_from_yaml_and_flags_with_trl(tmp_path):
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("output_dir: out\nbf16: false\npruning_method: magnitude\npruning_sparsity: 0.05\n")
+    parser = TrlParser((PruningConfig, SFTConfig, ModelConfig))
+    pruning, sft, _ = parser.parse_args_and_config(
+        ["--config", str(recipe), "--pruning_sparsity", "0.1", "--callbacks", "pruning"]
+    )
+    assert (pruning.pruning_method, pruning.pruning_sparsity, pruning.callbacks) == ("magnitude", 0.1, ["pruning"])
+    assert sft.output_dir == "out"
