@@ -216,6 +216,9 @@ def magnitude_masks(
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Global unstructured magnitude masks: prune every weight with ``|w| <= threshold``.
 
+    With ``exact``, exactly ``round(sparsity * N)`` weights are pruned: where several weights equal the threshold
+    (frequent in bf16), the surplus is kept, the last ones in module order.
+
     Args:
         weights: Canonical name -> full-precision weight.
         sparsity: Target fraction pruned, in (0, 1).
@@ -237,7 +240,23 @@ def magnitude_masks(
     for name, weight in weights.items():
         mask = torch.cat([(a > threshold).cpu() for a in _chunks(weight)])
         masks[name] = mask.reshape(weight.shape)
+    if exact:
+        _keep_excess_ties(weights, masks, threshold, _n_pruned(sum(w.numel() for w in weights.values()), sparsity))
     return masks, threshold
+
+
+def _keep_excess_ties(weights: dict, masks: dict, threshold: float, k: int) -> None:
+    # Low-precision weights (bf16 has 8 significant bits) repeat magnitudes, so |w| <= threshold can cover more than
+    # k weights. Keep the surplus of those equal to the threshold, the last ones in module order, so that exactly k
+    # are pruned, deterministically.
+    excess = sum(int(m.numel() - m.count_nonzero()) for m in masks.values()) - k
+    for name in reversed(list(weights)):
+        if excess <= 0:
+            return
+        ties = torch.cat([(a == threshold).cpu() for a in _chunks(weights[name])]).nonzero().squeeze(1)
+        keep = ties[max(0, ties.numel() - excess) :]
+        masks[name].view(-1)[keep] = True
+        excess -= keep.numel()
 
 
 def wanda_masks(

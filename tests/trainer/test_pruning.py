@@ -121,6 +121,21 @@ def test_magnitude_reaches_the_exact_sparsity_with_a_global_threshold(tiny_path,
     assert pruned_max <= threshold < kept_min
 
 
+def test_ties_in_bf16_still_give_the_exact_count():
+    generator = torch.Generator().manual_seed(0)
+    weights = {f"l{i}": (torch.randn(256, 512, generator=generator) * (0.01 + 0.01 * i)).bfloat16() for i in range(4)}
+    total = sum(w.numel() for w in weights.values())
+    k = round(0.05 * total)
+    threshold = exact_threshold(weights, 0.05, 100_000)
+    assert sum(int((w.abs().float() <= threshold).sum()) for w in weights.values()) > k  # bf16 repeats magnitudes
+    masks, found = magnitude_masks(weights, 0.05, sample_size=100_000)
+    assert found == threshold
+    assert sum(int((~m).sum()) for m in masks.values()) == k
+    for name, mask in masks.items():
+        magnitude = weights[name].abs().float()
+        assert (magnitude[~mask] <= threshold).all() and (magnitude[mask] >= threshold).all()
+
+
 # ---- threshold accuracy on a model-sized weight set -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def big_weights():
