@@ -21,7 +21,6 @@ The pruning callback (:class:`PruningCallback`):
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from trainer.masks import apply_masks, load_masks, mask_sparsity, mask_targets, save_masks
+from trainer.masks import MASKS_FILE, apply_masks, load_masks, mask_sparsity, mask_targets, save_masks
 from trainer.pruning import PruningConfig, calibration_batches, collect_targets, compute_masks
 
 
@@ -48,6 +47,10 @@ def _dequantized(weight: torch.Tensor) -> torch.Tensor:
         return bnbf.dequantize_4bit(weight.data, weight.quant_state)
     # int8 row-wise absmax quantization maps 0 to code 0: the codes are zero exactly where the weights are.
     return weight.data.float()
+
+
+def _has_masks(folder: Path) -> bool:
+    return (folder / MASKS_FILE).is_file()
 
 
 def _pruned_positions(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -157,7 +160,7 @@ class PruningCallback(TrainerCallback):
                 candidates.append(Path(args.resume_from_checkpoint))
             candidates.append(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             for folder in candidates:
-                if load_masks(folder) is not None:
+                if _has_masks(folder):
                     return folder
             if state.global_step >= self.config.pruning_start_step and not self._quantized:
                 logger.warning(
@@ -167,12 +170,12 @@ class PruningCallback(TrainerCallback):
                 )
         if self.config.pruning_masks_path is not None:
             folder = Path(self.config.pruning_masks_path)
-            if load_masks(folder) is None:
+            if not _has_masks(folder):
                 raise FileNotFoundError(f"pruning_masks_path {str(folder)!r} holds no pruning_masks.safetensors")
             return folder
         if self._quantized:
             base = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-            if base and os.path.isdir(base) and load_masks(base) is not None:
+            if base and _has_masks(Path(base)):
                 return Path(base)
         return None
 
