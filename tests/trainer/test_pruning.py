@@ -295,3 +295,18 @@ def test_config_parses_from_yaml_and_flags_with_trl(tmp_path):
     )
     assert (pruning.pruning_method, pruning.pruning_sparsity, pruning.callbacks) == ("magnitude", 0.1, ["pruning"])
     assert sft.output_dir == "out"
+
+
+def test_lora_and_modules_to_save_copies_are_not_targets(tiny_path):
+    from peft import LoraConfig, get_peft_model
+
+    saved = "model.language_model.layers.0.mlp.down_proj"
+    config = LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)", modules_to_save=[saved])
+    model = get_peft_model(_load(tiny_path), config)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert any(".lora_A." in n for n in names) and any("modules_to_save" in n for n in names)
+    targets = collect_targets(model)
+    assert saved not in targets  # its trainable copy and frozen original are both left alone
+    assert "model.language_model.layers.0.self_attn.q_proj" in targets  # the LoRA layer's base_layer is
+    assert all("lora_" not in n and "modules_to_save" not in n for n in targets)
+    assert type(targets["model.language_model.layers.0.self_attn.q_proj"]) is nn.Linear
