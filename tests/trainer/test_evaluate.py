@@ -97,6 +97,10 @@ def test_eval_end_to_end_every_metric_report_plots_and_resume(tiny_run, tmp_path
         assert isinstance(metrics[key], float), key
     for key in ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL_coco", "cider_d", "s_m"]:
         assert isinstance(metrics[key], float), key
+    assert metrics["s_m"] == pytest.approx(
+        (metrics["bleu4"] + metrics["meteor"] + metrics["rougeL_coco"] + metrics["cider_d"]) / 4
+    )
+    assert metrics["models"]["levircc"]["meteor"].startswith("METEOR 1.5")
     try:
         import dataset_builder.changes  # noqa: F401
     except ImportError:  # the extractor is another engineer's module; until it lands, the output says why
