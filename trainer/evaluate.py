@@ -26,6 +26,19 @@ logger = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
+#: What produced predictions.jsonl; a resumed run must match it, or it would mix two models' outputs.
+GENERATION_FILE = "generation_config.json"
+GENERATION_KEYS = (
+    "model",
+    "adapter",
+    "dataset",
+    "config",
+    "split",
+    "max_new_tokens",
+    "load_in_4bit",
+    "dtype",
+    "do_sample",
+)
 
 
 @dataclass
@@ -111,6 +124,29 @@ def _write_lines_atomic(path: Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
+def check_same_generation(out: Path, config: EvalConfig, resuming: bool) -> None:
+    """Record the generation settings in ``OUT/generation_config.json``, or check a resumed run uses the same ones.
+
+    Raises:
+        ValueError: Naming the settings that differ from those that wrote the existing ``predictions.jsonl``.
+    """
+    settings = {key: getattr(config, key) for key in GENERATION_KEYS}
+    record = out / GENERATION_FILE
+    if resuming and record.exists():
+        before = json.loads(record.read_text(encoding="utf-8"))
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"{out / PREDICTIONS_FILE} was generated with other settings ({diff}); "
+                "use another --out, or --resume false to start over"
+            )
+        return
+    from trainer.score import write_json_atomic
+
+    write_json_atomic(settings, record)
+
+
 def generate_predictions(model, processor, family, dataset, path: Path, config: EvalConfig, done: set[str]) -> dict:
     """Generate for the rows of ``dataset`` not in ``done``, appending one JSON line per row to ``path``.
 
@@ -193,6 +229,7 @@ def run_eval(config: EvalConfig) -> dict:
     path = out / PREDICTIONS_FILE
     if not config.resume and path.exists():
         path.unlink()
+    check_same_generation(out, config, path.exists())
     done = {str(r.get("id")) for r in read_predictions(path)}
     reused = len(done & wanted)
     generation = {"generated": 0, "skipped": [], "seconds": 0.0, "rows_per_s": None}

@@ -147,6 +147,19 @@ def test_eval_resumes_after_a_torn_line_and_limit(tiny_run, tmp_path):
     ]
 
 
+def test_resume_with_other_settings_is_refused(tiny_run, tmp_path, capsys):
+    base, adapter, data = tiny_run
+    out = tmp_path / "eval"
+    args = ["--model", str(base), "--dataset", str(data), "--out", str(out), "--limit", "1"]
+    args += ["--max_new_tokens", "4", "--meteor", "false", "--model_metrics", "false"]
+    assert main(args) == 0  # the base model alone
+    assert main([*args, "--adapter", str(adapter)]) == 2
+    assert "adapter: None -> " in capsys.readouterr().err
+    assert main([*args, "--adapter", str(adapter), "--resume", "false"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["rows_generated"] == 1 and metrics["run"]["adapter"] == str(adapter)
+
+
 def test_row_checks_name_the_field():
     frames = [object(), object()]
     good = {"conversations": [{"from": "human", "value": human_turn(0)}, {"from": "gpt", "value": "x"}]}
