@@ -145,7 +145,7 @@ def render_markdown(metrics: dict, records: list[dict], plots: dict[str, str]) -
         ]
     lines += [
         f"- rows scored: {metrics.get('n_rows')}, skipped: {metrics.get('n_skipped', 0)}, empty predictions: "
-        f"{metrics.get('empty_predictions', 0)} (scored as zero-ish outputs, not dropped)",
+        f"{metrics.get('empty_predictions', 0)} (scored as they are, not dropped)",
         "",
         "## GeoLLaVA metrics (macro mean over rows, as the paper's code)",
         "",
@@ -175,6 +175,10 @@ def render_markdown(metrics: dict, records: list[dict], plots: dict[str, str]) -
         "",
         f"- tokenization: {models.get('levircc', {}).get('tokenizer', '—')}",
     ]
+    per_category = metrics.get("per_category") or {}
+    if per_category:
+        lines += ["", "## ROUGE-L per category", "", "| category | rows | ROUGE-L |", "|---|---|---|"]
+        lines += [f"| {c} | {v['n']} | {_fmt(v['rougeL'])} |" for c, v in per_category.items()]
     if "grounding_f1" in metrics:
         lines += [
             "",

@@ -111,6 +111,8 @@ def test_eval_end_to_end_every_metric_report_plots_and_resume(tiny_run, tmp_path
     assert set(metrics["per_category"]) == {"farm", "forest", "lake"}
     report = (out / "report.md").read_text()
     assert "Video-LLaVA 100K LoRA" in report and "CCExpert-7B" in report and "this run" in report
+    assert f"| lake | 1 | {metrics['per_category']['lake']['rougeL']:.3f} |" in report
+    assert f"| **this run** | {metrics['rouge1']:.3f} | {metrics['rouge2']:.3f} |" in report
     for png in (
         "metrics_vs_paper.png",
         "levircc_vs_ccexpert.png",
