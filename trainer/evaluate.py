@@ -270,10 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         (config,) = HfArgumentParser(EvalConfig).parse_args_into_dataclasses(args=argv)
-        metrics = run_eval(config)
     except ValueError as err:
         print(f"geollava-eval: error: {err}", file=sys.stderr)
         return 2
+    try:
+        metrics = run_eval(config)
+    except (OSError, ValueError) as err:  # unloadable model/adapter/dataset, empty split, nothing to score
+        print(f"geollava-eval: error: {err}", file=sys.stderr)
+        return 1
     from trainer.score import summary_lines
 
     print("\n".join(summary_lines(metrics)))

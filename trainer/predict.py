@@ -209,7 +209,11 @@ def read_batch_csv(path: str | Path, default_template: int = 0) -> tuple[list[di
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-predict``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
-    parser = HfArgumentParser(PredictConfig)
+    parser = HfArgumentParser(
+        PredictConfig,
+        usage="geollava-predict --model BASE [--adapter ADAPTER] [options] BEFORE AFTER | --batch FILE.csv",
+        description="Describe what changed between two images (JPEG, PNG or 3-band GeoTIFF) of one place.",
+    )
     try:
         config, images = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
         unknown = [a for a in images if a.startswith("--")]
@@ -232,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.loading import load_for_inference
 
-    model, processor, family = load_for_inference(config.model, config.adapter, load_in_4bit=config.load_in_4bit)
+    try:
+        model, processor, family = load_for_inference(config.model, config.adapter, load_in_4bit=config.load_in_4bit)
+    except (OSError, ValueError) as err:
+        print(f"geollava-predict: error: cannot load {config.model!r} + {config.adapter!r}: {err}", file=sys.stderr)
+        return 1
     if config.batch is None:
         print(describe_pair(model, processor, family, before, after, config.prompt_template, config.max_new_tokens))
         return 0

@@ -182,3 +182,6 @@ def test_bad_options_exit_non_zero(tiny_run, tmp_path, capsys):
     base, _, data = tiny_run
     assert main(["--model", str(base), "--dataset", str(data), "--out", str(tmp_path), "--limit", "0"]) == 2
     assert "--limit must be >= 1, got 0" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    assert main(["--model", str(base), "--dataset", str(data), "--out", str(empty), "--split", "nope"]) == 1
+    assert "geollava-eval: error:" in capsys.readouterr().err

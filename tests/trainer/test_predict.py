@@ -103,6 +103,8 @@ def test_cli_refuses_bad_input_with_non_zero_exit(tiny, images, tmp_path, capsys
     assert "exactly two images" in capsys.readouterr().err
     assert main(["--model", str(base), "--prompt_template", "9", str(before), str(before)]) == 2
     assert "--prompt_template must be in 0..5, got 9" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "no-model"), str(before), str(before)]) == 1
+    assert "cannot load" in capsys.readouterr().err
 
 
 def test_batch_csv_skips_bad_rows_and_describes_the_rest(tiny, images, tmp_path, capsys):
