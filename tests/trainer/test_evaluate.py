@@ -155,7 +155,7 @@ def test_resume_with_other_settings_is_refused(tiny_run, tmp_path, capsys):
     args = ["--model", str(base), "--dataset", str(data), "--out", str(out), "--limit", "1"]
     args += ["--max_new_tokens", "4", "--meteor", "false", "--model_metrics", "false"]
     assert main(args) == 0  # the base model alone
-    assert main([*args, "--adapter", str(adapter)]) == 2
+    assert main([*args, "--adapter", str(adapter)]) == 1
     assert "adapter: None -> " in capsys.readouterr().err
     assert main([*args, "--adapter", str(adapter), "--resume", "false"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
