@@ -1,0 +1,74 @@
+"""Build benchmark: pairs/s and images/s of `geollava-build` on a synthetic tree, against the floor of decoding and
+encoding the same images with the same libraries (Pillow decode + resize + JPEG encode, PyAV mp4), in one run.
+
+    .venv/bin/python benchmarks/bench_build.py
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from dataset_builder.build import BuildConfig, build
+from dataset_builder.fmow import scan_fmow
+from dataset_builder.frames import encode_jpeg, load_frame, write_mp4
+from dataset_builder.pairs import find_pairs
+from dataset_builder.synth import SynthConfig, generate_tree
+
+
+RESULTS = Path(__file__).parent / "results"
+LOCATIONS, IMAGE_SIZE, FRAME_SIZE = 400, 512, 336
+
+
+def main():
+    work = Path(tempfile.mkdtemp(prefix="bench-build-"))
+    try:
+        generate_tree(SynthConfig(out=str(work / "fmow"), locations=LOCATIONS, seed=0, image_size=IMAGE_SIZE))
+        scan = scan_fmow(work / "fmow", ["train", "val"], 1_000_000)
+        pairs = [p for images in scan.locations.values() for p in find_pairs(images)]
+        # the floor: the same decode + resize + encode (+ clip) work, no datasets/Parquet/bookkeeping
+        start = time.perf_counter()
+        for pair in pairs:
+            frames = [load_frame(pair.first.path, FRAME_SIZE), load_frame(pair.second.path, FRAME_SIZE)]
+            for frame in frames:
+                encode_jpeg(frame)
+            write_mp4(frames, work / "floor.mp4")
+        floor = time.perf_counter() - start
+        start = time.perf_counter()
+        report = build(BuildConfig(fmow_root=str(work / "fmow"), out=str(work / "out"), frame_size=FRAME_SIZE,
+                                   num_proc=1))
+        seconds = time.perf_counter() - start
+        n_pairs = sum(report["pairs_per_split"].values())
+        result = {
+            "locations": LOCATIONS,
+            "image_size": IMAGE_SIZE,
+            "frame_size": FRAME_SIZE,
+            "pairs": n_pairs,
+            "images_seen": report["images_seen"],
+            "build_seconds": round(seconds, 2),
+            "floor_seconds": round(floor, 2),
+            "pairs_per_s": round(n_pairs / seconds, 1),
+            "images_per_s": round(report["images_seen"] / seconds, 1),
+            "ratio_to_floor": round(seconds / floor, 2),
+            "goal_ratio": 1.5,
+            "cores": os.cpu_count(),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "build.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "build.md").write_text(
+        "# Build benchmark\n\n"
+        f"{result['pairs']} pairs from {result['images_seen']} synthetic {IMAGE_SIZE}px images, frames {FRAME_SIZE}px, "
+        f"1 process, {result['cores']} cores.\n\n"
+        "| pairs/s | images/s | build (s) | decode+encode floor (s) | ratio (goal ≤ 1.5) |\n|---|---|---|---|---|\n"
+        f"| {result['pairs_per_s']} | {result['images_per_s']} | {result['build_seconds']} | {result['floor_seconds']} "
+        f"| {result['ratio_to_floor']} |\n"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
