@@ -1,0 +1,53 @@
+"""CCExpert (arXiv 2411.11360) as a transformers-native model: importing this package registers it.
+
+After ``import trainer.ccexpert``, ``AutoConfig``/``AutoModel``/``AutoModelForImageTextToText`` load ``ccexpert``
+checkpoints with no ``trust_remote_code``, and ``trainer.families`` knows the ``ccexpert`` family (two image slots).
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+from trainer.ccexpert.configuration_ccexpert import CCExpertConfig, proportional_taps
+from trainer.ccexpert.modeling_ccexpert import (
+    CCExpertForConditionalGeneration,
+    CCExpertModel,
+    DifferenceAwareIntegrationModule,
+)
+from trainer.families import FAMILIES, Family, register_family
+
+
+LM_PROJECTIONS = (
+    r".*language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+)
+
+CCEXPERT_FAMILY = Family(
+    name="ccexpert",
+    model_type="ccexpert",
+    model_class="CCExpertForConditionalGeneration",
+    visual="images",
+    # The module works in the vision width before the projector: frozen with the tower by default, never quantized,
+    # never pruned.
+    vision_modules=("model.vision_tower", "model.multi_modal_projector", "model.integration_module"),
+    language_model="model.language_model",
+    lora_target_modules=LM_PROJECTIONS,
+    example_model_id="llava-hf/llava-onevision-qwen2-7b-ov-hf",
+)
+
+
+def _register() -> None:
+    AutoConfig.register("ccexpert", CCExpertConfig, exist_ok=True)
+    AutoModel.register(CCExpertConfig, CCExpertModel, exist_ok=True)
+    AutoModelForImageTextToText.register(CCExpertConfig, CCExpertForConditionalGeneration, exist_ok=True)
+    if "ccexpert" not in FAMILIES:
+        register_family(CCEXPERT_FAMILY)
+
+
+_register()
+
+__all__ = [
+    "CCEXPERT_FAMILY",
+    "CCExpertConfig",
+    "CCExpertForConditionalGeneration",
+    "CCExpertModel",
+    "DifferenceAwareIntegrationModule",
+    "proportional_taps",
+]

@@ -1,0 +1,181 @@
+"""A tiny CCExpert: real classes, a tiny config, random weights, the offline tokenizer of ``trainer.tiny_models``.
+
+CCExpert feeds each image as one square tile (``image_aspect_ratio="square"``, no anyres), so the image processor's
+only grid pinpoint is ``[size, size]``. The chat template is ChatML with the system prompt "You are a helpful
+assistant." and the authors' fixed pair prompt (:data:`CCEXPERT_CHAT_TEMPLATE`).
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import (
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
+    Qwen2Config,
+    SiglipVisionConfig,
+)
+
+from trainer.ccexpert.configuration_ccexpert import CCExpertConfig
+from trainer.ccexpert.modeling_ccexpert import CCExpertForConditionalGeneration
+from trainer.ccexpert_prompt import CCEXPERT_PROMPT
+from trainer.tiny_models import TinyModelConfig, _chatml_tokenizer, _text_kwargs, _token_ids, build_tokenizer
+
+
+logger = logging.getLogger(__name__)
+
+CCEXPERT_SYSTEM = "You are a helpful assistant."
+CCEXPERT_QUESTION = CCEXPERT_PROMPT.split("\n", 1)[1]
+_PAIR_PREFIX = CCEXPERT_PROMPT.split("\n", 1)[0] + "\n"
+
+# The authors' prompt in ChatML (qwen_1_5). A user turn with two images always renders the authors' fixed question,
+# whatever question text the row carries, so one dataset (GeoLLaVA's or LEVIR-CC's) feeds both model families;
+# `apply_chat_template(..., use_question=True)` renders the row's question instead (e.g. a user's own in the Space).
+CCEXPERT_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{{ '<|im_start|>system\\n' + messages[0]['content'][0]['text'] + '<|im_end|>\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>system\\n" + CCEXPERT_SYSTEM + "<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{ '<|im_start|>user\\n' }}"
+    "{%- set images = message['content'] | selectattr('type', 'equalto', 'image') | list -%}"
+    "{%- set texts = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | list -%}"
+    "{%- if images | length == 2 -%}"
+    "{{ " + json.dumps(_PAIR_PREFIX) + " }}"
+    "{%- if use_question is defined and use_question and texts -%}{{ texts | join(' ') }}"
+    "{%- else -%}{{ " + json.dumps(CCEXPERT_QUESTION) + " }}{%- endif -%}"
+    "{%- else -%}"
+    "{%- for c in message['content'] -%}"
+    "{%- if c['type'] == 'image' -%}{{ '<image>\\n' }}"
+    "{%- elif c['type'] == 'video' -%}{{ '<video>\\n' }}"
+    "{%- elif c['type'] == 'text' -%}{{ c['text'] }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}"
+    "{%- for c in message['content'] -%}{%- if c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}{%- endfor -%}"
+    "{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def ccexpert_model_and_processor(
+    cfg: TinyModelConfig, tokenizer, ids: dict, *, vision_layers: int = 8, gate_init: float = 1.0
+) -> tuple[CCExpertForConditionalGeneration, LlavaOnevisionProcessor]:
+    """The tiny model and its processor, with the signature of ``trainer.tiny_models.BUILDERS`` entries.
+
+    Args:
+        cfg: Sizes (``image_size``, ``hidden_size``, ``num_layers`` of the language model).
+        tokenizer: The BPE tokenizer of ``trainer.tiny_models.build_tokenizer``.
+        ids: Its special-token ids (``trainer.tiny_models._token_ids``).
+        vision_layers: Blocks of the vision tower; the taps sit at the paper's relative depths (8 gives 5/6/7/8).
+        gate_init: Initial value of the module's output gate.
+
+    Returns:
+        ``(model, processor)``.
+    """
+    tokenizer = _chatml_tokenizer(tokenizer, image_token="<image>", video_token="<video>")
+    patch, size = 8, cfg.image_size
+    vision = SiglipVisionConfig(
+        hidden_size=cfg.hidden_size,
+        intermediate_size=2 * cfg.hidden_size,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        image_size=size,
+        patch_size=patch,
+    )
+    config = CCExpertConfig(
+        vision_config=vision,
+        text_config=Qwen2Config(**_text_kwargs(cfg, tokenizer, ids)),
+        image_token_index=ids["image"],
+        video_token_index=ids["video"],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_grid_pinpoints=[[size, size]],
+        integration_num_heads=2,
+        integration_gate_init=gate_init,
+        tie_word_embeddings=False,
+    )
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(
+            size={"height": size, "width": size}, image_grid_pinpoints=[[size, size]]
+        ),
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": size, "width": size}),
+        tokenizer=tokenizer,
+        chat_template=CCEXPERT_CHAT_TEMPLATE,
+        num_image_tokens=(size // patch) ** 2,
+        vision_feature_select_strategy="full",
+    )
+    return CCExpertForConditionalGeneration(config), processor
+
+
+def build_tiny_ccexpert(
+    out_dir: str | Path,
+    *,
+    image_size: int = 64,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vision_layers: int = 8,
+    vocab_size: int = 1024,
+    corpus: list[str] | None = None,
+    gate_init: float = 1.0,
+    seed: int = 0,
+) -> Path:
+    """Build a tiny CCExpert and save model, processor and tokenizer with ``save_pretrained``.
+
+    Args:
+        out_dir: Where to save.
+        image_size: Input side in pixels (one tile per image).
+        hidden_size: Width of the language model, the vision tower and the module.
+        num_layers: Layers of the language model.
+        vision_layers: Blocks of the vision tower.
+        vocab_size: Upper bound of the BPE vocabulary.
+        corpus: Text to train the tokenizer on; by default ``trainer.tiny_models.tokenizer_corpus()``.
+        gate_init: Initial value of the module's output gate (0 gives exactly LLaVA-OneVision).
+        seed: Seed of the random weights.
+
+    Returns:
+        ``out_dir`` as a path.
+    """
+    from trainer.tiny_models import tokenizer_corpus
+
+    cfg = TinyModelConfig(
+        family="ccexpert",
+        out=str(out_dir),
+        image_size=image_size,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        vocab_size=vocab_size,
+        seed=seed,
+    )
+    if corpus is None:
+        corpus = tokenizer_corpus(cfg.corpus_size, seed)
+    tokenizer = build_tokenizer([CCEXPERT_PROMPT, CCEXPERT_SYSTEM, *corpus], vocab_size)
+    torch.manual_seed(seed)
+    model, processor = ccexpert_model_and_processor(
+        cfg, tokenizer, _token_ids(tokenizer), vision_layers=vision_layers, gate_init=gate_init
+    )
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    module_params = sum(p.numel() for p in model.model.integration_module.parameters())
+    info = {"family": "ccexpert", "parameters": n_params, "integration_module_parameters": module_params}
+    info |= {"vocab_size": len(processor.tokenizer), "vision_layers": vision_layers, **vars(cfg)}
+    (out / "tiny_model.json").write_text(json.dumps(info))
+    logger.info("built a tiny ccexpert (%d parameters, %d in the module) in %s", n_params, module_params, out)
+    return out
+
+
+__all__ = ["CCEXPERT_CHAT_TEMPLATE", "CCEXPERT_QUESTION", "build_tiny_ccexpert", "ccexpert_model_and_processor"]
