@@ -1,0 +1,245 @@
+"""geollava-train: trainable parameters change and frozen ones do not, every family trains, QLoRA 4-bit/8-bit train
+on CPU, the output folder holds only the adapter's files, and the CLI run reloads with its masks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, Features, Image, List, Value, load_dataset
+from safetensors.torch import load_file
+from transformers import AutoProcessor
+from trl import SFTTrainer
+
+from dataset_builder.prompts import PROMPT_TEMPLATES
+from trainer.collator import VideoSFTCollator
+from trainer.config import GeoModelConfig, GeoSFTConfig
+from trainer.families import FAMILIES
+from trainer.loading import load_for_inference
+from trainer.masks import load_masks
+from trainer.model_loading import load_model
+from trainer.sft import main
+from trainer.tiny_models import build_tiny_model
+
+
+CAPTIONS = [
+    "A new building was built in the north-east.",
+    "A road was widened in the south.",
+    "The forest was cleared in the west.",
+    "No change is visible between the two images.",
+]
+CORPUS = [*PROMPT_TEMPLATES, *CAPTIONS, "USER: ASSISTANT:", "user assistant system"]
+FEATURES = Features(
+    {
+        "id": Value("string"),
+        "frames": List(Image()),
+        "conversations": List({"from": Value("string"), "value": Value("string")}),
+    }
+)
+CARD = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n"
+ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "run_summary.json", "training_curves.png"}
+
+
+def make_dataset(n, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = {"id": [], "frames": [], "conversations": []}
+    for i in range(n):
+        rows["id"].append(f"pair_{i}")
+        rows["frames"].append([rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(2)])
+        rows["conversations"].append(
+            [
+                {"from": "human", "value": PROMPT_TEMPLATES[i % len(PROMPT_TEMPLATES)] + "\n<video>"},
+                {"from": "gpt", "value": CAPTIONS[i % len(CAPTIONS)]},
+            ]
+        )
+    return Dataset.from_dict(rows, features=FEATURES)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    """A Hub-layout dataset folder, read back with load_dataset as a user would."""
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "data").mkdir()
+    make_dataset(16).to_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
+    (root / "README.md").write_text(CARD)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return build_tiny_model("llava-next-video", tmp_path_factory.mktemp("lnv"), image_size=32, corpus=CORPUS)
+
+
+def _sft(out, **kwargs):
+    defaults = dict(
+        output_dir=str(out),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    return GeoSFTConfig(**{**defaults, **kwargs})
+
+
+def _train(path, family, dataset, out, model_kwargs=None, **sft_kwargs):
+    model_args = GeoModelConfig(
+        model_name_or_path=str(path), use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, **(model_kwargs or {})
+    )
+    loaded = load_model(model_args)
+    processor = AutoProcessor.from_pretrained(path)
+    trainer = SFTTrainer(
+        model=loaded.model,
+        args=_sft(out, **sft_kwargs),
+        train_dataset=dataset,
+        processing_class=processor,
+        data_collator=VideoSFTCollator(processor, family),
+    )
+    return loaded, trainer
+
+
+def test_sft_config_defaults():
+    args = GeoSFTConfig(output_dir="x", use_cpu=True)
+    assert args.remove_unused_columns is False
+    assert args.dataset_kwargs == {"skip_prepare_dataset": True}
+    assert args.max_length is None and args.bf16 is False and args.report_to in ("none", [], ["none"])
+    assert args.activation_checkpointing is False
+    with pytest.raises(ValueError, match="remove_unused_columns"):
+        GeoSFTConfig(output_dir="x", use_cpu=True, remove_unused_columns=True)
+    with pytest.raises(ValueError, match="skip_prepare_dataset"):
+        GeoSFTConfig(output_dir="x", use_cpu=True, dataset_kwargs={})
+
+
+def test_trainable_change_frozen_do_not(tiny_path, dataset_dir, tmp_path):
+    dataset = load_dataset(str(dataset_dir), split="train")
+    loaded, trainer = _train(tiny_path, "llava-next-video", dataset, tmp_path, {"lora_modules_to_save": ["lm_head"]})
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in loaded.model.named_parameters() if not torch.equal(p, before[n])}
+    trainable = set(loaded.trainable_names)
+    # Every LoRA B and the trained lm_head copy move; LoRA A may or may not (B starts at zero), so check B.
+    assert {n for n in trainable if "lora_B" in n or "modules_to_save" in n} <= changed
+    assert changed <= trainable, f"frozen parameters changed: {sorted(changed - trainable)[:5]}"
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert logged  # throughput keys are added by the CLI's callback, checked in the CLI test
+
+
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"llava-next-video"}))
+def test_each_family_trains(family, tmp_path):
+    size = 56 if family == "qwen2.5-vl" else 32
+    path = build_tiny_model(family, tmp_path / "model", image_size=64 if size == 56 else 32, corpus=CORPUS)
+    loaded, trainer = _train(path, family, make_dataset(4, size), tmp_path / "out", max_steps=2, learning_rate=5e-3)
+    lora_b = {n: p.detach().clone() for n, p in loaded.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    after = dict(loaded.model.named_parameters())
+    assert lora_b and all(not torch.equal(after[n], v) for n, v in lora_b.items())
+    assert all(np.isfinite(e["loss"]) for e in trainer.state.log_history if "loss" in e)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_lora_trains_on_cpu(tiny_path, bits, tmp_path):
+    loaded, trainer = _train(
+        tiny_path, "llava-next-video", make_dataset(8), tmp_path, {f"load_in_{bits}bit": True}, learning_rate=5e-3
+    )
+    assert loaded.quantization == ("nf4" if bits == 4 else "int8")
+    lora_b = {n: p.detach().clone() for n, p in loaded.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    after = dict(loaded.model.named_parameters())
+    assert all(not torch.equal(after[n], v) for n, v in lora_b.items())
+
+
+def _cli(tiny_path, dataset_dir, out, recipe, *extra):
+    argv = [
+        "--config",
+        f"trainer/recipes/tiny/{recipe}.yaml",
+        "--model_name_or_path",
+        str(tiny_path),
+        "--dataset_name",
+        str(dataset_dir),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
+    assert main(argv) == 0
+    return json.loads((out / "run_summary.json").read_text())
+
+
+def test_cli_lora_writes_only_adapter_files(tiny_path, dataset_dir, tmp_path):
+    out = tmp_path / "adapter"
+    summary = _cli(tiny_path, dataset_dir, out, "lora", "--save_strategy", "steps", "--save_steps", "2")
+    files = {p.name for p in out.iterdir()}
+    assert files >= ADAPTER_FILES
+    assert not any(name.startswith("checkpoint-") for name in files), files
+    assert not files & {"README.md", "training_args.bin", "optimizer.pt", "scheduler.pt", "trainer_state.json"}
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any("lora_B" in k for k in weights) and any("lm_head" in k for k in weights)
+    assert not any("optimizer" in k or "exp_avg" in k for k in weights)
+    # The summary the card renderer reads.
+    assert summary["recipe"] == "trainer/recipes/tiny/lora.yaml"
+    assert summary["data"]["rows"] == 16 and summary["model"]["family"] == "llava-next-video"
+    assert summary["model"]["lora_r"] == 16 and summary["pruning"] is None
+    assert summary["versions"]["transformers"] and summary["versions"]["trl"]
+    assert summary["throughput"]["samples"] == 16 and summary["throughput"]["samples_per_second"] > 0
+    assert summary["throughput"]["tokens"] > 0 and summary["skipped_overlong"]["count"] == 0
+    logged = [e for e in summary["log_history"] if "loss" in e]
+    assert len(logged) == 4 and all("tokens_per_second" in e and "peak_memory_mb" in e for e in logged)
+
+
+def test_cli_qlora_prune_reloads_with_masks(tiny_path, dataset_dir, tmp_path):
+    out = tmp_path / "adapter"
+    summary = _cli(tiny_path, dataset_dir, out, "qlora_prune")
+    assert summary["model"]["quantization"] == "nf4"
+    assert summary["model"]["loaded_from"].endswith("adapter.pruned-base")
+    assert summary["pruning"]["method"] == "magnitude"
+    assert summary["pruning"]["sparsity_reached"] == pytest.approx(0.05, abs=1e-3)
+    masks = load_masks(out)
+    assert masks and all("language_model" in name for name in masks)
+    model, _, family = load_for_inference(str(tiny_path), str(out))
+    weights = dict(model.named_parameters())
+    name, mask = next(iter(masks.items()))
+    weight = next(p for n, p in weights.items() if n.endswith(name.removeprefix("model.") + ".base_layer.weight"))
+    assert (weight.detach().reshape(mask.shape)[~mask] == 0).all()
+    assert family.name == "llava-next-video"
+
+
+def test_cli_overlong_skip_is_counted(tiny_path, dataset_dir, tmp_path):
+    rows = load_dataset(str(dataset_dir), split="train")
+    processor = AutoProcessor.from_pretrained(tiny_path)
+    lengths = [int(VideoSFTCollator(processor, "llava-next-video")([row])["attention_mask"].sum()) for row in rows]
+    limit = sorted(lengths)[len(lengths) // 2]
+    n_long = sum(n > limit for n in lengths)
+    assert 0 < n_long < len(lengths)
+    out = tmp_path / "adapter"
+    with pytest.raises(ValueError, match="never truncated"):
+        _cli(tiny_path, dataset_dir, out, "lora", "--max_length", str(limit))
+    summary = _cli(
+        tiny_path,
+        dataset_dir,
+        out,
+        "lora",
+        "--max_length",
+        str(limit),
+        "--on_overlong",
+        "skip",
+        "--per_device_train_batch_size",
+        "16",
+        "--max_steps",
+        "1",
+    )
+    assert summary["skipped_overlong"]["count"] == n_long
+    assert len(summary["skipped_overlong"]["ids"]) == n_long

@@ -1,0 +1,242 @@
+"""``geollava-train``: supervised fine-tuning of a video VLM on change-captioning pairs, with LoRA/QLoRA and pruning.
+
+    geollava-train --config trainer/recipes/tiny/lora.yaml --model_name_or_path outputs/tiny-llava-next-video \
+        --dataset_name outputs/dataset --output_dir outputs/adapter
+
+Options come from a YAML recipe (``--config``) and ``--field value`` overrides, parsed by ``TrlParser`` into
+:class:`~trainer.config.GeoScriptArguments`, :class:`~trainer.config.GeoSFTConfig`,
+:class:`~trainer.config.GeoModelConfig` and :class:`~trainer.pruning.PruningConfig`. ``output_dir`` ends up holding
+the adapter, the processor, ``run_summary.json``, ``training_curves.png`` and, when pruning ran, the masks; never
+optimizer state (checkpoints, which hold it for ``--resume_from_checkpoint``, are removed at the end unless
+``--keep_checkpoints``).
+"""
+
+import logging
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import datasets
+import transformers
+from datasets import load_dataset
+from transformers import set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import SFTTrainer, TrlParser
+
+from trainer.callbacks import get_callbacks
+from trainer.collator import VideoSFTCollator
+from trainer.config import GeoModelConfig, GeoScriptArguments, GeoSFTConfig
+from trainer.model_loading import load_model, load_processor, match_trainable_dtype, resolve_family
+from trainer.pruning import PruningConfig, calibration_batches
+from trainer.run_summary import build_summary, plot_curves, write_summary
+from trainer.throughput import ThroughputCallback
+
+
+logger = logging.getLogger(__name__)
+
+ROW_COLUMNS = ("id", "frames", "conversations")
+# Files the trainer writes into output_dir that do not belong in an adapter folder: PEFT's placeholder card (the card
+# renderer writes the real one) and the pickled training arguments (run_summary.json records them as JSON).
+NOT_ADAPTER_FILES = ("README.md", "training_args.bin")
+
+
+def parse_args(argv: list[str] | None = None):
+    """Parse a recipe and overrides into the four option dataclasses."""
+    parser = TrlParser((GeoScriptArguments, GeoSFTConfig, GeoModelConfig, PruningConfig))
+    return parser.parse_args_and_config(args=argv)
+
+
+def recipe_path(argv: list[str] | None) -> str | None:
+    """The ``--config`` path of the command line, if any."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def load_rows(script_args: GeoScriptArguments):
+    """The training rows: ``load_dataset`` on a local folder or a Hub id (the same code), trimmed to what we use."""
+    dataset = load_dataset(script_args.dataset_name, script_args.dataset_config, split=script_args.dataset_train_split)
+    missing = [c for c in ("frames", "conversations") if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"dataset_name {script_args.dataset_name!r}: rows lack the column(s) {missing}")
+    dataset = dataset.select_columns([c for c in ROW_COLUMNS if c in dataset.column_names])
+    if script_args.shuffle_seed is not None:
+        dataset = dataset.shuffle(seed=script_args.shuffle_seed)
+    if script_args.max_samples is not None:
+        dataset = dataset.select(range(min(script_args.max_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError(
+            f"dataset_name {script_args.dataset_name!r}: split {script_args.dataset_train_split!r} is empty"
+        )
+    return dataset
+
+
+def _resume_value(value):
+    if isinstance(value, str) and value.lower() in ("true", "last"):
+        return True
+    return value
+
+
+def finalize_output_dir(output_dir: str | Path, keep_checkpoints: bool) -> None:
+    """Leave only adapter-folder files in ``output_dir``: drop the placeholder card, pickled args, checkpoints."""
+    out = Path(output_dir)
+    for name in NOT_ADAPTER_FILES:
+        (out / name).unlink(missing_ok=True)
+    if not keep_checkpoints:
+        for checkpoint in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``geollava-train``; returns the exit status."""
+    script_args, training_args, model_args, pruning_args = parse_args(argv)
+
+    ################
+    # Setup logging
+    ################
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logging.getLogger("trainer").setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logger.info("model options %s", model_args)
+    logger.info("script options %s", script_args)
+    logger.info("pruning options %s", pruning_args)
+    set_seed(training_args.seed)
+    timings: dict[str, float] = {}
+
+    ################
+    # Load the dataset
+    ################
+    start = time.perf_counter()
+    train_dataset = load_rows(script_args)
+    timings["load_data"] = round(time.perf_counter() - start, 3)
+    logger.info("%d training rows from %s", len(train_dataset), script_args.dataset_name)
+
+    ################
+    # Processor and collator
+    ################
+    family = resolve_family(model_args)
+    processor = load_processor(model_args)
+    collator = VideoSFTCollator(
+        processor, family, on_overlong=model_args.on_overlong, max_length=training_args.max_length
+    )
+
+    ################
+    # Load the model (pruned full-precision copy first when a quantized base is pruned)
+    ################
+    start = time.perf_counter()
+    calibration = None
+    if pruning_args.pruning_method == "wanda" and (model_args.load_in_4bit or model_args.load_in_8bit):
+        calibration = calibration_batches(
+            train_dataset,
+            collator,
+            pruning_args.pruning_calibration_batches,
+            training_args.per_device_train_batch_size,
+        )
+    out = Path(training_args.output_dir)
+    loaded = load_model(
+        model_args,
+        pruning_config=pruning_args,
+        pruned_dir=out.with_name(out.name + ".pruned-base"),
+        calibration=calibration,
+        activation_checkpointing=bool(training_args.activation_checkpointing),
+    )
+    timings["load_model"] = round(time.perf_counter() - start, 3)
+
+    ################
+    # Initialize the SFT trainer
+    ################
+    throughput = ThroughputCallback()
+    trainer = SFTTrainer(
+        model=loaded.model,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=processor,
+        data_collator=collator,
+        callbacks=[*get_callbacks(pruning_args, model_args, train_dataset, collator), throughput],
+    )
+    if loaded.quantization is not None:
+        # TRL casts the trainable parameters of a quantized model to bf16; keep them in the compute dtype.
+        match_trainable_dtype(trainer.model, model_args.torch_dtype())
+
+    ###############
+    # Training loop
+    ###############
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=_resume_value(training_args.resume_from_checkpoint))
+    timings["train"] = round(time.perf_counter() - start, 3)
+    trainer.log_metrics("train", result.metrics)
+
+    ##################################
+    # Save the adapter, summary and plot
+    ##################################
+    start = time.perf_counter()
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        finalize_output_dir(out, training_args.keep_checkpoints)
+        pruning_report = out / "pruning.json"
+        timings["save"] = round(time.perf_counter() - start, 3)
+        summary = build_summary(
+            recipe=recipe_path(argv),
+            arguments={
+                "script": asdict(script_args),
+                "model": asdict(model_args),
+                "pruning": asdict(pruning_args),
+            },
+            data={
+                "dataset_name": script_args.dataset_name,
+                "dataset_config": script_args.dataset_config,
+                "split": script_args.dataset_train_split,
+                "rows": len(train_dataset),
+                "num_frames": script_args.num_frames,
+                "max_samples": script_args.max_samples,
+            },
+            model={
+                "base_model": str(model_args.model_name_or_path),
+                "loaded_from": loaded.base_path,
+                "family": loaded.family.name,
+                "quantization": loaded.quantization,
+                "dtype": str(model_args.torch_dtype()).removeprefix("torch."),
+                "use_peft": model_args.use_peft,
+                "lora_r": model_args.lora_r if model_args.use_peft else None,
+                "lora_alpha": model_args.lora_alpha if model_args.use_peft else None,
+                "lora_dropout": model_args.lora_dropout if model_args.use_peft else None,
+                "lora_target_modules": model_args.target_modules(loaded.family) if model_args.use_peft else None,
+                "trainable_parameters": loaded.trainable_parameters,
+                "total_parameters": loaded.total_parameters,
+            },
+            training_args=training_args.to_dict(),
+            log_history=trainer.state.log_history,
+            train_metrics=result.metrics,
+            throughput=throughput.totals,
+            skipped_overlong={"count": collator.n_skipped, "ids": collator.skipped_ids},
+            pruning=_read_json(pruning_report) if pruning_report.is_file() else None,
+            timings=timings,
+        )
+        write_summary(summary, out)
+        if training_args.plot:
+            plot_curves(trainer.state.log_history, out)
+        logger.info("adapter, run summary and curves saved to %s", out)
+    return 0
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
