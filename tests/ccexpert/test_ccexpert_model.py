@@ -208,3 +208,26 @@ def test_gate_init_zero_builds_a_model_that_starts_at_llava_onevision(tmp_path):
     assert model.model.integration_module.output_gate.item() == 0.0
     info = json.loads((out / "tiny_model.json").read_text())
     assert 0 < info["integration_module_parameters"] < info["parameters"]
+
+
+def test_convert_keeps_every_llava_onevision_weight(tmp_path, random_pair):
+    from trainer.ccexpert.convert import main as convert_main
+    from trainer.tiny_models import build_tiny_model
+
+    base = build_tiny_model("llava-onevision", tmp_path / "ov", corpus=["a road is built", "no change"] * 5)
+    out = tmp_path / "cc"
+    args = ["--base", str(base), "--out", str(out), "--integration_gate_init", "0", "--dtype", "float32"]
+    assert convert_main(args) == 0
+    plain = AutoModelForImageTextToText.from_pretrained(base).eval()
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    assert model.config.model_type == "ccexpert" and model.config.tapped_vision_layers == [1, 2]
+    plain_state = plain.state_dict()
+    for name, tensor in model.state_dict().items():
+        if ".integration_module." not in name:
+            assert torch.equal(tensor, plain_state[name]), name
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.image_processor.image_grid_pinpoints == [[64, 64]]
+    inputs = _inputs(processor, [random_pair(8)])
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, plain(**inputs).logits)  # gate 0: exactly the base
+    assert convert_main(["--base", str(out / "nope"), "--out", str(tmp_path / "x")]) == 1

@@ -5,6 +5,7 @@ checkpoints with no ``trust_remote_code``, and ``trainer.families`` knows the ``
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 from trainer.ccexpert.configuration_ccexpert import CCExpertConfig, proportional_taps
 from trainer.ccexpert.modeling_ccexpert import (
@@ -37,6 +38,11 @@ def _register() -> None:
     AutoConfig.register("ccexpert", CCExpertConfig, exist_ok=True)
     AutoModel.register(CCExpertConfig, CCExpertModel, exist_ok=True)
     AutoModelForImageTextToText.register(CCExpertConfig, CCExpertForConditionalGeneration, exist_ok=True)
+    # transformers saves LLaVA-OneVision checkpoints with the legacy key layout and renames on load, by model_type:
+    # CCExpert shares it, so a LLaVA-OneVision checkpoint loads into it and ours load back into either.
+    register_checkpoint_conversion_mapping(
+        "ccexpert", get_checkpoint_conversion_mapping("llava_onevision"), overwrite=True
+    )
     if "ccexpert" not in FAMILIES:
         register_family(CCEXPERT_FAMILY)
 
