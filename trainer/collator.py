@@ -127,6 +127,11 @@ class VideoSFTCollator:
         assistant = enc.pop("assistant_masks")
         labels = enc["input_ids"].clone()
         labels[(assistant == 0) | (enc["attention_mask"] == 0)] = IGNORE_INDEX
+        if not (labels != IGNORE_INDEX).any(dim=1).all():
+            raise ValueError(
+                "no answer token is supervised: the processor's chat template has no {% generation %} block around "
+                "the assistant turn; set chat_template_path to a template that has one (see docs/training.md)"
+            )
         enc["labels"] = labels
         self.n_samples += labels.shape[0]
         self.n_tokens += int(enc["attention_mask"].sum())

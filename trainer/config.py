@@ -36,6 +36,8 @@ class GeoScriptArguments(ScriptArguments):
     )
 
     def __post_init__(self):
+        if not self.dataset_name:
+            raise ValueError("dataset_name is required: a dataset folder or a Hub dataset id such as <org>/geollava")
         if self.num_frames != 2:
             raise ValueError(f"num_frames {self.num_frames!r}: rows hold exactly 2 frames (earlier, later)")
         if self.max_samples is not None and self.max_samples < 1:

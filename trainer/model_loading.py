@@ -53,9 +53,26 @@ def resolve_family(model_args: GeoModelConfig) -> Family:
     return family_of(config)
 
 
-def load_processor(model_args: GeoModelConfig):
-    """The model's processor, as saved beside the base weights."""
-    return AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+def load_processor(model_args: GeoModelConfig, chat_template_path: str | None = None):
+    """The model's processor, as saved beside the base weights, with a ``.jinja`` chat template applied when given.
+
+    ``SFTTrainer`` applies ``chat_template_path`` (an ``SFTConfig`` field) again, identically; doing it here first
+    checks the template early and makes the collator see it from its first batch.
+
+    Raises:
+        FileNotFoundError: If ``chat_template_path`` does not exist.
+        ValueError: If the template has no ``{% generation %}`` block (the loss mask needs one).
+    """
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    if chat_template_path:
+        path = Path(chat_template_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"chat_template_path {str(path)!r} does not exist")
+        template = path.read_text()
+        if "generation" not in template:
+            raise ValueError(f"chat_template_path {str(path)!r}: the template has no {{% generation %}} block")
+        processor.chat_template = template
+    return processor
 
 
 def quantization_config(model_args: GeoModelConfig, family: Family) -> BitsAndBytesConfig | None:

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     # Processor and collator
     ################
     family = resolve_family(model_args)
-    processor = load_processor(model_args)
+    processor = load_processor(model_args, training_args.chat_template_path)
     collator = VideoSFTCollator(
         processor, family, on_overlong=model_args.on_overlong, max_length=training_args.max_length
     )

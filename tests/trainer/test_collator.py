@@ -151,3 +151,13 @@ def test_bad_rows_are_named(lnv_processor):
         collator([{**row, "conversations": row["conversations"][::-1]}])
     with pytest.raises(ValueError, match="on_overlong"):
         VideoSFTCollator(lnv_processor, "llava-next-video", on_overlong="truncate")
+
+
+def test_template_without_generation_block_is_refused(lnv_processor):
+    template = lnv_processor.chat_template
+    try:
+        lnv_processor.chat_template = template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+        with pytest.raises(ValueError, match="generation"):
+            VideoSFTCollator(lnv_processor, "llava-next-video")(make_rows(2))
+    finally:
+        lnv_processor.chat_template = template

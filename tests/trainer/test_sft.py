@@ -243,3 +243,22 @@ def test_cli_overlong_skip_is_counted(tiny_path, dataset_dir, tmp_path):
     )
     assert summary["skipped_overlong"]["count"] == n_long
     assert len(summary["skipped_overlong"]["ids"]) == n_long
+
+
+def test_resume_gives_the_same_loss_curve(tiny_path, dataset_dir, tmp_path):
+    common = ("--max_steps", "4", "--save_steps", "2", "--save_strategy", "steps", "--lr_scheduler_type", "linear")
+    full = _cli(tiny_path, dataset_dir, tmp_path / "full", "lora", *common, "--keep_checkpoints", "true")
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert (checkpoint / "optimizer.pt").is_file()  # checkpoints keep optimizer state, for resume
+    resumed = _cli(
+        tiny_path, dataset_dir, tmp_path / "resumed", "lora", *common, "--resume_from_checkpoint", str(checkpoint)
+    )
+
+    def losses(summary):
+        return {e["step"]: e["loss"] for e in summary["log_history"] if "loss" in e and e["step"] > 2}
+
+    assert sorted(losses(full)) == sorted(losses(resumed)) == [3, 4]
+    np.testing.assert_allclose(
+        [losses(resumed)[s] for s in (3, 4)], [losses(full)[s] for s in (3, 4)], rtol=1e-5, atol=1e-6
+    )
+    assert not (tmp_path / "resumed" / "checkpoint-2").exists()
