@@ -128,6 +128,20 @@ def test_three_stages_train_only_their_parameters(tiny_ccexpert, levircc, tmp_pa
     assert predictions == saved
     assert metrics["cider_d"] == pytest.approx(selection["best"]["cider_d"])
 
+    # The chosen model is scored on the test split with the LEVIR-CC metrics by geollava-eval (5 references).
+    from trainer.evaluate import main as eval_main
+
+    out = tmp_path / "eval"
+    args = ["--model", str(best), "--dataset", str(levircc), "--split", "test", "--out", str(out)]
+    assert eval_main([*args, "--max_new_tokens", "8", "--model_metrics", "false"]) == 0
+    scores = json.loads((out / "metrics.json").read_text())
+    assert scores["n_rows"] == 2 and {"bleu4", "meteor", "rougeL_coco", "cider_d", "s_m"} <= set(scores)
+    assert scores["s_m"] == pytest.approx(
+        (scores["bleu4"] + scores["meteor"] + scores["rougeL_coco"] + scores["cider_d"]) / 4
+    )
+    first = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    assert len(first["references"]) == 5
+
 
 def test_stage_rules_and_peft_names(tiny_ccexpert):
     assert is_trainable_in_stage("base_model.model.model.integration_module.output_gate", 1)
