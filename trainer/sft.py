@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 from datasets import load_dataset
 from transformers import set_seed
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ##################################
     start = time.perf_counter()
     trainer.save_model(training_args.output_dir)
+    checksums = trainable_checksums(trainer)
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         finalize_output_dir(out, training_args.keep_checkpoints)
@@ -225,11 +227,25 @@ def main(argv: list[str] | None = None) -> int:
             pruning=_read_json(pruning_report) if pruning_report.is_file() else None,
             timings=timings,
         )
+        summary["distributed"] = {
+            "world_size": training_args.world_size,
+            "trainable_checksums": checksums,
+            "ranks_agree": len(set(checksums)) == 1,
+        }
         write_summary(summary, out)
         if training_args.plot:
             plot_curves(trainer.state.log_history, out)
         logger.info("adapter, run summary and curves saved to %s", out)
     return 0
+
+
+def trainable_checksums(trainer) -> list[float]:
+    """A checksum of the trainable weights on every process (all equal when data-parallel replicas agree)."""
+    total = torch.zeros(1, dtype=torch.float64, device=trainer.accelerator.device)
+    for parameter in trainer.model.parameters():
+        if parameter.requires_grad:
+            total += parameter.detach().double().abs().sum()
+    return [float(x) for x in trainer.accelerator.gather(total).cpu().tolist()]
 
 
 def _read_json(path: Path) -> dict:
