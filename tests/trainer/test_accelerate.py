@@ -99,7 +99,6 @@ def test_two_process_cpu_run_agrees(tmp_path):
         "accelerate.commands.launch",
         "--config_file",
         "trainer/recipes/accelerate_configs/multi_gpu.yaml",
-        "--cpu",
         "--num_processes",
         "2",
         "--num_machines",
