@@ -364,6 +364,21 @@ def _chatml_tokenizer(tokenizer: PreTrainedTokenizerFast, **placeholders: str) -
     )
 
 
+def init_visual_weights(model, family) -> None:
+    """Give the random vision tower and projector weights of a usable scale (Xavier).
+
+    With the configs' default ``initializer_range`` (0.02), each random linear layer shrinks its input by ~6x, so
+    the projected visual tokens come out nearly constant (std ~0.01, the two dates differing by ~0.003) and a tiny
+    model cannot learn to see. A pretrained tower's features carry their input's information; Xavier-initialised
+    random ones do too (std ~1, dates differing by ~0.4), which is what the tiny stand-in needs to mimic.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and any(name.startswith(p + ".") for p in family.vision_modules):
+            torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+
+
 BUILDERS = {
     "llava-next-video": _llava_next_video,
     "video-llava": _video_llava,
@@ -410,6 +425,7 @@ def build_tiny_model(
     tokenizer = build_tokenizer(corpus if corpus is not None else tokenizer_corpus(cfg.corpus_size, seed), vocab_size)
     torch.manual_seed(seed)
     model, processor = BUILDERS[family](cfg, tokenizer, _token_ids(tokenizer))
+    init_visual_weights(model, FAMILIES[family])
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     out = Path(out_dir)
