@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("script options %s", script_args)
     logger.info("pruning options %s", pruning_args)
     set_seed(training_args.seed)
+    if training_args.torch_num_threads is not None:
+        torch.set_num_threads(training_args.torch_num_threads)
     timings: dict[str, float] = {}
 
     ################
