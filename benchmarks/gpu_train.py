@@ -350,7 +350,9 @@ def run_method(
         model = _qlora_model(workdir / "base", bench, dtype)
     model.train()
     lora_parameters = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    counts = parameter_counts(model)
+    # Counted on a meta-device copy: packed 4-bit weights would under-count the QLoRA base.
+    with torch.device("meta"):
+        counts = parameter_counts(LlavaNextVideoForConditionalGeneration(config))
     flops = flops_per_sample(counts, config, bench.tokens_per_sample, lora_parameters)
     tried, result = [], {"method": method, "error": "no batch size fits"}
     for batch_size in bench.batch_list:
@@ -377,6 +379,7 @@ def run_method(
             "losses_finite": bool(torch.isfinite(torch.tensor(timing["losses"])).all()),
             "parameters": counts,
             "lora_parameters": lora_parameters,
+            "flops_per_sample": flops,
             "tflops_per_sample": {k: round(v / 1e12, 3) for k, v in flops.items()},
             "achieved_tflops": {k: round(v * samples_per_s / 1e12, 2) for k, v in flops.items()},
             "goal_samples_per_s": GOALS[method],

@@ -7,6 +7,7 @@ rows become messages), the processor call with the assistant mask, and the label
 
 import logging
 
+import numpy as np
 import torch
 
 from dataset_builder.prompts import strip_visual_placeholder
@@ -40,6 +41,15 @@ def row_messages(row: dict, family: Family | str) -> list[dict]:
         return build_messages(family, question, frames, conversations[1]["value"])
     except ValueError as error:
         raise ValueError(f"row {row_id!r}: {error}") from error
+
+
+def _as_tensor(value) -> torch.Tensor:
+    """A processor output as one tensor: tensors as they are, lists of same-shape tensors stacked, lists of ints."""
+    if torch.is_tensor(value):
+        return value
+    if isinstance(value, list | tuple) and value and all(torch.is_tensor(v) for v in value):
+        return torch.stack(list(value))
+    return torch.as_tensor(np.asarray(value))
 
 
 class VideoSFTCollator:
@@ -82,14 +92,17 @@ class VideoSFTCollator:
         self.n_tokens = 0
 
     def _encode(self, conversations: list[list[dict]]) -> dict:
-        return self.processor.apply_chat_template(
+        # No return_tensors: the processor still returns tensors for the model inputs, while the assistant mask and
+        # the offsets it is computed from stay Python lists; transformers walks those token by token, about twice
+        # as fast over lists as over tensors (the whole collator: ~140 -> ~280 samples/s at 336 px).
+        enc = self.processor.apply_chat_template(
             conversations,
             tokenize=True,
             return_dict=True,
-            return_tensors="pt",
             return_assistant_tokens_mask=True,
             processor_kwargs={"padding": True, "padding_side": "right"},
         )
+        return {key: _as_tensor(value) for key, value in enc.items()}
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """Collate a batch of rows.
