@@ -24,6 +24,7 @@ from trainer.tiny_models import build_tiny_model
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east.", "No change.", "USER: ASSISTANT:"]
 ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "trainer" / "recipes" / "accelerate_configs"
 STEPS, BATCH = 3, 2
 CARD = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n"
 
@@ -75,6 +76,18 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    text = path.read_text()
+    assert text.startswith("#") and "accelerate launch --config_file " + str(path.relative_to(ROOT)) in text
+    config = load_config_from_file(str(path))
+    assert config.num_processes >= 1 and config.num_machines >= 1
+    if config.num_machines > 1:
+        assert config.num_processes % config.num_machines == 0
 
 
 @pytest.mark.slow
@@ -146,6 +159,7 @@ def test_two_process_cpu_run_agrees(tmp_path):
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["throughput"]["samples"] == STEPS * BATCH * 2
     assert summary["training"]["per_device_train_batch_size"] == BATCH
+    assert summary["distributed"]["world_size"] == 2 and summary["distributed"]["ranks_agree"]
     assert not list(out.glob("checkpoint-*"))
 
 
