@@ -47,13 +47,15 @@ class Stages:
         self.done += 1
         fingerprint = hashlib.sha256(json.dumps(key or {}, sort_keys=True, default=str).encode()).hexdigest()
         start = time.perf_counter()
-        reuse = self.state.get(name) == fingerprint and all(p.exists() for p in outputs) and bool(outputs)
+        previous = self.state.get(name) or {}
+        reuse = previous.get("fingerprint") == fingerprint and all(p.exists() for p in outputs) and bool(outputs)
         if not reuse:
             fn()
-            self.state[name] = fingerprint
-            self.state_path.write_text(json.dumps(self.state, indent=2))
-        seconds = time.perf_counter() - start
-        self.times[name] = round(seconds, 2)
+        # A reused stage reports the time it took when it ran.
+        seconds = previous["seconds"] if reuse else round(time.perf_counter() - start, 2)
+        self.state[name] = {"fingerprint": fingerprint, "seconds": seconds}
+        self.state_path.write_text(json.dumps(self.state, indent=2))
+        self.times[name] = seconds
         print(
             f"[{self.done}/{self.total}] {title:<58} {'reused' if reuse else 'done':>6} {seconds:7.1f} s", flush=True
         )
