@@ -44,3 +44,43 @@ def pytest_sessionfinish(session, exitstatus):
 def session_dir() -> Path:
     """A temporary folder shared by the whole test session."""
     return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def hub_server(session_dir):
+    """`geollava-hub` on the loopback port HF_ENDPOINT points at; yields its URL."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    url = os.environ["HF_ENDPOINT"]
+    log = open(session_dir / "hub.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "upload.hub_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(HUB_PORT),
+            "--storage",
+            str(session_dir / "hub-storage"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/whoami-v2", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"geollava-hub did not start: {(session_dir / 'hub.log').read_text()}") from None
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()

@@ -1,0 +1,219 @@
+"""Push with geollava-push to the loopback Hub, then load back with the users' own calls."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import load_dataset
+from huggingface_hub import HfApi, snapshot_download
+
+from dataset_builder.build import BuildConfig, build
+from dataset_builder.prompts import PROMPT_TEMPLATES
+from dataset_builder.synth import SynthConfig, generate_tree
+from model_cards.render import main as card_main
+from model_cards.render import validate_card
+from upload.push import main as push_main
+from upload.push import staged_files
+
+
+TOKEN = os.environ["HF_TOKEN"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("release")
+    generate_tree(SynthConfig(out=str(root / "fmow"), locations=16, seed=11, image_size=64, oversize_fraction=0))
+    build(
+        BuildConfig(
+            fmow_root=str(root / "fmow"), out=str(root / "dataset"), frame_size=32, shard_rows=6, sample_size=5
+        )
+    )
+    return root / "dataset"
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from trainer.families import get_family
+    from trainer.masks import apply_masks, save_masks
+    from trainer.tiny_models import build_tiny_model
+
+    root = tmp_path_factory.mktemp("adapter")
+    base = build_tiny_model("llava-next-video", root / "base", image_size=32, corpus=list(PROMPT_TEMPLATES))
+    model = AutoModelForImageTextToText.from_pretrained(base)
+    weight = model.model.language_model.layers[0].mlp.down_proj.weight
+    masks = {"model.language_model.layers.0.mlp.down_proj": weight.abs() > weight.abs().median()}
+    apply_masks(model, masks)
+    peft = get_peft_model(
+        model,
+        LoraConfig(r=4, target_modules=get_family("llava-next-video").lora_target_modules, init_lora_weights=False),
+    )
+    out = root / "adapter"
+    peft.save_pretrained(out)
+    save_masks(masks, out, {"method": "magnitude", "target_sparsity": 0.5})
+    (out / "checkpoint-2").mkdir()
+    (out / "checkpoint-2" / "optimizer.pt").write_bytes(b"x" * 10)
+    (out / "optimizer.pt").write_bytes(b"x" * 10)
+    return base, out, peft
+
+
+def _commits(repo_id, repo_type):
+    return HfApi().list_repo_commits(repo_id, repo_type=repo_type)
+
+
+def test_dataset_push_and_load_every_config(hub_server, dataset_dir, tmp_path, capsys):
+    assert card_main(["dataset", str(dataset_dir), "--repo-id", "geo-org/geollava"]) == 0
+    assert push_main(["dataset", str(dataset_dir), "--repo-id", "geo-org/geollava"]) == 0
+    out = capsys.readouterr().out
+    assert TOKEN not in out
+    for config in ("default", "sample_10k"):
+        hub = load_dataset("geo-org/geollava", config, cache_dir=str(tmp_path / "cache"))
+        local = load_dataset(str(dataset_dir), config, cache_dir=str(tmp_path / "local"))
+        for split in local:
+            assert hub[split].features == local[split].features
+            assert hub[split]["id"] == local[split]["id"]
+            assert hub[split]["conversations"] == local[split]["conversations"]
+    assert len(_commits("geo-org/geollava", "dataset")) == 2  # the repo's first commit + exactly one push
+
+
+def test_adapter_push_and_peft_load_is_bit_identical(hub_server, adapter_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from trainer.masks import apply_masks, load_masks
+
+    base, adapter, trained = adapter_dir
+    staged = {str(p) for p in staged_files("model", adapter)}
+    assert "adapter_model.safetensors" in staged and "pruning_masks.safetensors" in staged
+    assert not any("checkpoint" in p or "optimizer" in p for p in staged)
+    assert push_main(["model", str(adapter), "--repo-id", "geo-org/tiny-lora"]) == 0
+    local = snapshot_download("geo-org/tiny-lora", cache_dir=str(tmp_path / "c"))
+    assert not list(Path(local).rglob("optimizer.pt"))
+    model = AutoModelForImageTextToText.from_pretrained(base)
+    apply_masks(model, load_masks(local))
+    model = PeftModel.from_pretrained(model, "geo-org/tiny-lora", cache_dir=str(tmp_path / "c"))
+    for (name, a), (_, b) in zip(model.state_dict().items(), trained.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        assert torch.equal(
+            model.generate(input_ids=ids, max_new_tokens=5, do_sample=False),
+            trained.generate(input_ids=ids, max_new_tokens=5, do_sample=False),
+        )
+
+
+def test_dry_run_sends_nothing(hub_server, dataset_dir, capsys):
+    before = urllib.request.urlopen(f"{hub_server}/_log").read().count(b'"')
+    assert push_main(["dataset", str(dataset_dir), "--repo-id", "geo-org/never", "--dry-run"]) == 0
+    after = urllib.request.urlopen(f"{hub_server}/_log").read().count(b'"')
+    assert after == before + 2  # only our own /_log request was logged in between
+    assert "plan: dataset" in capsys.readouterr().out
+    assert not HfApi().repo_exists("geo-org/never", repo_type="dataset")
+
+
+def test_push_to_a_branch(hub_server, dataset_dir):
+    assert push_main(["dataset", str(dataset_dir), "--repo-id", "geo-org/branchy", "--revision", "v1"]) == 0
+    refs = HfApi().list_repo_refs("geo-org/branchy", repo_type="dataset")
+    assert {b.name for b in refs.branches} == {"main", "v1"}
+    assert HfApi().file_exists("geo-org/branchy", "README.md", repo_type="dataset", revision="v1")
+    assert not HfApi().file_exists("geo-org/branchy", "README.md", repo_type="dataset", revision="main")
+
+
+def test_interrupted_push_then_rerun_is_one_complete_commit(hub_server, dataset_dir, tmp_path):
+    env = {**os.environ}
+    cmd = [sys.executable, "-m", "upload.push", "dataset", str(dataset_dir), "--repo-id", "geo-org/interrupted"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and b"_lfs" not in urllib.request.urlopen(f"{hub_server}/_log").read():
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    commits = _commits("geo-org/interrupted", "dataset")
+    assert len(commits) == 2
+    files = set(HfApi().list_repo_files("geo-org/interrupted", repo_type="dataset"))
+    assert {str(p) for p in staged_files("dataset", dataset_dir)} <= files
+
+
+def test_space_push_pull_back_and_start(hub_server, adapter_dir, tmp_path):
+    space = tmp_path / "space"
+    import shutil
+
+    shutil.copytree(ROOT / "spaces_demo", space, ignore=shutil.ignore_patterns("__pycache__"))
+    assert card_main(["space", str(space), "--repo-id", "geo-org/demo", "--model-repo-id", "geo-org/tiny-lora"]) == 0
+    validate_card((space / "README.md").read_text(), "space")
+    assert push_main(["space", str(space), "--repo-id", "geo-org/demo"]) == 0
+    assert HfApi().space_info("geo-org/demo").sdk == "gradio"
+    pulled = Path(snapshot_download("geo-org/demo", repo_type="space", cache_dir=str(tmp_path / "c")))
+    assert (pulled / "app.py").exists() and (pulled / "requirements.txt").exists()
+    sys.path.insert(0, str(ROOT / "tests" / "spaces_demo"))
+    from test_app_browser import serve
+
+    base, adapter, _ = adapter_dir
+    proc, url = serve(pulled / "app.py", base, adapter, tmp_path / "app.log")
+    try:
+        from gradio_client import Client, handle_file
+        from PIL import Image
+
+        Image.new("RGB", (40, 40), "green").save(tmp_path / "a.png")
+        Image.new("RGB", (40, 40), "white").save(tmp_path / "b.png")
+        client = Client(url, verbose=False)
+        text, _, status = client.predict(
+            handle_file(str(tmp_path / "a.png")),
+            handle_file(str(tmp_path / "b.png")),
+            None,
+            None,
+            None,
+            PROMPT_TEMPLATES[0],
+            8,
+            api_name="/describe",
+        )
+        assert status.startswith("✅") and text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_token_never_in_cards_or_pushed_files(hub_server, dataset_dir, adapter_dir, tmp_path):
+    for repo, rtype in (("geo-org/geollava", "dataset"), ("geo-org/tiny-lora", "model")):
+        local = Path(snapshot_download(repo, repo_type=rtype, cache_dir=str(tmp_path / rtype)))
+        for f in local.rglob("*"):
+            if f.is_file():
+                assert TOKEN.encode() not in f.read_bytes(), f
+
+
+def test_model_card_validates_offline(adapter_dir, tmp_path):
+    import json
+
+    _, adapter, _ = adapter_dir
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"rougeL": 0.61, "grounding_f1": 0.8, "bertscore_f1": 0.77}))
+    assert (
+        card_main(
+            [
+                "model",
+                str(adapter),
+                "--repo-id",
+                "geo-org/tiny-lora",
+                "--metrics",
+                str(metrics),
+                "--dataset-repo-id",
+                "geo-org/geollava",
+            ]
+        )
+        == 0
+    )
+    text = (adapter / "README.md").read_text()
+    validate_card(text, "model")
+    assert "library_name: peft" in text and "model-index" in text and "rougeL" in text
+    assert "PeftModel.from_pretrained" in text and "apply_masks" in text
+    with pytest.raises(ValueError, match="does not parse"):
+        validate_card("---\nfoo: [unclosed\n---\n", "model")
