@@ -44,7 +44,7 @@ def test_same_text_as_geollava_predict(app, space_model, pair_files, capsys):
     assert status.startswith("✅"), status
     assert isinstance(view, Image.Image) and view.width > view.height  # the two frames side by side
     assert text
-    assert text == _predict_cli(*space_model, before, after, 2, capsys).splitlines()[-1].strip()
+    assert text.strip() == _predict_cli(*space_model, before, after, 2, capsys).strip()
 
 
 def test_missing_image_is_a_friendly_message(app, pair_files):

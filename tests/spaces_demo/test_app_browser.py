@@ -99,7 +99,7 @@ def test_upload_two_images_and_get_the_description(served, browser, space_model,
             str(after),
         ]
     )
-    expected = capsys.readouterr().out.strip().splitlines()[-1].strip()
+    expected = capsys.readouterr().out.strip()
 
     page = browser.new_page(viewport={"width": 1200, "height": 1400})
     external = []
