@@ -196,6 +196,7 @@ def main() -> int:
     """Run both benchmarks and write the results."""
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
+    default_threads = torch.get_num_threads()  # the tiny recipes set torch_num_threads: 1 inside geollava-train
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         data_path = bench_data_path(work)
@@ -205,7 +206,7 @@ def main() -> int:
     result = {
         "machine": {
             "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+            "torch_default_threads": default_threads,
             "python": platform.python_version(),
         },
         "data_path": data_path,
@@ -217,7 +218,9 @@ def main() -> int:
     lines = [
         "# Training benchmark (CPU)",
         "",
-        f"{result['machine']['cpus']} CPU cores visible (shared), torch threads {result['machine']['torch_threads']}.",
+        f"{result['machine']['cpus']} CPU cores visible (shared by several users), torch default threads "
+        f"{result['machine']['torch_default_threads']}; the data path runs with 1 torch thread per process and the "
+        "tiny recipes set `torch_num_threads: 1`.",
         "",
         f"## Data path: decode + processor + collator, {d['frame_px']} px, 2 frames, batch {d['batch']}",
         "",
