@@ -379,7 +379,14 @@ def init_visual_weights(model, family) -> None:
                 torch.nn.init.zeros_(module.bias)
 
 
+def _ccexpert(cfg: TinyModelConfig, tokenizer, ids: dict):
+    from trainer.ccexpert.tiny import ccexpert_model_and_processor
+
+    return ccexpert_model_and_processor(cfg, tokenizer, ids)
+
+
 BUILDERS = {
+    "ccexpert": _ccexpert,
     "llava-next-video": _llava_next_video,
     "video-llava": _video_llava,
     "llava-onevision": _llava_onevision,

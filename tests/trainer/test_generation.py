@@ -29,6 +29,8 @@ def _rows(n, seed=0):
 
 def test_batch_is_left_padded(loaded):
     model, processor, family = loaded
+    if family.name == "ccexpert":
+        pytest.skip("CCExpert's template always shows its fixed prompt: rows of one batch have the same length")
     questions, frames = _rows(3)
     enc = encode_batch(processor, family, questions, frames)
     mask = enc["attention_mask"]
