@@ -37,8 +37,9 @@ def main():
             write_mp4(frames, work / "floor.mp4")
         floor = time.perf_counter() - start
         start = time.perf_counter()
-        report = build(BuildConfig(fmow_root=str(work / "fmow"), out=str(work / "out"), frame_size=FRAME_SIZE,
-                                   num_proc=1))
+        report = build(
+            BuildConfig(fmow_root=str(work / "fmow"), out=str(work / "out"), frame_size=FRAME_SIZE, num_proc=1)
+        )
         seconds = time.perf_counter() - start
         n_pairs = sum(report["pairs_per_split"].values())
         result = {
@@ -61,11 +62,11 @@ def main():
     (RESULTS / "build.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "build.md").write_text(
         "# Build benchmark\n\n"
-        f"{result['pairs']} pairs from {result['images_seen']} synthetic {IMAGE_SIZE}px images, frames {FRAME_SIZE}px, "
-        f"1 process, {result['cores']} cores.\n\n"
+        f"{result['pairs']} pairs from {result['images_seen']} synthetic {IMAGE_SIZE}px images, "
+        f"frames {FRAME_SIZE}px, 1 process, {result['cores']} cores.\n\n"
         "| pairs/s | images/s | build (s) | decode+encode floor (s) | ratio (goal ≤ 1.5) |\n|---|---|---|---|---|\n"
-        f"| {result['pairs_per_s']} | {result['images_per_s']} | {result['build_seconds']} | {result['floor_seconds']} "
-        f"| {result['ratio_to_floor']} |\n"
+        f"| {result['pairs_per_s']} | {result['images_per_s']} | {result['build_seconds']} "
+        f"| {result['floor_seconds']} | {result['ratio_to_floor']} |\n"
     )
     print(json.dumps(result))
 
