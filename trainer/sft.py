@@ -27,6 +27,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer, TrlParser
 
 from trainer.callbacks import get_callbacks
+from trainer.ccexpert.stages import CCExpertStageArguments, stage_trainer_kwargs
 from trainer.collator import VideoSFTCollator
 from trainer.config import GeoModelConfig, GeoScriptArguments, GeoSFTConfig
 from trainer.model_loading import load_model, load_processor, match_trainable_dtype, resolve_family
@@ -44,8 +45,8 @@ NOT_ADAPTER_FILES = ("README.md", "training_args.bin")
 
 
 def parse_args(argv: list[str] | None = None):
-    """Parse a recipe and overrides into the four option dataclasses."""
-    parser = TrlParser((GeoScriptArguments, GeoSFTConfig, GeoModelConfig, PruningConfig))
+    """Parse a recipe and overrides into the option dataclasses (script, SFT, model, pruning, CCExpert stage)."""
+    parser = TrlParser((GeoScriptArguments, GeoSFTConfig, GeoModelConfig, PruningConfig, CCExpertStageArguments))
     return parser.parse_args_and_config(args=argv)
 
 
@@ -96,7 +97,7 @@ def finalize_output_dir(output_dir: str | Path, keep_checkpoints: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-train``; returns the exit status."""
-    script_args, training_args, model_args, pruning_args = parse_args(argv)
+    script_args, training_args, model_args, pruning_args, stage_args = parse_args(argv)
 
     ################
     # Setup logging
@@ -161,13 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     # Initialize the SFT trainer
     ################
     throughput = ThroughputCallback()
+    # CCExpert's stages choose what trains (and the vision tower's lr) and may select the best checkpoint on val.
+    stage = stage_trainer_kwargs(stage_args, loaded.model, training_args, processor, family, script_args.dataset_name)
     trainer = SFTTrainer(
         model=loaded.model,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
         data_collator=collator,
-        callbacks=[*get_callbacks(pruning_args, model_args, train_dataset, collator), throughput],
+        optimizers=stage.get("optimizers", (None, None)),
+        callbacks=[
+            *get_callbacks(pruning_args, model_args, train_dataset, collator),
+            throughput,
+            *stage.get("callbacks", []),
+        ],
     )
     if loaded.quantization is not None:
         # TRL casts the trainable parameters of a quantized model to bf16; keep them in the compute dtype.
