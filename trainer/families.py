@@ -36,7 +36,8 @@ class Family:
     example_model_id: str
 
 
-def _lm_projections(prefix: str) -> str:
+def lm_projections(prefix: str = "language_model") -> str:
+    """LoRA target regex: the attention and MLP projections of the language model under ``prefix``."""
     return rf".*{prefix}\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
 
 
@@ -50,7 +51,7 @@ FAMILIES: dict[str, Family] = {
             visual="video",
             vision_modules=("model.vision_tower", "model.multi_modal_projector", "model.vision_resampler"),
             language_model="model.language_model",
-            lora_target_modules=_lm_projections("language_model"),
+            lora_target_modules=lm_projections(),
             example_model_id="llava-hf/LLaVA-NeXT-Video-7B-hf",
         ),
         Family(
@@ -60,7 +61,7 @@ FAMILIES: dict[str, Family] = {
             visual="video",
             vision_modules=("model.image_tower", "model.video_tower", "model.multi_modal_projector"),
             language_model="model.language_model",
-            lora_target_modules=_lm_projections("language_model"),
+            lora_target_modules=lm_projections(),
             example_model_id="LanguageBind/Video-LLaVA-7B-hf",
         ),
         Family(
@@ -71,7 +72,7 @@ FAMILIES: dict[str, Family] = {
             visual="video",
             vision_modules=("model.vision_tower", "model.multi_modal_projector"),
             language_model="model.language_model",
-            lora_target_modules=_lm_projections("language_model"),
+            lora_target_modules=lm_projections(),
             example_model_id="llava-hf/llava-onevision-qwen2-7b-ov-hf",
         ),
         Family(
@@ -82,7 +83,7 @@ FAMILIES: dict[str, Family] = {
             visual="images",
             vision_modules=("model.visual",),
             language_model="model.language_model",
-            lora_target_modules=_lm_projections("language_model"),
+            lora_target_modules=lm_projections(),
             example_model_id="Qwen/Qwen2.5-VL-7B-Instruct",
         ),
     )

@@ -13,12 +13,8 @@ from trainer.ccexpert.modeling_ccexpert import (
     CCExpertModel,
     DifferenceAwareIntegrationModule,
 )
-from trainer.families import FAMILIES, Family, register_family
+from trainer.families import FAMILIES, Family, lm_projections, register_family
 
-
-LM_PROJECTIONS = (
-    r".*language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
-)
 
 CCEXPERT_FAMILY = Family(
     name="ccexpert",
@@ -29,7 +25,7 @@ CCEXPERT_FAMILY = Family(
     # never pruned.
     vision_modules=("model.vision_tower", "model.multi_modal_projector", "model.integration_module"),
     language_model="model.language_model",
-    lora_target_modules=LM_PROJECTIONS,
+    lora_target_modules=lm_projections(),
     example_model_id="llava-hf/llava-onevision-qwen2-7b-ov-hf",
 )
 
