@@ -99,8 +99,13 @@ def get_annotator(spec: str, **options) -> Annotator:
 
         return SyntheticAnnotator(**options)
     if spec == "openai":
-        from dataset_builder.openai_annotator import OpenAIAnnotator
-
+        try:
+            from dataset_builder.openai_annotator import OpenAIAnnotator
+        except ImportError as err:
+            raise ValueError(
+                "--annotator openai is not available in this release yet; build with --annotator none (or "
+                "import:PATH for the official release's GPT-4o-mini answers) and annotate later"
+            ) from err
         return OpenAIAnnotator(**options)
     if spec.startswith("import:"):
         from dataset_builder.official_json import ImportAnnotator

@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     (cfg,) = HfArgumentParser(BuildConfig).parse_args_into_dataclasses(args=argv)
     try:
         report = build(cfg)
-    except (FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except (FileNotFoundError, FileExistsError, RuntimeError, ValueError) as err:
         print(f"geollava-build: {err}", file=sys.stderr)
         return 1
     dropped = sum(report["images_dropped"].values())

@@ -174,3 +174,9 @@ def test_resume_after_a_kill_gives_the_same_folder(tmp_path):
         got = tmp_path / "out" / ref.relative_to(tmp_path / "ref")
         assert pq.read_table(got).equals(pq.read_table(ref)), ref.name
     assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def test_unavailable_annotator_is_a_clear_error(messy_tree, tmp_path, capsys):
+    args = ["--fmow-root", str(messy_tree), "--out", str(tmp_path / "o"), "--annotator", "openai"]
+    assert main(args) == 1
+    assert "--annotator openai is not available" in capsys.readouterr().err
