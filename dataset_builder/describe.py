@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from dataset_builder.annotate import AnnotationRequest, AnnotationResult
-from dataset_builder.changes import NO_CHANGE_PHRASES, PHRASES
-from dataset_builder.scenes import apply_change, describe_objects, possible_changes, random_scene
+from dataset_builder.changes import NO_CHANGE_PHRASES, PHRASES, PLURAL_PHRASES
+from dataset_builder.scenes import apply_change, describe_objects, diff_scenes, possible_changes, random_scene
 
 
 logger = logging.getLogger(__name__)
 
 SIZE_WORDS = {"small": "small", "medium": "medium-sized", "large": "large"}
-NUMBERS = {1: "a", 2: "two", 3: "three", 4: "four"}
+NUMBERS = {2: "two", 3: "three"}  # four or more: "several", so the vocabulary stays closed
 SCENE_OPENERS = (
     ("The first image shows {scene}.", "The second image shows {scene}."),
-    ("In the first image there is {scene}.", "In the second image there is {scene}."),
+    ("The earlier image shows {scene}.", "The later image shows {scene}."),
 )
 CHANGE_OPENERS = ("Between the two dates, {changes}.", "Over time, {changes}.")
 
@@ -37,7 +37,7 @@ def _rng_for(pair_id: str) -> np.random.Generator:
 def _count(n: int, singular: str, plural: str) -> str:
     if n == 1:
         return f"{'an' if singular[0] in 'aeiou' else 'a'} {singular}"
-    return f"{NUMBERS.get(n, str(n))} {plural}"
+    return f"{NUMBERS.get(n, 'several')} {plural}"
 
 
 def describe_scene(objects: list[dict]) -> str:
@@ -55,6 +55,8 @@ def describe_scene(objects: list[dict]) -> str:
         parts.append(_count(kinds.count("buildings"), "group of buildings", "groups of buildings"))
     if kinds.count("construction_site"):
         parts.append(_count(kinds.count("construction_site"), "area of earthworks", "areas of earthworks"))
+    if kinds.count("cleared_land"):
+        parts.append(_count(kinds.count("cleared_land"), "patch of bare soil", "patches of bare soil"))
     if not parts:
         return f"open {base}"
     listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
@@ -62,14 +64,25 @@ def describe_scene(objects: list[dict]) -> str:
 
 
 def describe_changes(changes: list[dict], rng: np.random.Generator) -> str:
-    """The change sentence(s) of a caption."""
+    """The change sentence of a caption: one clause per kind, in the order the kinds first appear.
+
+    A kind that happened once gets one of its :data:`~dataset_builder.changes.PHRASES` (with place and size); a kind
+    that happened in several places gets its :data:`~dataset_builder.changes.PLURAL_PHRASES` listing the places.
+    """
     if not changes:
         return NO_CHANGE_PHRASES[int(rng.integers(len(NO_CHANGE_PHRASES)))]
-    clauses = []
+    by_kind: dict[str, list[dict]] = {}
     for change in changes:
-        options = PHRASES[change["kind"]]
-        template = options[int(rng.integers(len(options)))]
-        clauses.append(template.format(loc=change["location"], size=SIZE_WORDS[change["size"]]))
+        by_kind.setdefault(change["kind"], []).append(change)
+    clauses = []
+    for kind, group in by_kind.items():
+        if len(group) == 1:
+            options = PHRASES[kind]
+            template = options[int(rng.integers(len(options)))]
+            clauses.append(template.format(loc=group[0]["location"], size=SIZE_WORDS[group[0]["size"]]))
+        else:
+            places = [c["location"] for c in group]
+            clauses.append(PLURAL_PHRASES[kind].format(locs=", the ".join(places[:-1]) + " and the " + places[-1]))
     joined = clauses[0] if len(clauses) == 1 else ", and ".join([", ".join(clauses[:-1]), clauses[-1]])
     return CHANGE_OPENERS[int(rng.integers(len(CHANGE_OPENERS)))].format(changes=joined)
 
@@ -109,22 +122,26 @@ def _split_pair_id(pair_id: str, location_id: str) -> tuple[str, str]:
 
 
 def describe_corpus(n: int, seed: int = 0) -> list[str]:
-    """``n`` captions of random scenes and changes: the vocabulary the describer can emit (for tokenizers)."""
+    """``n`` captions of random scenes and changes: the vocabulary the describer can emit (for tokenizers).
+
+    Each caption describes a random scene before and after a chain of 0-5 changes, composed as the generator
+    composes them for non-consecutive dates, so object counts and change lists reach what a real tree holds.
+    """
     rng = np.random.default_rng(seed)
     captions = []
     for i in range(n):
         scene = random_scene(rng)
-        changes = []
         after = scene
-        for _ in range(int(rng.choice([0, 1, 1, 2]))):
+        for _ in range(int(rng.choice([0, 1, 1, 1, 2, 2, 3, 5]))):
             kinds = possible_changes(after)
-            after, change = apply_change(after, str(rng.choice(kinds)), rng)
-            changes.append(change)
+            if not kinds:
+                break
+            after, _ = apply_change(after, str(rng.choice(kinds)), rng)
         a, b = f"x_0_{2 * i}", f"x_0_{2 * i + 1}"  # distinct ids: the phrasing is seeded by the pair id
         location = {
             "location_id": "x_0",
             "images": {a: {"objects": describe_objects(scene)}, b: {"objects": describe_objects(after)}},
-            "pairs": {f"{a}-{b}": {"changes": changes}},
+            "pairs": {f"{a}-{b}": {"changes": diff_scenes(scene, after)}},
         }
         captions.append(describe_pair(location, f"{a}-{b}"))
     return captions

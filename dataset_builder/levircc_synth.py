@@ -1,5 +1,8 @@
 """A synthetic LEVIR-CC tree: the official layout, rendered scenes, 5 short references per pair.
 
+Every reference names its change in words that :func:`dataset_builder.changes.extract_change_kinds` reads back, and
+the unchanged ones in words that ``dataset_builder.levircc.infer_changeflag`` recognises.
+
     geollava-synth --format levir-cc --out outputs/synth-levircc --pairs 60 --seed 0
 
 ``LevirCCcaptions.json`` (Karpathy style: ``{"images": [{filepath, filename, imgid, split, sentids, sentences[5],
@@ -28,11 +31,11 @@ SHORT = {
         "some buildings disappear in the {loc}",
         "the houses in the {loc} are removed",
     ),
-    "road_built": ("a road is built in the {loc}", "a new road appears in the {loc}", "a road goes through the {loc}"),
+    "road_built": ("a road is built in the {loc}", "a new road appears in the {loc}", "a road is paved in the {loc}"),
     "road_widened": (
         "the road in the {loc} is widened",
         "the road in the {loc} becomes wider",
-        "a wider road appears in the {loc}",
+        "the road in the {loc} gets wider",
     ),
     "field_to_construction": (
         "a construction site appears in the {loc}",
@@ -64,7 +67,8 @@ UNCHANGED = (
 )
 
 
-def _references(change: dict | None, rng: np.random.Generator) -> list[str]:
+def references_for(change: dict | None, rng: np.random.Generator) -> list[str]:
+    """Five LEVIR-style references (``" the road in the north is widened ."``) for one change, or for none."""
     if change is None:
         return list(UNCHANGED)
     loc = change["location"].replace("-", " ")
@@ -75,7 +79,17 @@ def _references(change: dict | None, rng: np.random.Generator) -> list[str]:
 
 
 def generate_levircc(root: Path, pairs: int, seed: int = 0, size: int = 256) -> dict:
-    """Write the tree; return counts per split."""
+    """Write a synthetic LEVIR-CC tree.
+
+    Args:
+        root: Folder to write into.
+        pairs: Number of pairs (70 % train, 15 % val, 15 % test, at least one each).
+        seed: The same seed writes the same bytes.
+        size: Image side in pixels (LEVIR-CC's is 256).
+
+    Returns:
+        The number of pairs per split.
+    """
     root = Path(root)
     rng = np.random.default_rng(seed)
     plan, left = {}, pairs
@@ -88,7 +102,7 @@ def generate_levircc(root: Path, pairs: int, seed: int = 0, size: int = 256) -> 
         for side in ("A", "B"):
             (root / "images" / split / side).mkdir(parents=True, exist_ok=True)
         for k in range(count):
-            filename = f"{split}_{k:06d}.png"
+            filename = f"{split}_{k + 1:06d}.png"
             scene = random_scene(rng)
             kinds = possible_changes(scene)
             change = None
@@ -103,7 +117,7 @@ def generate_levircc(root: Path, pairs: int, seed: int = 0, size: int = 256) -> 
                 os.replace(tmp, target)
             sentences = [
                 {"tokens": raw.split(), "raw": raw, "imgid": imgid, "sentid": sentid + i}
-                for i, raw in enumerate(_references(change, rng))
+                for i, raw in enumerate(references_for(change, rng))
             ]
             images.append(
                 {

@@ -1,9 +1,11 @@
 """Synthetic satellite scenes: a small scene model, changes applied to it, and a renderer.
 
 A scene lives in normalised coordinates (x right, y down, both in [0, 1]) so that the same place renders at any
-size: land cover, a lake, forest patches, full-width roads, building clusters and construction sites. A change edits
-the scene and reports its kind, its grid cell and its size. Rendering adds what real imagery has and the model must
-see through: field textures, season tint, illumination and a small registration shift between dates.
+size: a base land cover, a lake, forest patches, full-width roads, building blocks and construction sites. A change
+edits the scene and reports its kind, its grid cell and its size. Every change covers at least ~4 % of the image
+with strong contrast, so it stays visible when a frame is shrunk to the 32-64 px the tiny models see. Rendering adds
+what real imagery has and a model must see through: textures, season tint, illumination, sensor noise and a small
+registration shift between dates (JPEG compression is applied by the writers).
 """
 
 import copy
@@ -12,53 +14,72 @@ import math
 import numpy as np
 from PIL import Image
 
-from dataset_builder.changes import location_of, size_of
+from dataset_builder.changes import SIZES, location_of, size_of
 
 
 BASE_COVERS = ("farmland", "grassland", "bare ground")
 COLORS = {
-    "farmland": (118, 140, 70),
-    "grassland": (140, 160, 96),
-    "bare ground": (168, 146, 112),
-    "water": (38, 72, 122),
-    "forest": (34, 78, 40),
-    "road": (128, 128, 126),
-    "roof": (214, 208, 198),
-    "shadow": (52, 52, 56),
-    "construction": (196, 170, 120),
-    "cleared": (150, 118, 84),
+    "farmland": (112, 138, 64),
+    "grassland": (146, 164, 100),
+    "bare ground": (160, 132, 98),
+    "water": (30, 62, 118),
+    "forest": (30, 70, 36),
+    "road": (62, 62, 66),
+    "shadow": (40, 40, 46),
+    "construction": (228, 208, 166),
+    "pit": (96, 80, 60),
+    "cleared": (142, 108, 76),
 }
+ROOFS = ((224, 220, 212), (196, 92, 70), (176, 184, 196))
 SEASONS = {
     "summer": (1.0, 1.0, 1.0),
     "autumn": (1.08, 0.96, 0.82),
     "winter": (1.04, 1.04, 1.08),
     "spring": (0.96, 1.06, 0.94),
 }
+#: Box areas (fractions of the image) of new buildings and construction sites: one small, medium and large each.
+NEW_AREAS = (0.05, 0.09, 0.13)
+#: Lake sides (fraction of the image side) by level; one level apart is >= 4 % of the image (lakes are ellipses).
+WATER_SIDES = (0.24, 0.34, 0.44, 0.54)
+ROAD_WIDTH, NEW_ROAD_WIDTH, WIDE_ROAD_WIDTH = 0.04, 0.065, 0.105
+ROAD_POSITIONS = (1 / 6, 0.5, 5 / 6)
 
 
 def _cell_box(cell: int, frac: float, rng: np.random.Generator) -> list[float]:
-    """A square box of ``frac`` of the image area, centred (with jitter) in grid cell ``cell``."""
-    side = math.sqrt(frac)
-    cx = (cell % 3 + 0.5) / 3 + rng.uniform(-0.04, 0.04)
-    cy = (cell // 3 + 0.5) / 3 + rng.uniform(-0.04, 0.04)
-    x0 = float(np.clip(cx - side / 2, 0.0, 1.0 - side))
-    y0 = float(np.clip(cy - side / 2, 0.0, 1.0 - side))
-    return [x0, y0, side, side]
+    """A box of ``frac`` of the image area (aspect 0.8-1.25), centred with a little jitter in grid cell ``cell``."""
+    aspect = float(rng.uniform(0.8, 1.25))
+    w, h = math.sqrt(frac * aspect), math.sqrt(frac / aspect)
+    cx = (cell % 3 + 0.5) / 3 + rng.uniform(-0.02, 0.02)
+    cy = (cell // 3 + 0.5) / 3 + rng.uniform(-0.02, 0.02)
+    x0 = float(np.clip(cx - w / 2, 0.0, 1.0 - w))
+    y0 = float(np.clip(cy - h / 2, 0.0, 1.0 - h))
+    return [x0, y0, w, h]
+
+
+def _water_box(cell: int, level: int) -> list[float]:
+    side = WATER_SIDES[level]
+    cx, cy = (cell % 3 + 0.5) / 3, (cell // 3 + 0.5) / 3
+    return [float(np.clip(cx - side / 2, 0, 1 - side)), float(np.clip(cy - side / 2, 0, 1 - side)), side, side]
+
+
+def _ellipse_area(level: int) -> float:
+    return math.pi / 4 * WATER_SIDES[level] ** 2
 
 
 def _centre(box: list[float]) -> tuple[float, float]:
     return box[0] + box[2] / 2, box[1] + box[3] / 2
 
 
-def _road_cell(road: dict) -> tuple[float, float]:
+def _road_point(road: dict) -> tuple[float, float]:
     return (0.5, road["pos"]) if road["axis"] == "h" else (road["pos"], 0.5)
 
 
 def random_scene(rng: np.random.Generator) -> dict:
-    """A random scene: base cover, optional lake, forest patches, roads, building clusters."""
-    cells = list(rng.permutation(9))
+    """A random scene: base cover, optional lake, 0-2 forest patches, 0-2 roads, 0-2 building blocks."""
+    cells = [int(c) for c in rng.permutation(9)]
     scene = {
         "base": str(rng.choice(BASE_COVERS)),
+        "texture_seed": int(rng.integers(2**31)),  # the ground's texture is the same at every date
         "water": None,
         "forests": [],
         "roads": [],
@@ -67,17 +88,15 @@ def random_scene(rng: np.random.Generator) -> dict:
         "cleared": [],
     }
     if rng.random() < 0.4:
-        cell = int(cells.pop())
-        scene["water"] = {"cell": cell, "box": _cell_box(cell, float(rng.uniform(0.06, 0.1)), rng)}
+        cell = cells.pop()
+        level = int(rng.integers(1, 3))
+        scene["water"] = {"cell": cell, "level": level, "box": _water_box(cell, level)}
     for _ in range(int(rng.integers(0, 3))):
-        cell = int(cells.pop())
-        scene["forests"].append({"box": _cell_box(cell, float(rng.uniform(0.05, 0.09)), rng)})
+        scene["forests"].append({"box": _cell_box(cells.pop(), float(rng.uniform(0.05, 0.13)), rng)})
     for _ in range(int(rng.integers(0, 3))):
-        cell = int(cells.pop())
-        scene["buildings"].append({"box": _cell_box(cell, float(rng.uniform(0.04, 0.08)), rng)})
-    axes = rng.permutation(["h", "v"])
-    for axis in axes[: int(rng.integers(0, 3))]:
-        scene["roads"].append({"axis": str(axis), "pos": float(rng.choice([1 / 6, 0.5, 5 / 6])), "width": 0.03})
+        scene["buildings"].append({"box": _cell_box(cells.pop(), float(rng.uniform(0.05, 0.12)), rng)})
+    for axis in [str(a) for a in rng.permutation(["h", "v"])][: int(rng.integers(0, 3))]:
+        scene["roads"].append({"axis": axis, "pos": float(rng.choice(ROAD_POSITIONS)), "width": ROAD_WIDTH})
     return scene
 
 
@@ -88,146 +107,290 @@ def _free_cells(scene: dict) -> list[int]:
         used.add(min(int(y * 3), 2) * 3 + min(int(x * 3), 2))
     if scene["water"]:
         used.add(scene["water"]["cell"])
+        if scene["water"]["level"] >= 2:  # a big lake reaches into its neighbours
+            used |= {
+                c
+                for c in range(9)
+                if abs(c % 3 - scene["water"]["cell"] % 3) + abs(c // 3 - scene["water"]["cell"] // 3) == 1
+            }
     return [c for c in range(9) if c not in used]
+
+
+def _road_free(scene: dict, axis: str, pos: float, width: float) -> bool:
+    """Whether a road band would stay mostly in view (at most 30 % of its length under buildings, sites, crossings)."""
+    covered = np.zeros(100, dtype=bool)
+    for item in [*scene["buildings"], *scene["construction"]]:
+        x, y, w, h = item["box"]
+        across, along, size_across, size_along = (y, x, h, w) if axis == "h" else (x, y, w, h)
+        if across < pos + width / 2 and across + size_across > pos - width / 2:
+            covered[int(along * 100) : int(np.ceil((along + size_along) * 100))] = True
+    for road in scene["roads"]:
+        if road["axis"] != axis:
+            covered[
+                int((road["pos"] - road["width"] / 2) * 100) : int(np.ceil((road["pos"] + road["width"] / 2) * 100))
+            ] = True
+    return covered.mean() <= 0.3
+
+
+def _road_options(scene: dict) -> list[tuple[str, float]]:
+    taken = {(r["axis"], r["pos"]) for r in scene["roads"]}
+    return [
+        (a, p)
+        for a in ("h", "v")
+        for p in ROAD_POSITIONS
+        if (a, p) not in taken and _road_free(scene, a, p, NEW_ROAD_WIDTH)
+    ]
+
+
+def _narrow_roads(scene: dict) -> list[dict]:
+    return [
+        r
+        for r in scene["roads"]
+        if r["width"] < WIDE_ROAD_WIDTH and _road_free(scene, r["axis"], r["pos"], WIDE_ROAD_WIDTH)
+    ]
 
 
 def possible_changes(scene: dict) -> list[str]:
     """The change kinds that can happen to this scene."""
     kinds = []
-    free = _free_cells(scene)
-    if free:
+    if _free_cells(scene):
         kinds += ["building_built", "field_to_construction"]
-    if scene["buildings"]:
+    if any(not b.get("new") for b in scene["buildings"]):
         kinds.append("building_demolished")
-    if len(scene["roads"]) < 3:
+    if _road_options(scene):
         kinds.append("road_built")
-    if any(road["width"] < 0.05 for road in scene["roads"]):
+    if _narrow_roads(scene):
         kinds.append("road_widened")
     if scene["forests"]:
         kinds.append("forest_cleared")
     if scene["water"]:
-        w = scene["water"]["box"][2]
-        if w < 0.42:
+        if scene["water"]["level"] < len(WATER_SIDES) - 1:
             kinds.append("water_expanded")
-        if w > 0.2:
+        if scene["water"]["level"] > 0:
             kinds.append("water_shrunk")
     return kinds
 
 
 def apply_change(scene: dict, kind: str, rng: np.random.Generator) -> tuple[dict, dict]:
-    """Apply one change; return the new scene and the change record ``{"kind", "location", "size"}``."""
+    """Apply one change to a copy of ``scene``.
+
+    Args:
+        scene: A scene from :func:`random_scene` (not modified).
+        kind: One of :func:`possible_changes` for this scene.
+        rng: The random generator deciding where and how large.
+
+    Returns:
+        The new scene and the change record ``{"kind", "location", "size"}``.
+
+    Raises:
+        ValueError: If ``kind`` is not a change kind.
+    """
     scene = copy.deepcopy(scene)
     if kind in ("building_built", "field_to_construction"):
         cell = int(rng.choice(_free_cells(scene)))
-        frac = float(rng.choice([0.045, 0.09, 0.14]))
+        frac = float(rng.choice(NEW_AREAS))
         box = _cell_box(cell, frac, rng)
-        scene["buildings" if kind == "building_built" else "construction"].append({"box": box})
+        # "new" buildings stay: one built then demolished between two dates would leave a change with no name.
+        scene["buildings" if kind == "building_built" else "construction"].append({"box": box, "new": True})
         return scene, {"kind": kind, "location": location_of(*_centre(box)), "size": size_of(frac)}
-    if kind == "building_demolished":
-        item = scene["buildings"].pop(int(rng.integers(len(scene["buildings"]))))
+    if kind in ("building_demolished", "forest_cleared"):
+        group = scene["buildings" if kind == "building_demolished" else "forests"]
+        candidates = [k for k, item in enumerate(group) if not item.get("new")]
+        item = group.pop(candidates[int(rng.integers(len(candidates)))])
         scene["cleared"].append(item)
-        return scene, {"kind": kind, "location": location_of(*_centre(item["box"])), "size": _box_size(item["box"])}
-    if kind == "forest_cleared":
-        item = scene["forests"].pop(int(rng.integers(len(scene["forests"]))))
-        scene["cleared"].append(item)
-        return scene, {"kind": kind, "location": location_of(*_centre(item["box"])), "size": _box_size(item["box"])}
+        box = item["box"]
+        return scene, {"kind": kind, "location": location_of(*_centre(box)), "size": size_of(box[2] * box[3])}
     if kind == "road_built":
-        taken = {(r["axis"], r["pos"]) for r in scene["roads"]}
-        options = [(a, p) for a in ("h", "v") for p in (1 / 6, 0.5, 5 / 6) if (a, p) not in taken]
+        options = _road_options(scene)
         axis, pos = options[int(rng.integers(len(options)))]
-        road = {"axis": axis, "pos": pos, "width": 0.035}
+        road = {"axis": axis, "pos": pos, "width": NEW_ROAD_WIDTH}
         scene["roads"].append(road)
-        return scene, {"kind": kind, "location": location_of(*_road_cell(road)), "size": size_of(road["width"])}
+        return scene, {"kind": kind, "location": location_of(*_road_point(road)), "size": size_of(road["width"])}
     if kind == "road_widened":
-        narrow = [r for r in scene["roads"] if r["width"] < 0.05]
+        narrow = _narrow_roads(scene)
         road = narrow[int(rng.integers(len(narrow)))]
-        added = 0.07 - road["width"]
-        road["width"] = 0.07
-        return scene, {"kind": kind, "location": location_of(*_road_cell(road)), "size": size_of(added)}
+        added = WIDE_ROAD_WIDTH - road["width"]
+        road["width"] = WIDE_ROAD_WIDTH
+        return scene, {"kind": kind, "location": location_of(*_road_point(road)), "size": size_of(added)}
     if kind in ("water_expanded", "water_shrunk"):
-        box = scene["water"]["box"]
-        old = box[2] * box[3]
-        factor = 1.45 if kind == "water_expanded" else 0.65
-        cx, cy = _centre(box)
-        side = float(np.clip(box[2] * factor, 0.12, 0.5))
-        scene["water"]["box"] = [
-            float(np.clip(cx - side / 2, 0, 1 - side)),
-            float(np.clip(cy - side / 2, 0, 1 - side)),
-            side,
-            side,
-        ]
-        return scene, {"kind": kind, "location": location_of(cx, cy), "size": size_of(abs(side * side - old))}
+        water = scene["water"]
+        old = water["level"]
+        room = len(WATER_SIDES) - 1 - old if kind == "water_expanded" else old
+        step = int(rng.integers(1, min(room, 2) + 1))
+        water["level"] = old + step if kind == "water_expanded" else old - step
+        water["box"] = _water_box(water["cell"], water["level"])
+        area = abs(_ellipse_area(water["level"]) - _ellipse_area(old))
+        return scene, {"kind": kind, "location": location_of(*_centre(water["box"])), "size": size_of(area)}
     raise ValueError(f"unknown change kind {kind!r}")
 
 
-def _box_size(box: list[float]) -> str:
-    return size_of(box[2] * box[3])
+def diff_scenes(before: dict, after: dict) -> list[dict]:
+    """The changes between two states of one location's scene (``after`` reached by :func:`apply_change` steps).
+
+    This is how ground truth composes over several steps: every object added or removed is one change; a lake is
+    compared by its level, so one that grew and shrank back is no change and the size is the net area; a road built
+    then widened is a built road; two changes of one kind in one place are one change. Buildings built along the way
+    are never demolished (see :func:`apply_change`), so "built then demolished" cannot happen. For one step the result
+    is that step's change record.
+
+    Returns:
+        Change records ``{"kind", "location", "size"}`` in :data:`~dataset_builder.changes.CHANGE_KINDS` order.
+    """
+    changes = []
+
+    def box_change(kind: str, box: list[float]) -> None:
+        changes.append({"kind": kind, "location": location_of(*_centre(box)), "size": size_of(box[2] * box[3])})
+
+    def boxes(items: list[dict]) -> list[list[float]]:
+        return [item["box"] for item in items]
+
+    for box in boxes(after["buildings"]):
+        if box not in boxes(before["buildings"]):
+            box_change("building_built", box)
+    for box in boxes(before["buildings"]):
+        if box not in boxes(after["buildings"]):
+            box_change("building_demolished", box)
+    old_roads = {(r["axis"], r["pos"]): r["width"] for r in before["roads"]}
+    for road in after["roads"]:
+        key, point = (road["axis"], road["pos"]), location_of(*_road_point(road))
+        if key not in old_roads:
+            changes.append({"kind": "road_built", "location": point, "size": size_of(road["width"])})
+    for road in after["roads"]:
+        old = old_roads.get((road["axis"], road["pos"]))
+        if old is not None and road["width"] > old:
+            size = size_of(road["width"] - old)
+            changes.append({"kind": "road_widened", "location": location_of(*_road_point(road)), "size": size})
+    for box in boxes(after["construction"]):
+        if box not in boxes(before["construction"]):
+            box_change("field_to_construction", box)
+    for box in boxes(before["forests"]):
+        if box not in boxes(after["forests"]):
+            box_change("forest_cleared", box)
+    if before["water"] and after["water"] and before["water"]["level"] != after["water"]["level"]:
+        old, new = before["water"]["level"], after["water"]["level"]
+        changes.append(
+            {
+                "kind": "water_expanded" if new > old else "water_shrunk",
+                "location": location_of(*_centre(after["water"]["box"])),
+                "size": size_of(abs(_ellipse_area(new) - _ellipse_area(old))),
+            }
+        )
+    # two roads through the centre changed alike: one change there, of the larger size
+    merged: dict[tuple[str, str], dict] = {}
+    for change in changes:
+        key = (change["kind"], change["location"])
+        if key not in merged or SIZES.index(change["size"]) > SIZES.index(merged[key]["size"]):
+            merged[key] = change
+    return list(merged.values())
 
 
 def describe_objects(scene: dict) -> list[dict]:
-    """The scene's objects as ground truth: kind and grid cell of each."""
+    """The scene's objects as ground truth: kind and grid cell of each (see docs/synthetic-data.md)."""
     objects = [{"kind": "land_cover", "value": scene["base"]}]
     if scene["water"]:
         objects.append({"kind": "water", "location": location_of(*_centre(scene["water"]["box"]))})
-    for key, kind in (("forests", "forest"), ("buildings", "buildings"), ("construction", "construction_site")):
+    for key, kind in (
+        ("forests", "forest"),
+        ("buildings", "buildings"),
+        ("construction", "construction_site"),
+        ("cleared", "cleared_land"),
+    ):
         objects += [{"kind": kind, "location": location_of(*_centre(item["box"]))} for item in scene[key]]
     objects += [
-        {"kind": "road", "location": location_of(*_road_cell(road)), "width": road["width"]} for road in scene["roads"]
+        {"kind": "road", "location": location_of(*_road_point(road)), "width": road["width"]}
+        for road in scene["roads"]
     ]
     return objects
 
 
+def _texture(shape: tuple[int, int], cell: int, rng: np.random.Generator) -> np.ndarray:
+    """Blobby noise in [-1, 1]: random values on a coarse grid, blown up to ``shape`` (canopies, soil)."""
+    h, w = shape
+    coarse = rng.uniform(-1, 1, size=(h // cell + 1, w // cell + 1)).astype(np.float32)
+    return np.kron(coarse, np.ones((cell, cell), dtype=np.float32))[:h, :w]
+
+
+def _ground_rng(scene: dict, item: dict | None = None) -> np.random.Generator:
+    """Random numbers fixed by the place, not the date: textures of ground, canopy and sites stay put."""
+    key = [scene.get("texture_seed", 0)]
+    if item is not None:
+        key += [int(v * 1e6) for v in item["box"][:2]]
+    return np.random.default_rng(key)
+
+
 def render(scene: dict, width: int, height: int, rng: np.random.Generator, season: str = "summer") -> Image.Image:
-    """Render a scene at ``width`` x ``height`` with texture, season tint, illumination and a small shift."""
-    shift = rng.integers(-2, 3, size=2)
+    """Render a scene.
+
+    Args:
+        scene: A scene from :func:`random_scene` / :func:`apply_change`.
+        width: Image width in pixels.
+        height: Image height in pixels.
+        rng: Random generator of this date: illumination, sensor noise and the registration shift (textures follow
+            from the scene, so unchanged ground looks the same at every date).
+        season: A key of :data:`SEASONS` (colour tint).
+
+    Returns:
+        An RGB image.
+    """
+    # registration error between dates: up to 3 px per axis at 256 px, 1 px at <= 127 px
+    reach = max(1, min(3, round(min(width, height) / 85)))
+    shift = rng.integers(-reach, reach + 1, size=2)
     pad = 4
     w, h = width + 2 * pad, height + 2 * pad
+    blob = max(2, min(width, height) // 48)
     img = np.empty((h, w, 3), dtype=np.float32)
     img[:] = COLORS[scene["base"]]
-    yy, xx = np.mgrid[0:h, 0:w]
-    if scene["base"] == "farmland":  # rows of crops
-        img += (np.sin(xx * 0.9 + yy * 0.15) * 10)[..., None]
-    img += rng.normal(0, 6, size=(h, w, 1))
+    if scene["base"] == "farmland":  # crop rows in parcels of alternating direction
+        yy, xx = np.mgrid[0:h, 0:w]
+        parcel = ((xx // max(8, w // 5)) + (yy // max(8, h // 4))) % 2
+        rows = np.where(parcel == 0, np.sin(xx * 1.1), np.sin(yy * 1.1))
+        img += (rows * 9)[..., None]
+    img += (_texture((h, w), blob * 3, _ground_rng(scene)) * 8)[..., None]
 
-    def box_px(box):
-        x0 = int(round(box[0] * width)) + pad
-        y0 = int(round(box[1] * height)) + pad
+    def box_px(box: list[float]) -> tuple[int, int, int, int]:
+        x0, y0 = int(round(box[0] * width)) + pad, int(round(box[1] * height)) + pad
         return x0, y0, max(2, int(round(box[2] * width))), max(2, int(round(box[3] * height)))
 
     for item in scene["cleared"]:
         x0, y0, bw, bh = box_px(item["box"])
-        img[y0 : y0 + bh, x0 : x0 + bw] = COLORS["cleared"]
+        texture = _texture((bh, bw), blob, _ground_rng(scene, item))
+        img[y0 : y0 + bh, x0 : x0 + bw] = np.array(COLORS["cleared"]) + (texture * 10)[..., None]
     for item in scene["forests"]:
         x0, y0, bw, bh = box_px(item["box"])
-        patch = np.array(COLORS["forest"], dtype=np.float32) + rng.normal(0, 9, size=(bh, bw, 1))
-        img[y0 : y0 + bh, x0 : x0 + bw] = patch
+        texture = _texture((bh, bw), blob, _ground_rng(scene, item))
+        img[y0 : y0 + bh, x0 : x0 + bw] = np.array(COLORS["forest"]) + (texture * 14)[..., None]
     if scene["water"]:
         x0, y0, bw, bh = box_px(scene["water"]["box"])
-        cy, cx, ry, rx = y0 + bh / 2, x0 + bw / 2, bh / 2, bw / 2
-        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        ys, xs = np.ogrid[0:h, 0:w]
+        inside = ((ys - (y0 + bh / 2)) / (bh / 2)) ** 2 + ((xs - (x0 + bw / 2)) / (bw / 2)) ** 2 <= 1
         img[inside] = COLORS["water"]
     for road in scene["roads"]:
+        span = height if road["axis"] == "h" else width
+        c, half = road["pos"] * span + pad, max(1.0, road["width"] * span / 2)
+        lo, hi = int(round(c - half)), int(round(c + half))
         if road["axis"] == "h":
-            c, half = road["pos"] * height + pad, max(1, road["width"] * height / 2)
-            img[int(c - half) : int(c + half) + 1, :] = COLORS["road"]
+            img[lo:hi, :] = COLORS["road"]
         else:
-            c, half = road["pos"] * width + pad, max(1, road["width"] * width / 2)
-            img[:, int(c - half) : int(c + half) + 1] = COLORS["road"]
+            img[:, lo:hi] = COLORS["road"]
     for item in scene["construction"]:
         x0, y0, bw, bh = box_px(item["box"])
-        img[y0 : y0 + bh, x0 : x0 + bw] = COLORS["construction"]
-        dots = rng.random((bh, bw)) < 0.08
-        img[y0 : y0 + bh, x0 : x0 + bw][dots] = (90, 80, 60)
+        site = img[y0 : y0 + bh, x0 : x0 + bw]
+        site[:] = COLORS["construction"]
+        site[(_ground_rng(scene, item).random((bh, bw)) < 0.06)] = COLORS["pit"]  # machines, spoil heaps
+        site[:, :1] = site[:, -1:] = site[:1, :] = site[-1:, :] = COLORS["pit"]  # the fence
     for item in scene["buildings"]:
         x0, y0, bw, bh = box_px(item["box"])
-        img[y0 : y0 + bh, x0 : x0 + bw] = COLORS["shadow"]
-        # a 2 x 2 block of roofs with streets between them and shadows to the south-east
-        gw, gh = max(1, bw // 2), max(1, bh // 2)
-        for i in range(2):
-            for j in range(2):
-                rx0, ry0 = x0 + i * gw + 1, y0 + j * gh + 1
-                img[ry0 : ry0 + gh - 2, rx0 : rx0 + gw - 2] = COLORS["roof"]
-    img *= np.array(SEASONS[season], dtype=np.float32)
-    img *= float(rng.uniform(0.9, 1.1))  # illumination
+        img[y0 : y0 + bh, x0 : x0 + bw] = COLORS["shadow"]  # alleys and shadows
+        n = 2 if min(bw, bh) < 40 else 3
+        gw, gh = bw / n, bh / n
+        gap = max(1, int(min(gw, gh) / 6))
+        for i in range(n):
+            for j in range(n):
+                rx0, ry0 = x0 + int(i * gw), y0 + int(j * gh)
+                # roof colours follow from the block's place, so an unchanged block looks the same at every date
+                roof = np.array(ROOFS[(int(item["box"][0] * 997) + 3 * i + j) % len(ROOFS)], dtype=np.float32)
+                img[ry0 : ry0 + int(gh) - gap, rx0 : rx0 + int(gw) - gap] = roof
+    img *= np.array(SEASONS[season], dtype=np.float32) * float(rng.uniform(0.9, 1.1))  # season and illumination
+    img += rng.normal(0, 2, size=(h, w, 1)).astype(np.float32)  # sensor noise
     img = img[pad + shift[1] : pad + shift[1] + height, pad + shift[0] : pad + shift[0] + width]
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))

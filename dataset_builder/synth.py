@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from dataset_builder.categories import FMOW_CATEGORIES
-from dataset_builder.scenes import SEASONS, apply_change, describe_objects, possible_changes, random_scene, render
+from dataset_builder.scenes import apply_change, describe_objects, diff_scenes, possible_changes, random_scene, render
 
 
 logger = logging.getLogger(__name__)
@@ -57,8 +57,18 @@ class SynthConfig:
             raise ValueError(f"--image_size {self.image_size}: must be in 32..4096")
         if not 0.0 <= self.oversize_fraction <= 1.0:
             raise ValueError(f"--oversize_fraction {self.oversize_fraction}: must be in [0, 1]")
-        if not [s for s in self.splits.split(",") if s.strip()]:
-            raise ValueError(f"--splits {self.splits!r}: name at least one split")
+        names = self.split_names
+        if not names or len(set(names)) != len(names) or any("/" in name for name in names):
+            raise ValueError(f"--splits {self.splits!r}: name at least one split, each once, no '/'")
+        if self.format == "fmow" and self.locations < len(names):
+            raise ValueError(f"--locations {self.locations}: need at least one location per split ({len(names)})")
+        if self.pairs < 3:
+            raise ValueError(f"--pairs {self.pairs}: need at least 3 (one pair per LEVIR-CC split)")
+
+    @property
+    def split_names(self) -> list[str]:
+        """The split names of ``--splits``, in order."""
+        return [name.strip() for name in self.splits.split(",") if name.strip()]
 
 
 def fmow_timestamp(moment: datetime, rng: np.random.Generator) -> str:
@@ -70,21 +80,27 @@ def fmow_timestamp(moment: datetime, rng: np.random.Generator) -> str:
 
 
 def _dates(n: int, rng: np.random.Generator) -> list[datetime]:
-    """``n`` acquisition dates between 2002 and 2017 with gaps both under and over 365 days."""
-    moment = datetime(int(rng.integers(2002, 2011)), 1, 1, tzinfo=timezone.utc) + timedelta(
-        days=int(rng.integers(0, 365)), seconds=int(rng.integers(0, 86400))
-    )
-    dates = [moment]
+    """``n`` acquisition dates in 2002-2017.
+
+    About a quarter of the gaps are under a year (chains break), some within a day of 365 days (the pairing rule's
+    edge: 364 fails, 365 and 366 pass), the rest one to three years.
+    """
+    gaps = []
     for _ in range(n - 1):
         u = rng.random()
-        gap = (
-            int(rng.integers(60, 330))
-            if u < 0.25
-            else int(rng.choice([365, 366]))
-            if u < 0.32
-            else int(rng.integers(380, 1400))
-        )
-        moment = moment + timedelta(days=gap, seconds=int(rng.integers(0, 86400)))
+        if u < 0.25:
+            days = int(rng.integers(45, 330))
+        elif u < 0.35:
+            days = int(rng.choice([364, 365, 366]))
+        else:
+            days = int(rng.integers(380, 1100))
+        gaps.append(timedelta(days=days, seconds=int(rng.integers(0, 86400))))
+    first, last = datetime(2002, 1, 1, tzinfo=timezone.utc), datetime(2017, 12, 31, tzinfo=timezone.utc)
+    room = (last - first - sum(gaps, timedelta())).total_seconds()
+    moment = first + timedelta(seconds=int(rng.integers(0, max(int(room), 1))))
+    dates = [moment]
+    for gap in gaps:
+        moment += gap
         dates.append(moment)
     return dates
 
@@ -96,15 +112,19 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
 
 
 def _oversize(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, bytes]:
-    """A version of ``image`` whose JPEG is over 1,000,000 bytes (fine noise at quality 100)."""
-    side = 1024
+    """A larger, high-detail version of ``image`` whose JPEG is over 1,000,000 bytes (fine grain at quality 100).
+
+    Real oversize fMoW images are large scenes; this keeps the aspect ratio and grows until the size passes.
+    """
+    scale = 1024 / max(image.size)
     while True:
-        big = np.asarray(image.resize((side, side), Image.Resampling.BILINEAR), dtype=np.int16)
+        size = (int(image.width * scale), int(image.height * scale))
+        big = np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.int16)
         big = np.clip(big + rng.integers(-24, 25, size=big.shape), 0, 255).astype(np.uint8)
         data = _jpeg(Image.fromarray(big), 100)
         if len(data) > OVERSIZE_BYTES:
             return Image.fromarray(big), data
-        side += 256
+        scale *= 1.25
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -119,16 +139,13 @@ def write_location(
     """Write one location's images and metadata; return its ground-truth record."""
     n = int(rng.choice([1, 2, 2, 3, 3, 4, 4, 5, 6]))
     dates = _dates(n, rng)
-    scenes, steps = [random_scene(rng)], []
+    scenes = [random_scene(rng)]
     for _ in range(n - 1):
         kinds = possible_changes(scenes[-1])
-        if rng.random() < 0.2 or not kinds:
+        if rng.random() < 0.2 or not kinds:  # nothing happens between these two dates
             scenes.append(scenes[-1])
-            steps.append([])
         else:
-            scene, change = apply_change(scenes[-1], str(rng.choice(kinds)), rng)
-            scenes.append(scene)
-            steps.append([change])
+            scenes.append(apply_change(scenes[-1], str(rng.choice(kinds)), rng)[0])
     indices = [int(i) for i in rng.permutation(n)]  # fMoW's T is not time order
     if n > 1 and indices == sorted(indices):
         indices = indices[::-1]
@@ -147,7 +164,7 @@ def write_location(
         w = int(cfg.image_size * rng.uniform(0.85, 1.15)) // 2 * 2
         h = int(cfg.image_size * rng.uniform(0.85, 1.15)) // 2 * 2
         season = ("winter", "spring", "summer", "autumn")[(moment.month % 12) // 3]
-        image = render(scene, w, h, rng, season=season if season in SEASONS else "summer")
+        image = render(scene, w, h, rng, season=season)
         if rng.random() < cfg.oversize_fraction:
             image, data = _oversize(image, rng)
         else:
@@ -177,40 +194,15 @@ def write_location(
     pairs = {}
     for i in range(n):
         for j in range(i + 1, n):
-            pairs[f"{stems[i]}-{stems[j]}"] = {"changes": compose_changes(steps[i:j])}
+            pairs[f"{stems[i]}-{stems[j]}"] = {"changes": diff_scenes(scenes[i], scenes[j])}
     return {"location_id": location_id, "split": split, "category": category, "images": images, "pairs": pairs}
-
-
-def compose_changes(steps: list[list[dict]]) -> list[dict]:
-    """The changes between two non-consecutive dates: all changes in between, in time order.
-
-    A later change of the same kind in the same place replaces the earlier one; a building built then demolished in
-    the same place, or water that expanded then shrank in the same place, cancel out.
-    """
-    opposite = {
-        "building_built": "building_demolished",
-        "building_demolished": "building_built",
-        "water_expanded": "water_shrunk",
-        "water_shrunk": "water_expanded",
-    }
-    out: list[dict] = []
-    for change in (c for step in steps for c in step):
-        cancel = next(
-            (c for c in out if c["location"] == change["location"] and opposite.get(c["kind"]) == change["kind"]),
-            None,
-        )
-        if cancel is not None:
-            out.remove(cancel)
-            continue
-        out = [c for c in out if (c["kind"], c["location"]) != (change["kind"], change["location"])] + [change]
-    return out
 
 
 def generate_tree(cfg: SynthConfig) -> dict:
     """Write the whole tree and its ground truth; return counts."""
     root = Path(cfg.out)
     rng = np.random.default_rng(cfg.seed)
-    splits = [s.strip() for s in cfg.splits.split(",") if s.strip()]
+    splits = cfg.split_names
     # ~80 % of the locations in the first split, the rest spread over the others; at least one each.
     if len(splits) == 1:
         plan = {splits[0]: cfg.locations}

@@ -10,7 +10,8 @@ from PIL import Image
 
 from dataset_builder.categories import FMOW_CATEGORIES
 from dataset_builder.changes import CHANGE_KINDS, LOCATIONS, SIZES
-from dataset_builder.synth import SynthConfig, compose_changes, generate_tree, main
+from dataset_builder.scenes import apply_change, diff_scenes, possible_changes, random_scene, render
+from dataset_builder.synth import SynthConfig, generate_tree, main
 
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$")
@@ -110,30 +111,44 @@ def test_ground_truth_is_complete_and_valid(tree):
                     assert change["size"] in SIZES
 
 
+BLOB_KINDS = ("building_built", "building_demolished", "field_to_construction", "forest_cleared")
+
+
 def _pixels(tree, split, loc, stem):
+    """The frame as a tiny model sees it (48 px), each channel divided by its mean (illumination, season tint)."""
     path = tree / split / loc["category"] / loc["location_id"] / f"{stem}_rgb.jpg"
-    return np.asarray(Image.open(path).convert("RGB").resize((96, 96)), dtype=np.float32)
+    with Image.open(path) as im:
+        a = np.asarray(im.convert("RGB").resize((48, 48), Image.Resampling.BILINEAR), dtype=np.float32)
+    return a / a.mean(axis=(0, 1))
 
 
 def test_ground_truth_is_consistent_with_pixels(tree):
-    """A changed cell differs far more between dates than the cells where nothing changed."""
-    changed, unchanged = [], []
+    """At 48 px a changed cell differs far more between dates than a whole unchanged pair does."""
+    changed, blobs, unchanged = [], [], []
     for line in (tree / "groundtruth" / "train.jsonl").read_text().splitlines():
         loc = json.loads(line)
         for pair_id, pair in loc["pairs"].items():
             a, b = pair_id.split(f"-{loc['location_id']}_")
-            b = f"{loc['location_id']}_{b}"
-            pa, pb = _pixels(tree, "train", loc, a), _pixels(tree, "train", loc, b)
-            pa, pb = pa / pa.mean(), pb / pb.mean()  # illumination and season
-            diff = np.abs(pa - pb).mean(axis=2)
-            cells = {LOCATIONS.index(c["location"]) for c in pair["changes"]}
+            diff = np.abs(_pixels(tree, "train", loc, a) - _pixels(tree, "train", loc, f"{loc['location_id']}_{b}"))
+            diff = diff.mean(axis=2)
             if not pair["changes"]:
                 unchanged.append(diff.mean())
-            for cell in cells:
-                r, c = divmod(cell, 3)
-                changed.append(diff[r * 32 : (r + 1) * 32, c * 32 : (c + 1) * 32].mean())
-    assert changed and unchanged
-    assert np.median(changed) > 3 * np.median(unchanged)
+            for change in pair["changes"]:
+                r, c = divmod(LOCATIONS.index(change["location"]), 3)
+                cell = diff[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16].mean()
+                changed.append(cell)
+                if change["kind"] in (
+                    "building_built",
+                    "building_demolished",
+                    "field_to_construction",
+                    "forest_cleared",
+                ):
+                    blobs.append(cell)
+    assert len(changed) > 20 and len(blobs) > 10 and len(unchanged) > 3
+    base = np.median(unchanged)
+    assert max(unchanged) < 0.15, "an unchanged pair should barely differ"
+    assert np.median(changed) > 2 * base
+    assert min(blobs) > 2 * base, "every building/site/forest change must stand out in its cell"
 
 
 def test_oversize_fraction_writes_images_over_1mb(tmp_path):
@@ -142,17 +157,85 @@ def test_oversize_fraction_writes_images_over_1mb(tmp_path):
     assert sizes and min(sizes) > 1_000_000
 
 
-def test_compose_changes_cancels_and_replaces():
-    built = {"kind": "building_built", "location": "north", "size": "small"}
-    demolished = {"kind": "building_demolished", "location": "north", "size": "small"}
-    road = {"kind": "road_built", "location": "east", "size": "small"}
-    assert compose_changes([[built], [demolished]]) == []
-    assert compose_changes([[built], [road]]) == [built, road]
-    assert compose_changes([[built], []]) == [built]
+def test_diff_scenes_composes_steps():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scene = random_scene(rng)
+        states, records = [scene], []
+        for _ in range(4):
+            kinds = possible_changes(states[-1])
+            if not kinds:
+                break
+            after, record = apply_change(states[-1], str(rng.choice(kinds)), rng)
+            states.append(after)
+            records.append(record)
+        for before, after, record in zip(states[:-1], states[1:], records, strict=True):
+            assert diff_scenes(before, after) == [record]  # one step: that step's change
+        whole = diff_scenes(states[0], states[-1])
+        assert len({(c["kind"], c["location"]) for c in whole}) == len(whole)
+        water = [r["kind"] for r in records if r["kind"].startswith("water")]
+        # every kind and place but the lake's and a widening (of a road built in between) is in the composition
+        plain = {(r["kind"], r["location"]) for r in records if not r["kind"].startswith("water")}
+        plain -= {("road_widened", c["location"]) for c in whole if c["kind"] == "road_built"}
+        assert plain <= {(c["kind"], c["location"]) for c in whole}
+        if not water:
+            assert not [c for c in whole if c["kind"].startswith("water")]
+    assert diff_scenes(scene, scene) == []
+
+
+def test_water_that_grows_and_shrinks_back_is_no_change():
+    rng = np.random.default_rng(1)
+    scene = random_scene(rng)
+    while not scene["water"] or scene["water"]["level"] != 1:
+        scene = random_scene(rng)
+    grown, _ = apply_change(scene, "water_expanded", rng)
+    back = grown
+    while back["water"]["level"] != 1:
+        back, _ = apply_change(back, "water_shrunk", rng)
+    assert diff_scenes(scene, back) == []
+    assert diff_scenes(scene, grown)[0]["kind"] == "water_expanded"
+
+
+def test_changes_cover_enough_of_the_image():
+    """Every change repaints ~4 % of the image or more (a lake shrinking under a bridge, 3 %), so it survives 32 px."""
+    rng = np.random.default_rng(2)
+    moved: dict[str, list[float]] = {}
+    for _ in range(150):
+        scene = random_scene(rng)
+        for kind in possible_changes(scene):
+            after, record = apply_change(scene, kind, rng)
+            assert record["kind"] == kind and record["location"] in LOCATIONS and record["size"] in SIZES
+            a = np.asarray(render(scene, 100, 100, np.random.default_rng(5)), dtype=np.int16)
+            b = np.asarray(render(after, 100, 100, np.random.default_rng(5)), dtype=np.int16)
+            moved.setdefault(kind, []).append((np.abs(a - b).max(axis=2) > 25).mean())
+    assert set(moved) == set(CHANGE_KINDS)
+    for kind, fractions in moved.items():
+        assert min(fractions) >= 0.03 and np.median(fractions) >= 0.045, (kind, min(fractions), np.median(fractions))
 
 
 def test_cli(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--locations", "3", "--image_size", "64", "--oversize_fraction", "0"]) == 0
+    out = tmp_path / "cli"
+    args = ["--out", str(out), "--locations", "3", "--image-size", "64", "--oversize-fraction", "0"]
+    assert main([*args, "--splits", "train,val,test"]) == 0
     assert "3 locations" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="--format"):
-        SynthConfig(out="x", format="tiff")
+    assert {p.name for p in (out / "groundtruth").iterdir()} == {"train.jsonl", "val.jsonl", "test.jsonl"}
+    assert not list(out.rglob("*.tmp")), "temporary files must be renamed into place"
+    for w in out.rglob("*_rgb.json"):
+        assert json.loads(w.read_text())["img_width"] in range(54, 75)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"format": "tiff"}, "--format"),
+        ({"locations": 0}, "--locations"),
+        ({"locations": 1, "splits": "train,val"}, "--locations"),
+        ({"splits": "train,train"}, "--splits"),
+        ({"splits": " , "}, "--splits"),
+        ({"oversize_fraction": 1.5}, "--oversize_fraction"),
+        ({"image_size": 8}, "--image_size"),
+    ],
+)
+def test_config_names_the_bad_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SynthConfig(out="x", **kwargs)
