@@ -79,12 +79,24 @@ def test_tree_parses_as_fmow(tree):
     assert saw_unordered, "the fMoW index T must not follow time order"
 
 
-def test_gaps_make_and_break_chains(tree):
-    gaps = []
+def test_dates_sizes_and_gaps_are_like_fmow(tree):
+    gaps, counts, sizes_vary, not_square = [], [], False, False
     for folder in {p.parent for p in tree.glob("*/*/*/*_rgb.json")}:
-        times = sorted(_parse(json.loads(p.read_text())["timestamp"]) for p in folder.glob("*_rgb.json"))
+        metas = [json.loads(p.read_text()) for p in folder.glob("*_rgb.json")]
+        counts.append(len(metas))
+        times = sorted(_parse(m["timestamp"]) for m in metas)
+        assert all(2002 <= t.year <= 2017 for t in times)
         gaps += [(b - a).days for a, b in zip(times, times[1:], strict=False)]
+        sizes = {(m["img_width"], m["img_height"]) for m in metas}
+        sizes_vary |= len(sizes) > 1
+        not_square |= any(w != h for w, h in sizes)
+        assert all(0.8 * 96 <= side <= 1.2 * 96 for size in sizes for side in size)
+    assert min(counts) >= 1 and max(counts) <= 6 and max(counts) >= 4
     assert any(g < 365 for g in gaps) and any(g >= 365 for g in gaps)
+    assert any(364 <= g <= 366 for g in gaps), "some gaps sit on the pairing rule's edge"
+    assert sizes_vary and not_square
+    splits = {p.parts[-4] for p in tree.glob("*/*/*/*_rgb.json")}
+    assert splits == {"train", "val"}
 
 
 def test_deterministic_for_a_seed(tmp_path):
