@@ -2,16 +2,18 @@
 
     geollava-build --fmow-root outputs/synth-fmow --out outputs/geollava --annotator synthetic
 
-Pairs (the paper's rule) → two frames per pair (JPEG) and a 2-frame mp4 → conversations (one of the paper's 6 prompt
-templates + the annotator's answer) → Parquet shards + README.md (YAML ``configs`` and ``dataset_info``) that
-``load_dataset(OUT)`` reads with no custom code, plus ``geollava_json/`` (the official JSON form),
-``build_report.json`` and ``videos/``. Shards are written under temporary names and renamed; a rerun with the same
-inputs and options resumes, a rerun with other ones starts over.
+Stages: scan the tree (drop unusable images with their reason) → pairs (the paper's rule) → answers from the
+annotator → per shard, two frames per pair (JPEG) and a 2-frame mp4 → Parquet shards → the ``sample_10k`` config,
+the official JSON form, ``build_report.json`` and the card (README.md with YAML ``configs`` and ``dataset_info``) that
+``load_dataset(OUT)`` reads with no custom code. Shards and clips are written under temporary names and renamed; a
+rerun with the same inputs and options resumes (answers already written are not asked for again), a rerun with other
+ones clears the folder and starts over, so two runs never mix.
 """
 
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -22,23 +24,38 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Features, Image, List, Value
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from dataset_builder.annotate import AnnotationRequest, get_annotator
-from dataset_builder.fmow import DROP_REASONS, ScanResult, scan_fmow
+from dataset_builder.fmow import DROP_REASONS, SKIP_REASONS, ScanResult, scan_fmow
 from dataset_builder.frames import encode_jpeg, load_frame, write_mp4
+from dataset_builder.official_json import export_official
 from dataset_builder.pairs import Pair, find_pairs
 from dataset_builder.prompts import choose_template, human_turn
 
 
+try:  # the OpenAI annotator's options join the command line once that module exists
+    from dataset_builder.openai_config import OpenAIAnnotatorConfig
+except ImportError:
+    OpenAIAnnotatorConfig = None
+
 logger = logging.getLogger(__name__)
 
+#: Bumped when the output of the same inputs and options changes, so an old folder is rebuilt, not resumed.
+BUILD_FORMAT = 2
 STATE_FILE = ".geollava_build_state.json"
+CAPTIONS_FILE = ".geollava_build_captions.jsonl"
 SAMPLE_CONFIG = "sample_10k"
-OUTPUTS = ("data", "videos", "geollava_json", "README.md", "build_report.json")
+#: Everything a build writes into --out (cleared before a build with another fingerprint).
+OUTPUTS = ("README.md", "build_report.json", "data", "videos", "geollava_json", CAPTIONS_FILE)
+#: Parquet row groups of 100 rows, as `datasets` writes image datasets (the Hub's viewer pages by row group).
+ROW_GROUP_ROWS = 100
+GAP_EDGES = (365, 500, 730, 1095, 1460, 2190)
 
 
 @dataclass
@@ -51,25 +68,37 @@ class BuildConfig:
     annotator: str = field(
         default="synthetic", metadata={"help": "synthetic | openai | none | import:PATH (official GeoLLaVA JSON)."}
     )
-    min_gap_days: int = field(default=365, metadata={"help": "Smallest gap between the two dates of a pair."})
-    max_image_bytes: int = field(default=1_000_000, metadata={"help": "Images larger than this are dropped first."})
-    frame_size: int = field(default=336, metadata={"help": "Side of the square frames, in pixels."})
-    sample_size: int = field(default=10_000, metadata={"help": "Train rows in the sample_10k config."})
+    min_gap_days: int = field(default=365, metadata={"help": "Smallest gap between the two dates of a pair, in days."})
+    max_image_bytes: int = field(
+        default=1_000_000, metadata={"help": "Images larger than this many bytes are dropped before pairing."}
+    )
+    frame_size: int = field(default=336, metadata={"help": "Side of the square frames, in pixels (even)."})
+    sample_size: int = field(default=10_000, metadata={"help": "Train rows in the sample_10k config (0: no sample)."})
     sample_seed: int = field(default=0, metadata={"help": "Seed of the sample_10k subset."})
-    num_proc: int = field(default=1, metadata={"help": "Processes writing shards."})
+    num_proc: int = field(default=1, metadata={"help": "Processes making shards (decode, encode, clips, Parquet)."})
     no_videos: bool = field(default=False, metadata={"help": "Do not write the 2-frame mp4 clips."})
-    shard_rows: int = field(default=1000, metadata={"help": "Rows per Parquet shard."})
-    jpeg_quality: int = field(default=95, metadata={"help": "JPEG quality of the stored frames."})
+    shard_rows: int = field(default=1000, metadata={"help": "Rows per Parquet shard (~120 MB at 336 px)."})
+    jpeg_quality: int = field(default=95, metadata={"help": "JPEG quality of the stored frames (1-95)."})
 
     def __post_init__(self):
         if self.frame_size < 16 or self.frame_size % 2:
             raise ValueError(f"--frame_size {self.frame_size}: must be an even number of pixels, at least 16")
-        if self.min_gap_days < 0:
-            raise ValueError(f"--min_gap_days {self.min_gap_days}: must be >= 0")
-        if self.num_proc < 1 or self.shard_rows < 1 or self.sample_size < 0:
-            raise ValueError("--num_proc and --shard_rows must be >= 1, --sample_size >= 0")
+        for name in ("min_gap_days", "sample_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} {getattr(self, name)}: must be >= 0")
+        for name in ("max_image_bytes", "num_proc", "shard_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name)}: must be >= 1")
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ValueError(f"--jpeg_quality {self.jpeg_quality}: must be in 1..95")
+        if not self.split_list:
+            raise ValueError(f"--splits {self.splits!r}: name at least one fMoW split (e.g. train,val)")
         if not (self.annotator in ("synthetic", "openai", "none") or self.annotator.startswith("import:")):
             raise ValueError(f"--annotator {self.annotator!r}: expected synthetic, openai, none or import:PATH")
+        if self.annotator.startswith("import:") and not Path(self.annotator.removeprefix("import:")).exists():
+            raise ValueError(
+                f"--annotator {self.annotator!r}: {self.annotator.removeprefix('import:')} does not exist"
+            )
 
     @property
     def split_list(self) -> list[str]:
@@ -78,7 +107,15 @@ class BuildConfig:
 
 
 def features(with_videos: bool, with_changes: bool) -> Features:
-    """The row schema (docs/CONTRACTS.md §2)."""
+    """The row schema (docs/CONTRACTS.md §2).
+
+    Args:
+        with_videos: Include the ``video`` column (relative mp4 path).
+        with_changes: Include the ``changes`` column (synthetic trees' ground truth).
+
+    Returns:
+        The features, in column order.
+    """
     spec = {
         "id": Value("string"),
         "split": Value("string"),
@@ -105,61 +142,19 @@ def features(with_videos: bool, with_changes: bool) -> Features:
     return Features(spec)
 
 
-def _fingerprint(cfg: BuildConfig, scan: ScanResult) -> str:
-    h = hashlib.sha256()
-    options = {k: v for k, v in asdict(cfg).items() if k not in ("num_proc", "out")}
-    h.update(json.dumps(options, sort_keys=True).encode())
-    for key in sorted(scan.locations):
-        for image in scan.locations[key]:
-            h.update(f"{image.path}|{image.size_bytes}|{image.timestamp_text}".encode())
-    gt = Path(cfg.fmow_root) / "groundtruth"
-    if gt.is_dir():
-        for path in sorted(gt.glob("*.jsonl")):
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()[:16]
+def make_row(pair: Pair, caption: str, frames_jpeg: list[bytes], video: str | None, changes: list | None) -> dict:
+    """One dataset row of a pair (pure: no file is read or written).
 
+    Args:
+        pair: The pair.
+        caption: The annotator's answer (the gpt turn).
+        frames_jpeg: The two frames' JPEG bytes, earlier first.
+        video: The clip's path inside the dataset folder, or ``None`` without clips.
+        changes: The pair's true changes (synthetic trees), or ``None``.
 
-def _prepare_out(out: Path, fingerprint: str) -> dict:
-    """Resume a build with the same fingerprint; otherwise clear our own outputs (never mix two runs)."""
-    state_path = out / STATE_FILE
-    if state_path.exists():
-        state = json.loads(state_path.read_text())
-        if state.get("fingerprint") == fingerprint:
-            return state
-        logger.info("%s holds another build (%s); starting over", out, state.get("fingerprint"))
-    elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty and holds no geollava-build state: choose an empty --out")
-    for name in OUTPUTS:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    state = {"fingerprint": fingerprint, "shards": {}}
-    _save_state(out, state)
-    return state
-
-
-def _save_state(out: Path, state: dict) -> None:
-    tmp = out / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, out / STATE_FILE)
-
-
-def _load_ground_truth(fmow_root: Path, fmow_split: str) -> dict[str, list[dict]] | None:
-    path = fmow_root / "groundtruth" / f"{fmow_split}.jsonl"
-    if not path.exists():
-        return None
-    changes = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            for pair_id, pair in json.loads(line)["pairs"].items():
-                changes[pair_id] = pair["changes"]
-    return changes
-
-
-def _row(pair: Pair, caption: str, frames_jpeg: list[bytes], video: str | None, changes) -> dict:
+    Returns:
+        The row, keyed as :func:`features`.
+    """
     template_id = choose_template(pair.id)
     row = {
         "id": pair.id,
@@ -187,239 +182,415 @@ def _row(pair: Pair, caption: str, frames_jpeg: list[bytes], video: str | None, 
     return row
 
 
+def _hash_path(h, path: Path) -> None:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        h.update(str(file).encode())
+        h.update(hashlib.sha256(file.read_bytes()).digest())
+
+
+def build_fingerprint(cfg: BuildConfig, scan: ScanResult, annotator_options: dict) -> str:
+    """What makes two builds the same: options, the usable input listing, ground truth and imported answers."""
+    h = hashlib.sha256()
+    options = {k: v for k, v in asdict(cfg).items() if k not in ("num_proc", "out")}
+    options |= {"format": BUILD_FORMAT, "annotator_options": annotator_options}
+    h.update(json.dumps(options, sort_keys=True, default=str).encode())
+    for key in sorted(scan.locations):
+        for image in scan.locations[key]:
+            stat = image.path.stat()
+            h.update(f"{image.path}|{stat.st_size}|{stat.st_mtime_ns}|{image.timestamp_text}".encode())
+    groundtruth = Path(cfg.fmow_root) / "groundtruth"
+    if groundtruth.is_dir():
+        _hash_path(h, groundtruth)
+    if cfg.annotator.startswith("import:"):
+        _hash_path(h, Path(cfg.annotator.removeprefix("import:")))
+    return h.hexdigest()[:16]
+
+
+def _prepare_out(out: Path, fingerprint: str) -> dict:
+    """Resume a build with the same fingerprint; otherwise clear our own outputs (never mix two runs)."""
+    state_path = out / STATE_FILE
+    if state_path.exists():
+        try:
+            state = json.loads(state_path.read_text())
+        except ValueError:
+            state = {}
+        if state.get("fingerprint") == fingerprint:
+            for tmp in [*out.glob(".*.tmp"), *out.rglob("data/**/.*.tmp"), *out.glob("videos/*/.*.tmp")]:
+                tmp.unlink(missing_ok=True)  # left by the interrupted run
+            return state
+        logger.info("%s holds another build (%s); starting over", out, state.get("fingerprint"))
+    elif out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty and holds no geollava-build state: choose an empty --out")
+    for name in OUTPUTS:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"fingerprint": fingerprint, "shards": {}}
+    _save_json(out / STATE_FILE, state)
+    return state
+
+
+def _save_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _load_ground_truth(fmow_root: Path, fmow_split: str) -> dict[str, list[dict]] | None:
+    path = fmow_root / "groundtruth" / f"{fmow_split}.jsonl"
+    if not path.exists():
+        return None
+    changes = {}
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            try:
+                for pair_id, pair in json.loads(line)["pairs"].items():
+                    changes[pair_id] = pair["changes"]
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise ValueError(f"{path} line {number}: not a ground-truth location ({err!r})") from err
+    return changes
+
+
 def _write_shard(job: dict) -> dict:
     """Make one shard: decode and encode the frames, write the clips, write Parquet under a temp name, rename."""
     out, size, quality = Path(job["out"]), job["frame_size"], job["jpeg_quality"]
+    feats: Features = job["features"]
     rows, failed = [], []
     for item in job["items"]:
         pair: Pair = item["pair"]
         try:
             frames = [load_frame(pair.first.path, size), load_frame(pair.second.path, size)]
-        except Exception as err:  # noqa: BLE001 - a corrupt image drops its pair; reported, build goes on
-            failed.append({"id": pair.id, "reason": f"corrupt_image: {err}"})
+        except Exception as err:  # noqa: BLE001 - an image that does not decode drops its pair; reported
+            failed.append({"id": pair.id, "reason": f"corrupt_image: {type(err).__name__}: {err}"})
             continue
         video = None
         if job["videos"]:
             video = f"videos/{pair.split}/{pair.id}.mp4"
             write_mp4(frames, out / video)
         frames_jpeg = [encode_jpeg(frame, quality) for frame in frames]
-        rows.append(_row(pair, item["caption"], frames_jpeg, video, item["changes"]))
+        rows.append(feats.encode_example(make_row(pair, item["caption"], frames_jpeg, video, item["changes"])))
+    table = pa.Table.from_pylist(rows, schema=feats.arrow_schema)
     target = out / job["path"]
-    tmp = target.with_name(f".{target.name}.tmp")
-    Dataset.from_list(rows, features=job["features"]).to_parquet(str(tmp))
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
     os.replace(tmp, target)
-    return {"path": job["path"], "rows": len(rows), "failed": failed}
+    return {"path": job["path"], "split": job["split"], "rows": len(rows), "failed": failed}
 
 
-def _annotate(cfg: BuildConfig, pairs: list[Pair], report: dict) -> dict[str, str]:
-    options = {}
+def _annotator_options(cfg: BuildConfig, openai_cfg) -> dict:
     if cfg.annotator == "synthetic":
-        options["fmow_root"] = cfg.fmow_root
+        return {"fmow_root": cfg.fmow_root}
+    if cfg.annotator == "openai" and openai_cfg is not None:
+        return asdict(openai_cfg)
+    return {}
+
+
+def _annotate(cfg: BuildConfig, pairs: list[Pair], options: dict, out: Path, report: dict) -> dict[str, str]:
+    """Answers by pair id; answers already written by an interrupted run of this build are reused."""
     annotator = get_annotator(cfg.annotator, **options)
     report["annotation"] = {"annotator": annotator.name, "model": annotator.model, "prompt": annotator.prompt}
+    captions: dict[str, str] = {}
+    cache = out / CAPTIONS_FILE
+    if cache.exists():
+        for line in cache.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                captions[entry["id"]] = entry["text"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by the interruption: that pair is asked again
+        logger.info("resuming: %d answer(s) already written", len(captions))
     requests = [
         AnnotationRequest(
             id=p.id,
             image_paths=(p.first.path, p.second.path),
-            metadata={"split": p.first.split, "fmow_root": cfg.fmow_root, "dataset_split": p.split},
+            metadata={
+                "split": p.first.split,
+                "dataset_split": p.split,
+                "fmow_root": cfg.fmow_root,
+                "category": p.category,
+                "timestamps": (p.first.timestamp_text, p.second.timestamp_text),
+                "gap_days": p.gap_days,
+            },
         )
         for p in pairs
+        if p.id not in captions
     ]
-    captions, problems = {}, defaultdict(list)
-    for result in tqdm(annotator.annotate(requests), total=len(requests), desc="annotating", unit="pair"):
-        if result.status == "ok" and result.text is not None:
-            captions[result.id] = result.text
-        else:
-            problems[result.status].append({"id": result.id, "reason": result.reason})
+    problems = defaultdict(list)
+    with open(cache, "a", encoding="utf-8") as fh:
+        results = annotator.annotate(requests)
+        for result in tqdm(results, total=len(requests), desc="annotating", unit="pair", disable=not requests):
+            if result.status == "ok" and result.text is not None:
+                captions[result.id] = result.text
+                fh.write(json.dumps({"id": result.id, "text": result.text}, ensure_ascii=False) + "\n")
+                fh.flush()
+            else:
+                problems[result.status].append({"id": result.id, "reason": result.reason})
     report["annotation"]["not_annotated"] = dict(problems)
     for status, items in problems.items():
         logger.warning("%d pair(s) not annotated (%s), e.g. %s: they are left out", len(items), status, items[0])
     return captions
 
 
-def build(cfg: BuildConfig) -> dict:
-    """Run the whole build; return the build report."""
-    start = time.perf_counter()
-    root, out = Path(cfg.fmow_root), Path(cfg.out)
-    scan = scan_fmow(root, cfg.split_list, cfg.max_image_bytes)
-    report = {
-        "fmow_root": str(root),
-        "options": {k: v for k, v in asdict(cfg).items() if k not in ("out", "fmow_root")},
-        "images_seen": scan.images_seen,
-        "msrgb_ignored": scan.msrgb_ignored,
-        "images_dropped": {reason: len(scan.dropped.get(reason, [])) for reason in DROP_REASONS},
-        "dropped_paths": scan.dropped,
-        "empty_locations": scan.empty_locations,
-    }
-    for reason, paths in scan.dropped.items():
-        logger.warning("skipped %d file(s): %s (e.g. %s)", len(paths), reason, paths[0])
-    pairs = [p for key in sorted(scan.locations) for p in find_pairs(scan.locations[key], cfg.min_gap_days)]
-    if not pairs:
-        raise RuntimeError(
-            f"no usable pairs in {root} (splits {cfg.split_list}): {scan.images_seen} images seen, "
-            f"dropped {report['images_dropped']}; a pair needs two usable images of one location "
-            f">= {cfg.min_gap_days} days apart"
-        )
-    fingerprint = _fingerprint(cfg, scan)
-    state = _prepare_out(out, fingerprint)
-    captions = _annotate(cfg, pairs, report)
-    pairs = [p for p in pairs if p.id in captions]
-    truth = {s: _load_ground_truth(root, s) for s in cfg.split_list}
-    with_changes = any(t is not None for t in truth.values())
-    feats = features(not cfg.no_videos, with_changes)
+def _plan_shards(cfg: BuildConfig, pairs: list[Pair], captions: dict, truth: dict, feats: Features) -> list[dict]:
     by_split: dict[str, list[Pair]] = defaultdict(list)
     for p in pairs:
         by_split[p.split].append(p)
     jobs = []
     for split, split_pairs in by_split.items():
-        if not cfg.no_videos:
-            (out / "videos" / split).mkdir(parents=True, exist_ok=True)
-        n = -(-len(split_pairs) // cfg.shard_rows)
+        n = math.ceil(len(split_pairs) / cfg.shard_rows)
         for i in range(n):
-            chunk = split_pairs[i * cfg.shard_rows : (i + 1) * cfg.shard_rows]
             items = [
                 {
                     "pair": p,
                     "caption": captions[p.id],
-                    "changes": (truth.get(p.first.split) or {}).get(p.id, []) if with_changes else None,
+                    "changes": truth[p.first.split].get(p.id, []) if truth else None,
                 }
-                for p in chunk
+                for p in split_pairs[i * cfg.shard_rows : (i + 1) * cfg.shard_rows]
             ]
-            path = f"data/{split}-{i:05d}-of-{n:05d}.parquet"
             jobs.append(
                 {
-                    "path": path,
+                    "path": f"data/{split}-{i:05d}-of-{n:05d}.parquet",
+                    "split": split,
                     "items": items,
-                    "out": str(out),
+                    "out": cfg.out,
                     "frame_size": cfg.frame_size,
                     "jpeg_quality": cfg.jpeg_quality,
                     "videos": not cfg.no_videos,
                     "features": feats,
                 }
             )
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    return jobs
+
+
+def _run_shards(cfg: BuildConfig, jobs: list[dict], state: dict, out: Path) -> None:
     todo = [j for j in jobs if j["path"] not in state["shards"] or not (out / j["path"]).exists()]
     if len(todo) < len(jobs):
         logger.info("resuming: %d of %d shards already written", len(jobs) - len(todo), len(jobs))
+    for split in {j["split"] for j in todo}:
+        if not cfg.no_videos:
+            (out / "videos" / split).mkdir(parents=True, exist_ok=True)
+    (out / "data").mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", unit="shard") as bar:
 
-        def record(result):
+        def record(result: dict) -> None:
             state["shards"][result["path"]] = result
-            _save_state(out, state)
+            _save_json(out / STATE_FILE, state)
+            for failure in result["failed"]:
+                logger.warning("pair %s skipped: %s", failure["id"], failure["reason"])
             bar.update()
 
         if cfg.num_proc > 1 and len(todo) > 1:
-            with get_context("fork").Pool(min(cfg.num_proc, len(todo))) as pool:
+            # fork: workers inherit the loaded libraries; each holds one shard's frames at a time
+            with get_context("fork").Pool(min(cfg.num_proc, len(todo)), maxtasksperchild=8) as pool:
                 for result in pool.imap_unordered(_write_shard, todo):
                     record(result)
         else:
             for job in todo:
                 record(_write_shard(job))
-    shard_info = [state["shards"][j["path"]] for j in jobs]
-    report["pairs_failed"] = [f for s in shard_info for f in s["failed"]]
-    rows_per_split = Counter()
-    for job, info in zip(jobs, shard_info, strict=True):
-        rows_per_split[job["path"].split("/")[1].split("-")[0]] += info["rows"]
-    sample_ids = write_sample_config(out, cfg, by_split.get("train", []), feats)
-    write_official_json(out, cfg)
-    report |= _statistics(by_split, report["pairs_failed"], rows_per_split, sample_ids, time.perf_counter() - start)
-    (out / "build_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+
+
+def write_sample_config(out: Path, sample_size: int, seed: int, shard_rows: int) -> int:
+    """The sample_10k config: a fixed, seeded subset of the written train rows (all of train when it is smaller).
+
+    The ids of the train rows are sorted, then ``numpy.random.default_rng(seed).choice`` picks ``sample_size`` of
+    them without replacement; rows keep their order in the train shards. Streams shard by shard.
+
+    Args:
+        out: The dataset folder (its ``data/train-*.parquet`` must be written).
+        sample_size: Rows to pick (0: no sample config).
+        seed: The seed.
+        shard_rows: Rows per sample shard.
+
+    Returns:
+        The number of rows in the sample.
+    """
+    sample_dir = out / "data" / SAMPLE_CONFIG
+    shutil.rmtree(sample_dir, ignore_errors=True)
+    train_shards = sorted((out / "data").glob("train-*-of-*.parquet"))
+    if not train_shards or sample_size == 0:
+        return 0
+    ids = sorted(i for path in train_shards for i in pq.read_table(path, columns=["id"])["id"].to_pylist())
+    if not ids:
+        return 0
+    if len(ids) <= sample_size:
+        chosen = pa.array(ids)
+    else:
+        chosen = pa.array(sorted(ids[i] for i in np.random.default_rng(seed).choice(len(ids), sample_size, False)))
+    sample_dir.mkdir(parents=True)
+    n_shards, written, buffer = math.ceil(len(chosen) / shard_rows), 0, []
+
+    def flush(table: pa.Table) -> None:
+        nonlocal written
+        index = written // shard_rows
+        target = sample_dir / f"train-{index:05d}-of-{n_shards:05d}.parquet"
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
+        os.replace(tmp, target)
+        written += table.num_rows
+
+    for path in train_shards:
+        table = pq.read_table(path)
+        buffer.append(table.filter(pc.is_in(table["id"], value_set=chosen)))
+        pending = pa.concat_tables(buffer)
+        while pending.num_rows >= shard_rows:
+            flush(pending.slice(0, shard_rows))
+            pending = pending.slice(shard_rows)
+        buffer = [pending.combine_chunks()] if pending.num_rows else []
+    if buffer:
+        flush(pa.concat_tables(buffer))
+    return written
+
+
+def gap_histogram(gaps: list[int], edges: tuple[int, ...] = GAP_EDGES) -> dict[str, int]:
+    """Pairs per gap bucket, in days (``"365-499"``, ..., ``">=2190"``; ``"<365"`` only when such gaps exist).
+
+    Args:
+        gaps: Gaps in whole days.
+        edges: Lower bounds of the buckets, increasing.
+
+    Returns:
+        Counts per bucket label, in bucket order; they sum to ``len(gaps)``.
+    """
+    labels = [f"<{edges[0]}"] + [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)]
+    labels.append(f">={edges[-1]}")
+    counts = Counter(int(np.searchsorted(edges, gap, side="right")) for gap in gaps)
+    hist = {label: counts.get(i, 0) for i, label in enumerate(labels)}
+    if not hist[labels[0]]:
+        del hist[labels[0]]
+    return hist
+
+
+def _statistics(kept: list[Pair]) -> dict:
+    by_split: dict[str, list[Pair]] = defaultdict(list)
+    for p in kept:
+        by_split[p.split].append(p)
+    gaps = [p.gap_days for p in kept]
+    return {
+        "pairs_per_split": {s: len(ps) for s, ps in by_split.items()},
+        "pairs_per_category": {s: dict(sorted(Counter(p.category for p in ps).items())) for s, ps in by_split.items()},
+        "categories_per_split": {s: len({p.category for p in ps}) for s, ps in by_split.items()},
+        "locations_per_split": {s: len({p.location_id for p in ps}) for s, ps in by_split.items()},
+        "images_in_pairs_per_split": {
+            s: len({p.first.stem for p in ps} | {p.second.stem for p in ps}) for s, ps in by_split.items()
+        },
+        "gap_days": {
+            "min": min(gaps) if gaps else None,
+            "median": float(np.median(gaps)) if gaps else None,
+            "mean": round(float(np.mean(gaps)), 1) if gaps else None,
+            "max": max(gaps) if gaps else None,
+            "histogram": gap_histogram(gaps),
+        },
+    }
+
+
+def build(cfg: BuildConfig, openai_cfg=None) -> dict:
+    """Run the whole build.
+
+    Args:
+        cfg: The build options.
+        openai_cfg: The OpenAI annotator's options (an ``OpenAIAnnotatorConfig``) when ``--annotator openai``.
+
+    Returns:
+        The build report (also written to ``{out}/build_report.json``).
+
+    Raises:
+        FileNotFoundError: If the root is not an fMoW tree.
+        FileExistsError: If ``--out`` is a non-empty folder that no build wrote.
+        RuntimeError: If no pair can be made.
+    """
+    start = time.perf_counter()
+    root, out = Path(cfg.fmow_root), Path(cfg.out)
+    # 1. scan: usable images per location, everything else with its reason
+    scan = scan_fmow(root, cfg.split_list, cfg.max_image_bytes)
+    for reason, paths in {**scan.dropped, **scan.skipped}.items():
+        logger.warning("skipped %d file(s): %s, e.g. %s", len(paths), reason, paths[0])
+    report = {
+        "fmow_root": str(root.resolve()),
+        "synthetic": (root / "groundtruth").is_dir(),
+        "splits": cfg.split_list,
+        "options": {k: v for k, v in asdict(cfg).items() if k not in ("out", "fmow_root")},
+        "images_seen": scan.images_seen,
+        "images_usable": scan.images_usable,
+        "images_dropped": {reason: len(scan.dropped.get(reason, [])) for reason in DROP_REASONS},
+        "files_skipped": {reason: len(scan.skipped.get(reason, [])) for reason in SKIP_REASONS},
+        "msrgb_ignored": scan.msrgb_ignored,
+        "locations_seen": len(scan.locations) + len(scan.empty_locations),
+        "empty_locations": scan.empty_locations,
+        "dropped_paths": scan.dropped,
+        "skipped_paths": scan.skipped,
+    }
+    # 2. pairs: the paper's rule, per location
+    pairs = [p for key in sorted(scan.locations) for p in find_pairs(scan.locations[key], cfg.min_gap_days)]
+    if not pairs:
+        raise RuntimeError(
+            f"no usable pairs in {root} (splits {cfg.split_list}): {scan.images_seen} images seen, "
+            f"{scan.images_usable} usable, dropped {scan.dropped and {k: len(v) for k, v in scan.dropped.items()}}; "
+            f"a pair needs two usable images of one location >= {cfg.min_gap_days} days apart"
+        )
+    report["pairs_found"] = len(pairs)
+    options = _annotator_options(cfg, openai_cfg)
+    fingerprint = build_fingerprint(cfg, scan, options)
+    state = _prepare_out(out, fingerprint)
+    # 3. answers
+    captions = _annotate(cfg, pairs, options, out, report)
+    annotated = [p for p in pairs if p.id in captions]
+    report["pairs_not_annotated"] = len(pairs) - len(annotated)
+    if not annotated:
+        raise RuntimeError(f"the {cfg.annotator} annotator answered none of the {len(pairs)} pairs: nothing to write")
+    # 4. shards: frames, clips, Parquet (resumable)
+    truth = {s: _load_ground_truth(root, s) for s in cfg.split_list}
+    truth = {s: t or {} for s, t in truth.items()} if any(t is not None for t in truth.values()) else {}
+    feats = features(with_videos=not cfg.no_videos, with_changes=bool(truth))
+    jobs = _plan_shards(cfg, annotated, captions, truth, feats)
+    _run_shards(cfg, jobs, state, out)
+    failed = [f for job in jobs for f in state["shards"][job["path"]]["failed"]]
+    failed_ids = {f["id"] for f in failed}
+    report["pairs_failed"] = failed
+    kept = [p for p in annotated if p.id not in failed_ids]
+    report |= _statistics(kept)
+    rows_written = Counter()
+    for job in jobs:
+        rows_written[job["split"]] += state["shards"][job["path"]]["rows"]
+    if dict(rows_written) != report["pairs_per_split"]:
+        raise RuntimeError(f"rows written {dict(rows_written)} != pairs kept {report['pairs_per_split']}")
+    # 5. the sample config, the official form, the report, the card (last: a folder with a README is complete)
+    report["sample_10k_rows"] = write_sample_config(out, cfg.sample_size, cfg.sample_seed, cfg.shard_rows)
+    report["official_json"] = export_official(out, out, videos=not cfg.no_videos)
+    report["shards"] = {split: sum(j["split"] == split for j in jobs) for split in report["pairs_per_split"]}
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    _save_json(out / "build_report.json", report)
     from model_cards.dataset_card import write_dataset_card
 
     write_dataset_card(out)
     state["complete"] = True
-    _save_state(out, state)
+    _save_json(out / STATE_FILE, state)
     return report
 
 
-def write_sample_config(out: Path, cfg: BuildConfig, train_pairs: list[Pair], feats: Features) -> int:
-    """The sample_10k config: a fixed, seeded subset of train (all of train when it is smaller)."""
-    sample_dir = out / "data" / SAMPLE_CONFIG
-    shutil.rmtree(sample_dir, ignore_errors=True)
-    train_shards = sorted((out / "data").glob("train-*.parquet"))
-    if not train_shards:
-        return 0
-    ids = sorted(p.id for p in train_pairs)
-    rng = np.random.default_rng(cfg.sample_seed)
-    chosen = (
-        set(ids)
-        if len(ids) <= cfg.sample_size
-        else {ids[i] for i in rng.choice(len(ids), cfg.sample_size, replace=False)}
-    )
-    sample_dir.mkdir(parents=True)
-    tables = [pq.read_table(path) for path in train_shards]
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    table = pa.concat_tables(tables)
-    table = table.filter(pc.is_in(table["id"], value_set=pa.array(sorted(chosen))))
-    n = max(1, -(-table.num_rows // cfg.shard_rows))
-    for i in range(n):
-        part = table.slice(i * cfg.shard_rows, cfg.shard_rows)
-        target = sample_dir / f"train-{i:05d}-of-{n:05d}.parquet"
-        tmp = target.with_name(f".{target.name}.tmp")
-        pq.write_table(part, tmp)
-        os.replace(tmp, target)
-    return table.num_rows
-
-
-def write_official_json(out: Path, cfg: BuildConfig) -> None:
-    """The official GeoLLaVA form: ``geollava_json/{split}.json`` = ``[{"id", "video", "conversations"}]``."""
-    from dataset_builder.official_json import export_rows
-
-    folder = out / "geollava_json"
-    folder.mkdir(exist_ok=True)
-    for shard_split in sorted({p.name.split("-")[0] for p in (out / "data").glob("*.parquet")}):
-        rows = []
-        for path in sorted((out / "data").glob(f"{shard_split}-*.parquet")):
-            rows += pq.read_table(path, columns=["id", "conversations"]).to_pylist()
-        export_rows(rows, folder / f"{shard_split}.json")
-
-
-def _statistics(by_split, failed, rows_per_split, sample_rows, seconds) -> dict:
-    failed_ids = {f["id"] for f in failed}
-    stats = {"pairs_per_split": dict(rows_per_split), "sample_10k_rows": sample_rows, "seconds": round(seconds, 2)}
-    categories, gaps, locations, images = {}, [], {}, {}
-    for split, pairs in by_split.items():
-        kept = [p for p in pairs if p.id not in failed_ids]
-        categories[split] = dict(sorted(Counter(p.category for p in kept).items()))
-        locations[split] = len({p.location_id for p in kept})
-        images[split] = len({p.first.stem for p in kept} | {p.second.stem for p in kept})
-        gaps += [p.gap_days for p in kept]
-    edges = [365, 500, 730, 1095, 1460, 2190, 10**6]
-    hist = {f"{lo}-{hi - 1}" if hi < 10**6 else f">={lo}": 0 for lo, hi in zip(edges, edges[1:], strict=False)}
-    for gap in gaps:
-        for (lo, hi), key in zip(zip(edges, edges[1:], strict=False), hist, strict=True):
-            if lo <= gap < hi:
-                hist[key] += 1
-    stats |= {
-        "pairs_per_category": categories,
-        "locations_per_split": locations,
-        "images_in_pairs_per_split": images,
-        "gap_days": {
-            "min": int(min(gaps)) if gaps else None,
-            "median": float(np.median(gaps)) if gaps else None,
-            "mean": round(float(np.mean(gaps)), 1) if gaps else None,
-            "max": int(max(gaps)) if gaps else None,
-            "histogram": hist,
-        },
-    }
-    return stats
+def _parser() -> HfArgumentParser:
+    dataclasses = [BuildConfig] + ([OpenAIAnnotatorConfig] if OpenAIAnnotatorConfig is not None else [])
+    return HfArgumentParser(dataclasses)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-build``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    (cfg,) = HfArgumentParser(BuildConfig).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parsed = _parser().parse_args_into_dataclasses(args=argv)
+    cfg, openai_cfg = parsed[0], (parsed[1] if len(parsed) > 1 else None)
     try:
-        report = build(cfg)
+        report = build(cfg, openai_cfg)
     except (FileNotFoundError, FileExistsError, RuntimeError, ValueError) as err:
         print(f"geollava-build: {err}", file=sys.stderr)
         return 1
-    dropped = sum(report["images_dropped"].values())
     print(
-        f"built {cfg.out}: {report['pairs_per_split']} pairs, {report['images_seen']} images seen, {dropped} dropped, "
-        f"{len(report['pairs_failed'])} pairs failed, in {report['seconds']} s"
+        f"built {cfg.out}: pairs {report['pairs_per_split']} (sample_10k: {report['sample_10k_rows']} train rows), "
+        f"{report['images_seen']} images seen, {report['images_usable']} usable, "
+        f"{sum(report['images_dropped'].values())} dropped, {report['pairs_not_annotated']} pairs not annotated, "
+        f"{len(report['pairs_failed'])} failed, in {report['seconds']} s"
     )
     return 0
 

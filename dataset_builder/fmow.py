@@ -1,9 +1,16 @@
-"""Reading an fMoW-rgb tree: which images are usable, their metadata, and why the others were dropped."""
+"""Reading an fMoW-rgb tree: which images are usable, their metadata, and why the others were dropped.
+
+Accounting (the build report relies on it): every ``*_rgb.jpg`` found is *seen*; each seen image is either usable or
+dropped for exactly one reason in :data:`DROP_REASONS`, so ``images_seen == images_usable + sum(dropped)``. Files that
+are not rgb images (a stray file, a JSON with no image) are *skipped* and counted apart, in :data:`SKIP_REASONS`;
+``_msrgb`` files are ignored (counted, never used).
+"""
 
 import json
 import logging
+import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,21 +19,40 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-#: Why an image (or file) was not used; the build report counts each with its paths.
+#: Why a seen ``*_rgb.jpg`` was not used, in the order the checks run (the first failing check names the reason).
 DROP_REASONS = (
-    "oversize",
-    "corrupt_image",
+    "bad_name",
     "missing_json",
-    "missing_image",
+    "oversize",
     "malformed_json",
     "bad_timestamp",
-    "stray_file",
+    "corrupt_image",
 )
+
+#: Files under the tree that are not rgb images and are not used.
+SKIP_REASONS = ("stray_file", "orphan_json")
+
+_STEM = re.compile(r"^(?P<location>.+)_(?P<index>\d+)$")
 
 
 @dataclass(frozen=True)
 class FmowImage:
-    """One usable ``*_rgb.jpg`` with its metadata."""
+    """One usable ``*_rgb.jpg`` with its metadata.
+
+    Attributes:
+        split: The fMoW split (``train``, ``val``, ...).
+        category: The fMoW category (``airport_hangar``).
+        location_id: ``{category}_{loc}``.
+        stem: ``{category}_{loc}_{T}``.
+        index: ``T``, the fMoW index (not time order).
+        path: The ``*_rgb.jpg`` file.
+        timestamp: The parsed JSON ``timestamp`` (timezone-aware, UTC when the text has no offset).
+        timestamp_text: The JSON ``timestamp`` as written.
+        size_bytes: Size of the JPEG file.
+        gsd: Ground sample distance in metres, if given.
+        country_code: ISO country code, if given.
+        cloud_cover: Cloud cover in percent, if given.
+    """
 
     split: str
     category: str
@@ -45,6 +71,12 @@ class FmowImage:
 def parse_timestamp(text: str) -> datetime:
     """Parse fMoW's ISO 8601 timestamps (``2012-04-02T10:32:22Z``, ``2012-09-08T16:07:23.244Z``, ``... 16:07:23.000``).
 
+    Args:
+        text: The JSON ``timestamp`` value.
+
+    Returns:
+        A timezone-aware datetime (UTC when the text carries no offset).
+
     Raises:
         ValueError: If ``text`` is not such a timestamp.
     """
@@ -56,19 +88,39 @@ def parse_timestamp(text: str) -> datetime:
 
 @dataclass
 class ScanResult:
-    """What a scan found: usable images per location, dropped files per reason, and counters."""
+    """What a scan found.
 
-    locations: dict[tuple[str, str], list[FmowImage]]
-    dropped: dict[str, list[str]]
+    Attributes:
+        locations: Usable images per ``(split, location_id)``, for locations with at least one usable image.
+        dropped: Seen images not used, per reason in :data:`DROP_REASONS` (``"path (detail)"`` strings).
+        skipped: Other files not used, per reason in :data:`SKIP_REASONS`.
+        images_seen: Every ``*_rgb.jpg`` found.
+        msrgb_ignored: ``_msrgb`` files found (never used, not counted as dropped).
+        empty_locations: ``split/category/location`` folders with no usable image.
+    """
+
+    locations: dict[tuple[str, str], list[FmowImage]] = field(default_factory=dict)
+    dropped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    skipped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     images_seen: int = 0
     msrgb_ignored: int = 0
-    empty_locations: list[str] | None = None
+    empty_locations: list[str] = field(default_factory=list)
+
+    @property
+    def images_usable(self) -> int:
+        """Number of usable images."""
+        return sum(len(images) for images in self.locations.values())
 
 
-def _jpeg_ok(path: Path) -> bool:
-    """Cheap integrity check: PIL can read the header and the file ends with the JPEG end-of-image marker."""
+def jpeg_ok(path: Path) -> bool:
+    """Cheap integrity check of a JPEG: PIL reads its header and the file ends with the end-of-image marker.
+
+    A truncated download (the common fMoW defect) fails the marker check without decoding the whole image.
+    """
     try:
         with Image.open(path) as im:
+            if im.format != "JPEG":
+                return False
             im.verify()
         with open(path, "rb") as fh:
             fh.seek(-2, 2)
@@ -77,113 +129,120 @@ def _jpeg_ok(path: Path) -> bool:
         return False
 
 
-def scan_fmow(root: Path, splits: list[str], max_image_bytes: int) -> ScanResult:
+def scan_fmow(root: Path | str, splits: list[str], max_image_bytes: int) -> ScanResult:
     """Walk ``{root}/{split}/{category}/{category}_{loc}/`` and keep the usable ``*_rgb.jpg`` + ``*_rgb.json`` images.
 
-    Images over ``max_image_bytes`` are dropped here, before pairing (the paper's rule). ``_msrgb`` files are ignored
-    (not counted as dropped); anything else that is not an rgb image or its JSON is a stray file.
+    Images over ``max_image_bytes`` are dropped here, before pairing (the paper's rule). Every file that is not used
+    is recorded with its reason (see the module docstring for the accounting).
+
+    Args:
+        root: The fMoW-rgb root (holding ``train/``, ``val/``, ...).
+        splits: fMoW split folders to read; those absent are logged and skipped.
+        max_image_bytes: Largest usable JPEG, in bytes.
+
+    Returns:
+        The scan result.
 
     Raises:
-        FileNotFoundError: If none of the splits exists under ``root`` (with what was expected).
+        FileNotFoundError: If none of the splits exists under ``root`` (naming what was expected).
     """
     root = Path(root)
     present = [s for s in splits if (root / s).is_dir()]
     if not present:
         raise FileNotFoundError(
-            f"{root} is not an fMoW-rgb tree: expected {', '.join(f'{root}/{s}/' for s in splits)} holding "
-            "{category}/{category}_{loc}/{category}_{loc}_{T}_rgb.jpg + .json"
+            f"{root} is not an fMoW-rgb tree: expected {' or '.join(f'{root}/{s}/' for s in splits)} holding "
+            "{category}/{category}_{loc}/{category}_{loc}_{T}_rgb.jpg + _rgb.json"
         )
-    result = ScanResult(locations={}, dropped=defaultdict(list), empty_locations=[])
+    for split in splits:
+        if split not in present:
+            logger.warning("%s/%s/ does not exist: split %r skipped", root, split, split)
+    result = ScanResult()
     for split in present:
-        for category_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            for location_dir in sorted(p for p in category_dir.iterdir() if p.is_dir()):
+        for category_dir in sorted((root / split).iterdir()):
+            if not category_dir.is_dir():
+                result.skipped["stray_file"].append(str(category_dir))
+                continue
+            for location_dir in sorted(category_dir.iterdir()):
+                if not location_dir.is_dir():
+                    result.skipped["stray_file"].append(str(location_dir))
+                    continue
                 images = _scan_location(split, category_dir.name, location_dir, max_image_bytes, result)
                 if images:
                     result.locations[(split, location_dir.name)] = images
                 else:
                     result.empty_locations.append(f"{split}/{category_dir.name}/{location_dir.name}")
-            for stray in (p for p in category_dir.iterdir() if p.is_file()):
-                result.dropped["stray_file"].append(str(stray))
-    result.dropped = dict(result.dropped)
+    result.dropped = {reason: result.dropped[reason] for reason in DROP_REASONS if result.dropped.get(reason)}
+    result.skipped = {reason: result.skipped[reason] for reason in SKIP_REASONS if result.skipped.get(reason)}
     return result
 
 
-def _scan_location(split, category, folder: Path, max_bytes: int, result: ScanResult) -> list[FmowImage]:
-    files = {p.name: p for p in folder.iterdir() if p.is_file()}
+def _scan_location(split: str, category: str, folder: Path, max_bytes: int, result: ScanResult) -> list[FmowImage]:
+    files = {p.name: p for p in folder.iterdir()}
     images = []
     for name, path in sorted(files.items()):
         if "_msrgb" in name:
             result.msrgb_ignored += 1
-            continue
-        if name.endswith("_rgb.json"):
+        elif name.endswith("_rgb.json"):
             if name.removesuffix(".json") + ".jpg" not in files:
-                result.dropped["missing_image"].append(str(path))
-            continue
-        if not name.endswith("_rgb.jpg"):
-            result.dropped["stray_file"].append(str(path))
-            continue
-        result.images_seen += 1
-        image = _read_image(split, category, folder, path, files, max_bytes, result)
-        if image is not None:
-            images.append(image)
+                result.skipped["orphan_json"].append(str(path))
+        elif not name.endswith("_rgb.jpg") or not path.is_file():
+            result.skipped["stray_file"].append(str(path))
+        else:
+            result.images_seen += 1
+            image, reason, detail = _read_image(split, category, folder, path, files, max_bytes)
+            if image is None:
+                result.dropped[reason].append(f"{path} ({detail})" if detail else str(path))
+            else:
+                images.append(image)
     return images
 
 
-def _read_image(split, category, folder, path: Path, files, max_bytes, result) -> FmowImage | None:
+def _read_image(split, category, folder: Path, path: Path, files, max_bytes) -> tuple[FmowImage | None, str, str]:
+    """One seen image: ``(image, "", "")`` when usable, else ``(None, reason, detail)``."""
     stem = path.name.removesuffix("_rgb.jpg")
+    match = _STEM.match(stem)
+    if match is None or match["location"] != folder.name:
+        return None, "bad_name", f"expected {folder.name}_<T>_rgb.jpg"
     json_path = files.get(f"{stem}_rgb.json")
     if json_path is None:
-        result.dropped["missing_json"].append(str(path))
-        return None
+        return None, "missing_json", f"no {stem}_rgb.json"
     size = path.stat().st_size
     if size > max_bytes:
-        result.dropped["oversize"].append(str(path))
-        return None
+        return None, "oversize", f"{size} > {max_bytes} bytes"
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as err:
-        result.dropped["malformed_json"].append(f"{json_path} ({err})")
-        return None
+            raise ValueError(f"{json_path.name} is not a JSON object")
+    except (OSError, ValueError) as err:
+        return None, "malformed_json", str(err)
     try:
         timestamp = parse_timestamp(meta.get("timestamp"))
     except (ValueError, TypeError) as err:
-        result.dropped["bad_timestamp"].append(f"{json_path} ({err})")
-        return None
-    if not _jpeg_ok(path):
-        result.dropped["corrupt_image"].append(str(path))
-        return None
-    try:
-        index = int(stem.rsplit("_", 1)[1])
-    except (IndexError, ValueError):
-        result.dropped["stray_file"].append(str(path))
-        return None
-    return FmowImage(
+        return None, "bad_timestamp", str(err)
+    if not jpeg_ok(path):
+        return None, "corrupt_image", "unreadable or truncated JPEG"
+    country = meta.get("country_code")
+    image = FmowImage(
         split=split,
         category=category,
         location_id=folder.name,
         stem=stem,
-        index=index,
+        index=int(match["index"]),
         path=path,
         timestamp=timestamp,
         timestamp_text=meta["timestamp"],
         size_bytes=size,
-        gsd=_float(meta.get("gsd")),
-        country_code=meta.get("country_code") if isinstance(meta.get("country_code"), str) else None,
-        cloud_cover=_int(meta.get("cloud_cover")),
+        gsd=_number(meta.get("gsd"), float),
+        country_code=country if isinstance(country, str) else None,
+        cloud_cover=_number(meta.get("cloud_cover"), int),
     )
+    return image, "", ""
 
 
-def _float(value) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
+def _number(value, kind):
+    if isinstance(value, bool):
         return None
-
-
-def _int(value) -> int | None:
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
         return None

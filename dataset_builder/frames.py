@@ -15,7 +15,15 @@ from PIL import Image
 
 
 def load_frame(path: Path | str, size: int) -> Image.Image:
-    """Decode an image and return its ``size`` x ``size`` RGB frame (shorter side resized, centre crop)."""
+    """Decode an image and return its ``size`` x ``size`` RGB frame (shorter side resized, centre crop).
+
+    Args:
+        path: An image file (fMoW ``*_rgb.jpg``).
+        size: Side of the square frame, in pixels.
+
+    Returns:
+        The RGB frame.
+    """
     with Image.open(path) as im:
         im.draft("RGB", (size, size))  # JPEG DCT scaling: decode big images at a fraction of the cost
         im = im.convert("RGB")
@@ -34,9 +42,16 @@ def encode_jpeg(image: Image.Image, quality: int = 95) -> bytes:
 
 
 def write_mp4(frames: list[Image.Image], path: Path | str, fps: int = 1) -> None:
-    """Write frames as an H.264 mp4 (even dimensions, yuv420p), atomically."""
+    """Write frames as an H.264 mp4 (yuv420p, one frame per second), atomically.
+
+    Args:
+        frames: Frames of one size, earlier first; an odd width or height loses its last pixel row or column
+            (H.264 in yuv420p needs even dimensions).
+        path: The ``.mp4`` to write.
+        fps: Frames per second.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: an orphaned worker never shares it
     with av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames[0].width // 2 * 2, frames[0].height // 2 * 2

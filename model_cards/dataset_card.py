@@ -34,7 +34,17 @@ def _split_info(files: list[Path]) -> dict:
 
 
 def configs_and_info(dataset_dir: Path) -> tuple[list[dict], list[dict]]:
-    """The YAML ``configs`` and ``dataset_info`` of a built folder, read from its Parquet shards."""
+    """The YAML ``configs`` and ``dataset_info`` of a built folder, read from its Parquet shards.
+
+    Args:
+        dataset_dir: A folder with ``data/{split}-NNNNN-of-NNNNN.parquet`` (and optionally ``data/sample_10k/``).
+
+    Returns:
+        ``(configs, dataset_info)`` lists for the card's YAML.
+
+    Raises:
+        FileNotFoundError: If there are no shards.
+    """
     data = dataset_dir / "data"
     splits = sorted({p.name.split("-")[0] for p in data.glob("*.parquet")}, key=lambda s: (s != "train", s))
     if not splits:
@@ -82,13 +92,19 @@ def configs_and_info(dataset_dir: Path) -> tuple[list[dict], list[dict]]:
 
 
 def render_dataset_card(dataset_dir: Path | str, repo_id: str | None = None) -> DatasetCard:
-    """Render the card of a built dataset folder from its ``build_report.json`` and shards."""
+    """Render the card of a built dataset folder from its ``build_report.json`` and shards.
+
+    Args:
+        dataset_dir: A folder written by ``geollava-build``.
+        repo_id: The Hub id shown in the card's loading lines (default ``<org>/geollava``).
+
+    Returns:
+        The card; its YAML holds ``configs`` and an accurate ``dataset_info`` read from the shards.
+    """
     dataset_dir = Path(dataset_dir)
     report = json.loads((dataset_dir / "build_report.json").read_text())
     configs, infos = configs_and_info(dataset_dir)
-    synthetic = (Path(report["fmow_root"]) / "groundtruth").is_dir() or report["annotation"][
-        "annotator"
-    ] == "synthetic"
+    synthetic = report.get("synthetic", report["annotation"]["annotator"] == "synthetic")
     total = sum(report["pairs_per_split"].values())
     size_category = (
         "n<1K" if total < 1000 else "1K<n<10K" if total < 10_000 else "10K<n<100K" if total < 100_000 else "100K<n<1M"
@@ -123,7 +139,12 @@ def render_dataset_card(dataset_dir: Path | str, repo_id: str | None = None) -> 
         images_in_pairs_per_split=report["images_in_pairs_per_split"],
         pairs_per_category=report["pairs_per_category"],
         images_seen=report["images_seen"],
+        images_usable=report.get("images_usable"),
         images_dropped=report["images_dropped"],
+        files_skipped=report.get("files_skipped", {}),
+        pairs_found=report.get("pairs_found"),
+        pairs_not_annotated=report.get("pairs_not_annotated", 0),
+        pairs_failed=len(report.get("pairs_failed", [])),
         dropped_any=any(report["images_dropped"].values()),
         gaps=report["gap_days"],
         templates=PROMPT_TEMPLATES,
@@ -135,7 +156,15 @@ def render_dataset_card(dataset_dir: Path | str, repo_id: str | None = None) -> 
 
 
 def write_dataset_card(dataset_dir: Path | str, repo_id: str | None = None) -> Path:
-    """Render and write ``README.md`` into a built dataset folder (atomically); return its path."""
+    """Render and write ``README.md`` into a built dataset folder, atomically.
+
+    Args:
+        dataset_dir: A folder written by ``geollava-build``.
+        repo_id: The Hub id shown in the card.
+
+    Returns:
+        The path of the README.
+    """
     dataset_dir = Path(dataset_dir)
     card = render_dataset_card(dataset_dir, repo_id)
     target = dataset_dir / "README.md"

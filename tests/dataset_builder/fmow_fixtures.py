@@ -2,6 +2,7 @@
 
 import io
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +22,27 @@ def write_image(
     category: str,
     loc: int,
     index: int,
-    timestamp: str | None,
+    timestamp: str | None | bool,
     *,
     size=(40, 32),
     data: bytes | None = None,
     meta: dict | None = None,
     json_text: str | None = None,
 ) -> Path:
+    """One `{category}_{loc}_{index}_rgb.jpg` (+ its JSON unless `timestamp is False`); returns the JPEG path."""
     folder = root / split / category / f"{category}_{loc}"
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{category}_{loc}_{index}"
     jpg = folder / f"{stem}_rgb.jpg"
-    jpg.write_bytes(data if data is not None else jpeg_bytes(hash((category, loc, index)) % 2**32, size))
+    seed = zlib.crc32(f"{split}/{stem}".encode())  # deterministic across processes, unlike hash()
+    jpg.write_bytes(data if data is not None else jpeg_bytes(seed, size))
     if json_text is not None:
         (folder / f"{stem}_rgb.json").write_text(json_text)
     elif timestamp is not False:
         body = {
             "timestamp": timestamp,
             "gsd": 0.5,
+            "utm": "17S",
             "country_code": "USA",
             "cloud_cover": 3,
             "img_width": size[0],
@@ -48,3 +52,47 @@ def write_image(
         body.update(meta or {})
         (folder / f"{stem}_rgb.json").write_text(json.dumps(body))
     return jpg
+
+
+def write_messy_tree(root: Path) -> Path:
+    """A tree with the pairing rule's cases and one of every bad input; see the tests for the expected outcome."""
+    # a chain of three, broken by an image 100 days after the second; T not in time order; sizes differ
+    write_image(root, "train", "barn", 0, 2, "2010-01-01T00:00:00Z", size=(40, 32))
+    write_image(root, "train", "barn", 0, 0, "2011-06-01T00:00:00.500Z", size=(48, 36))
+    write_image(root, "train", "barn", 0, 3, "2011-09-09T00:00:00Z", size=(30, 44))
+    write_image(root, "train", "barn", 0, 1, "2013-01-01T00:00:00Z")
+    # an oversize image in the middle of a location: dropped BEFORE pairing, so 0 -> 2 becomes a pair
+    write_image(root, "train", "dam", 1, 0, "2005-01-01T00:00:00Z")
+    write_image(root, "train", "dam", 1, 1, "2005-06-01T00:00:00Z", data=b"\xff\xd8" + b"0" * 2_000_000 + b"\xff\xd9")
+    write_image(root, "train", "dam", 1, 2, "2006-03-01T00:00:00Z")
+    # bad inputs, one of each
+    write_image(root, "train", "park", 2, 0, "2004-01-01T00:00:00Z")
+    write_image(root, "train", "park", 2, 1, "2007-01-01T00:00:00Z", data=jpeg_bytes(1)[:300])  # truncated JPEG
+    write_image(root, "train", "park", 2, 2, False)  # no JSON
+    write_image(root, "train", "park", 2, 3, None, json_text="{not json")
+    write_image(root, "train", "park", 2, 4, "yesterday")
+    write_image(root, "train", "park", 2, 5, None, meta={"timestamp": None})  # missing timestamp
+    (root / "train" / "park" / "park_2" / "park_2_9_rgb.json").write_text("{}")  # JSON without its image
+    (root / "train" / "park" / "park_2" / "park_2_x_rgb.jpg").write_bytes(jpeg_bytes(3))  # no index T
+    (root / "train" / "park" / "park_3").mkdir(parents=True)  # empty location
+    (root / "train" / "park" / "notes.txt").write_text("stray")
+    (root / "train" / "barn" / "barn_0" / "barn_0_0_msrgb.jpg").write_bytes(jpeg_bytes(9))
+    (root / "train" / "barn" / "barn_0" / "Thumbs.db").write_bytes(b"x")
+    # val -> test; fractional seconds
+    write_image(root, "val", "barn", 5, 7, "2012-09-08T16:07:23.244Z")
+    write_image(root, "val", "barn", 5, 1, "2016-05-19T10:00:00Z")
+    return root
+
+
+#: What `write_messy_tree` holds.
+MESSY_PAIRS = {"train": ["barn_0_2-barn_0_0", "barn_0_3-barn_0_1", "dam_1_0-dam_1_2"], "test": ["barn_5_7-barn_5_1"]}
+MESSY_DROPPED = {
+    "bad_name": 1,
+    "missing_json": 1,
+    "oversize": 1,
+    "malformed_json": 1,
+    "bad_timestamp": 2,
+    "corrupt_image": 1,
+}
+MESSY_SKIPPED = {"stray_file": 2, "orphan_json": 1}
+MESSY_USABLE = 4 + 2 + 1 + 2

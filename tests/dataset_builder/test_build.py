@@ -1,16 +1,21 @@
 import json
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
-from datasets import load_dataset
-from fmow_fixtures import jpeg_bytes, write_image
+from datasets import Features, load_dataset
+from fmow_fixtures import (
+    MESSY_DROPPED,
+    MESSY_PAIRS,
+    MESSY_SKIPPED,
+    MESSY_USABLE,
+    write_image,
+    write_messy_tree,
+)
 
-from dataset_builder.build import BuildConfig, build, main
+from dataset_builder.build import BuildConfig, build, gap_histogram, main
 from dataset_builder.describe import describe_pair
 from dataset_builder.frames import read_mp4
-from dataset_builder.official_json import ImportAnnotator, read_official
+from dataset_builder.prompts import PROMPT_TEMPLATES, choose_template, human_turn
 from dataset_builder.synth import SynthConfig, generate_tree
 
 
@@ -18,59 +23,111 @@ def _build(fmow, out, **kw):
     return build(BuildConfig(fmow_root=str(fmow), out=str(out), **{"frame_size": 32, "shard_rows": 4, **kw}))
 
 
-@pytest.fixture()
-def messy_tree(tmp_path):
-    root = tmp_path / "fmow"
-    # a chain of three, broken by an image 100 days after the second; T not in time order
-    write_image(root, "train", "barn", 0, 2, "2010-01-01T00:00:00Z")
-    write_image(root, "train", "barn", 0, 0, "2011-06-01T00:00:00.500Z", size=(48, 36))
-    write_image(root, "train", "barn", 0, 3, "2011-09-09T00:00:00Z")
-    write_image(root, "train", "barn", 0, 1, "2013-01-01T00:00:00Z")
-    # an oversize image in the middle of a location: dropped BEFORE pairing, so 0 -> 2 becomes a pair
-    write_image(root, "train", "dam", 1, 0, "2005-01-01T00:00:00Z")
-    write_image(root, "train", "dam", 1, 1, "2005-06-01T00:00:00Z", data=b"\xff\xd8" + b"0" * 2_000_000 + b"\xff\xd9")
-    write_image(root, "train", "dam", 1, 2, "2006-03-01T00:00:00Z")
-    # bad inputs
-    write_image(root, "train", "park", 2, 0, "2004-01-01T00:00:00Z")
-    write_image(root, "train", "park", 2, 1, "2007-01-01T00:00:00Z", data=jpeg_bytes(1)[:300])  # truncated JPEG
-    write_image(root, "train", "park", 2, 2, False)  # no JSON
-    write_image(root, "train", "park", 2, 3, None, json_text="{not json")
-    write_image(root, "train", "park", 2, 4, "yesterday")
-    (root / "train" / "park" / "park_3").mkdir(parents=True)  # empty location
-    (root / "train" / "park" / "notes.txt").write_text("stray")
-    (root / "train" / "barn" / "barn_0" / "barn_0_0_msrgb.jpg").write_bytes(jpeg_bytes(9))
-    # val -> test
-    write_image(root, "val", "barn", 5, 7, "2012-09-08T16:07:23.244Z")
-    write_image(root, "val", "barn", 5, 1, "2016-05-19T10:00:00Z")
-    return root
+@pytest.fixture(scope="module")
+def messy_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("messy")
+    write_messy_tree(root / "fmow")
+    report = _build(root / "fmow", root / "out", annotator="none")
+    return root, report
 
 
-def test_rule_bad_inputs_and_report(messy_tree, tmp_path):
-    report = _build(messy_tree, tmp_path / "out", annotator="none")
-    ids = {s: load_dataset(str(tmp_path / "out"), split=s)["id"] for s in ("train", "test")}
-    assert sorted(ids["train"]) == ["barn_0_2-barn_0_0", "barn_0_3-barn_0_1", "dam_1_0-dam_1_2"]
-    assert ids["test"] == ["barn_5_7-barn_5_1"]
-    dropped = report["images_dropped"]
-    assert dropped["oversize"] == 1 and dropped["corrupt_image"] == 1 and dropped["missing_json"] == 1
-    assert dropped["malformed_json"] == 1 and dropped["bad_timestamp"] == 1 and dropped["stray_file"] == 1
-    assert report["msrgb_ignored"] == 1 and any("park_3" in e for e in report["empty_locations"])
-    usable = report["images_seen"] - sum(v for k, v in dropped.items() if k != "stray_file")
-    assert usable == 4 + 2 + 1 + 2  # the counts add up
+def test_the_rule_and_every_bad_input_in_a_full_build(messy_build):
+    root, report = messy_build
+    ids = {s: sorted(load_dataset(str(root / "out"), split=s)["id"]) for s in ("train", "test")}
+    assert ids == MESSY_PAIRS
+    assert {k: v for k, v in report["images_dropped"].items() if v} == MESSY_DROPPED
+    assert {k: v for k, v in report["files_skipped"].items() if v} == MESSY_SKIPPED
+    assert report["images_usable"] == MESSY_USABLE
+    assert report["images_seen"] == report["images_usable"] + sum(report["images_dropped"].values())
+    assert {k: len(v) for k, v in report["dropped_paths"].items()} == MESSY_DROPPED
+    assert report["msrgb_ignored"] == 1 and report["empty_locations"] == ["train/park/park_3"]
     assert report["pairs_per_split"] == {"train": 3, "test": 1}
-    for path in report["dropped_paths"]["oversize"]:
-        assert "dam_1_1" in path
+    assert report["pairs_found"] == 4 + report["pairs_not_annotated"] + len(report["pairs_failed"])
+    assert sum(report["gap_days"]["histogram"].values()) == 4
+    on_disk = json.loads((root / "out" / "build_report.json").read_text())
+    assert on_disk["pairs_per_split"] == report["pairs_per_split"]
 
 
-def test_not_an_fmow_tree_exits_nonzero(tmp_path, capsys):
+def test_rows_hold_the_contract_columns(messy_build):
+    root, _ = messy_build
+    train = load_dataset(str(root / "out"), split="train")
+    row = next(r for r in train if r["id"] == "barn_0_2-barn_0_0")
+    assert (row["split"], row["category"], row["location_id"]) == ("train", "barn", "barn_0")
+    assert (row["image1"], row["image2"]) == ("barn_0_2", "barn_0_0")
+    assert (row["timestamp1"], row["timestamp2"]) == ("2010-01-01T00:00:00Z", "2011-06-01T00:00:00.500Z")
+    assert row["gap_days"] == 516
+    # the two dates have different sizes (40x32, 48x36): both frames are the same square
+    assert [f.size for f in row["frames"]] == [(32, 32), (32, 32)] and row["frames"][0].format == "JPEG"
+    assert row["video"] == "videos/train/barn_0_2-barn_0_0.mp4"
+    assert [f.size for f in read_mp4(root / "out" / row["video"])] == [(32, 32), (32, 32)]
+    assert (row["gsd"], row["country_code"], row["cloud_cover"]) == (0.5, "USA", 3)
+    for r in train:
+        assert r["prompt_template_id"] == choose_template(r["id"])
+        assert r["conversations"][0] == {"from": "human", "value": human_turn(r["prompt_template_id"])}
+        assert r["conversations"][0]["value"].split("\n")[0] in PROMPT_TEMPLATES
+        assert r["conversations"][0]["value"].endswith("\n<video>")
+        assert r["conversations"][1] == {"from": "gpt", "value": ""}  # --annotator none
+    assert "changes" not in train.column_names  # no ground truth beside this tree
+
+
+def test_the_card_is_rendered_from_the_builds_numbers(messy_build):
+    root, report = messy_build
+    card = (root / "out" / "README.md").read_text()
+    assert "| train | 3 | 2 | 6 |" in card and "| test | 1 | 1 | 2 |" in card
+    assert f"Images seen: {report['images_seen']}, usable: {MESSY_USABLE}" in card
+    assert "oversize 1" in card and "bad_timestamp 2" in card
+    assert all(t in card for t in PROMPT_TEMPLATES)
+    assert "2410.19552" in card and "2411.11360" in card
+    assert f"min {report['gap_days']['min']}," in card
+
+
+def test_cli_exits_nonzero_when_the_root_is_not_an_fmow_tree(tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     assert main(["--fmow-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
-    assert "is not an fMoW-rgb tree" in capsys.readouterr().err
+    assert "is not an fMoW-rgb tree: expected" in capsys.readouterr().err
+
+
+def test_cli_exits_nonzero_when_nothing_usable_is_found(tmp_path, capsys):
+    write_image(tmp_path / "fmow", "train", "barn", 0, 0, "2010-01-01T00:00:00Z")
+    write_image(tmp_path / "fmow", "train", "barn", 0, 1, "2010-06-01T00:00:00Z")  # too close
+    assert main(["--fmow-root", str(tmp_path / "fmow"), "--out", str(tmp_path / "o"), "--annotator", "none"]) == 1
+    assert "no usable pairs" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_a_foreign_non_empty_out(messy_build, tmp_path, capsys):
+    root, _ = messy_build
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "precious.txt").write_text("x")
+    assert main(["--fmow-root", str(root / "fmow"), "--out", str(tmp_path / "o"), "--annotator", "none"]) == 1
+    assert "holds no geollava-build state" in capsys.readouterr().err
+    assert (tmp_path / "o" / "precious.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--frame-size", "33", "--frame_size 33"),
+        ("--shard-rows", "0", "--shard_rows 0"),
+        ("--annotator", "gpt5", "--annotator 'gpt5'"),
+        ("--annotator", "import:/nope.json", "/nope.json does not exist"),
+    ],
+)
+def test_bad_options_name_the_field_and_value(tmp_path, flag, value, message):
+    with pytest.raises(ValueError, match=message):
+        main(["--fmow-root", str(tmp_path), "--out", str(tmp_path / "o"), flag, value])
+
+
+def test_gap_histogram_counts_every_pair_once():
+    hist = gap_histogram([365, 499, 500, 729, 730, 2189, 2190, 9000])
+    assert hist == {"365-499": 2, "500-729": 2, "730-1094": 1, "1095-1459": 0, "1460-2189": 1, ">=2190": 2}
+    assert gap_histogram([100, 400])["<365"] == 1
 
 
 @pytest.fixture(scope="module")
 def synth_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthbuild")
-    generate_tree(SynthConfig(out=str(root / "fmow"), locations=30, seed=2, image_size=64, oversize_fraction=0.1))
+    generate_tree(SynthConfig(out=str(root / "fmow"), locations=24, seed=2, image_size=64, oversize_fraction=0.1))
     report = build(
         BuildConfig(fmow_root=str(root / "fmow"), out=str(root / "out"), frame_size=32, shard_rows=8, sample_size=10)
     )
@@ -82,101 +139,64 @@ def test_round_trip_every_config(synth_build):
     out = root / "out"
     default = load_dataset(str(out))
     sample = load_dataset(str(out), "sample_10k")
-    assert default["train"].num_rows == report["pairs_per_split"]["train"]
-    assert sample["train"].num_rows == 10 and set(sample["train"]["id"]) <= set(default["train"]["id"])
+    assert {s: default[s].num_rows for s in default} == report["pairs_per_split"]
+    assert sample["train"].num_rows == report["sample_10k_rows"] == 10
+    assert set(sample["train"]["id"]) <= set(default["train"]["id"])
     assert sample["test"]["id"] == default["test"]["id"]
-    written = pq.read_schema(next((out / "data").glob("train-*.parquet")))
-    from datasets import Features
-
-    assert default["train"].features == Features.from_arrow_schema(written) == sample["train"].features
-    row = default["train"][0]
-    assert [f.size for f in row["frames"]] == [(32, 32), (32, 32)]
-    assert row["frames"][0].format == "JPEG"
-    assert [f.size for f in read_mp4(out / row["video"])] == [(32, 32), (32, 32)]
-    assert row["conversations"][0]["value"].endswith("\n<video>")
+    written = Features.from_arrow_schema(pq.read_schema(next((out / "data").glob("train-*.parquet"))))
+    for ds in (default["train"], default["test"], sample["train"]):
+        assert ds.features == written
+    assert default["train"].num_rows > 8  # several shards
+    assert len(list((out / "data").glob("train-*-of-*.parquet"))) == report["shards"]["train"] > 1
 
 
-def test_synthetic_conversations_carry_ground_truth(synth_build):
+def test_dataset_info_matches_the_shards(synth_build):
+    root, report = synth_build
+    import yaml
+
+    card = (root / "out" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    infos = {info["config_name"]: info for info in meta["dataset_info"]}
+    assert {c["config_name"] for c in meta["configs"]} == {"default", "sample_10k"} == set(infos)
+    splits = {s["name"]: s["num_examples"] for s in infos["default"]["splits"]}
+    assert splits == report["pairs_per_split"]
+    assert {s["name"]: s["num_examples"] for s in infos["sample_10k"]["splits"]} == {
+        "train": 10,
+        "test": report["pairs_per_split"]["test"],
+    }
+    assert infos["default"]["dataset_size"] == sum(s["num_bytes"] for s in infos["default"]["splits"])
+
+
+def test_synthetic_conversations_carry_the_ground_truth(synth_build):
     root, _ = synth_build
     truth = {}
     for split in ("train", "val"):
         for line in (root / "fmow" / "groundtruth" / f"{split}.jsonl").read_text().splitlines():
             loc = json.loads(line)
             truth |= dict.fromkeys(loc["pairs"], loc)
-    ds = load_dataset(str(root / "out"), split="test")
-    assert ds.num_rows > 0
-    for row in ds:
-        assert row["conversations"][1]["value"] == describe_pair(truth[row["id"]], row["id"])
-        assert row["changes"] == truth[row["id"]]["pairs"][row["id"]]["changes"]
+    for split in ("train", "test"):
+        ds = load_dataset(str(root / "out"), split=split)
+        assert ds.num_rows > 0
+        for row in ds:
+            assert row["conversations"][1]["value"] == describe_pair(truth[row["id"]], row["id"])
+            assert row["changes"] == truth[row["id"]]["pairs"][row["id"]]["changes"]
 
 
-def test_official_json_export_and_import_round_trip(synth_build, tmp_path):
+def test_the_sample_is_fixed_by_its_seed(synth_build, tmp_path):
     root, _ = synth_build
-    official = read_official(root / "out" / "geollava_json" / "train.json")
-    ds = load_dataset(str(root / "out"), split="train")
-    assert set(official) == set(ds["id"])
-    report = build(
-        BuildConfig(
-            fmow_root=str(root / "fmow"),
-            out=str(tmp_path / "imported"),
-            frame_size=32,
-            annotator=f"import:{root / 'out' / 'geollava_json' / 'train.json'}",
-            no_videos=True,
-        )
-    )
-    imported = load_dataset(str(tmp_path / "imported"), split="train")
-    assert imported["conversations"] == ds["conversations"]
-    assert "video" not in imported.column_names
-    missing = report["annotation"]["not_annotated"].get("missing", [])
-    assert {m["id"] for m in missing} == set(load_dataset(str(root / "out"), split="test")["id"])
-    assert ImportAnnotator(root / "out" / "geollava_json" / "train.json").name == "import"
+    first = load_dataset(str(root / "out"), "sample_10k", split="train")["id"]
+    _build(root / "fmow", tmp_path / "again", sample_size=10, shard_rows=8, no_videos=True)
+    assert load_dataset(str(tmp_path / "again"), "sample_10k", split="train")["id"] == first
+    _build(root / "fmow", tmp_path / "seed1", sample_size=10, sample_seed=1, no_videos=True)
+    assert load_dataset(str(tmp_path / "seed1"), "sample_10k", split="train")["id"] != first
 
 
-def test_rebuild_into_the_same_folder_is_not_stale(tmp_path):
+def test_a_rebuild_into_the_same_folder_is_not_stale(tmp_path):
     fmow, out = tmp_path / "fmow", tmp_path / "out"
-    generate_tree(SynthConfig(out=str(fmow), locations=10, seed=5, image_size=64, oversize_fraction=0))
-    _build(fmow, out)
+    generate_tree(SynthConfig(out=str(fmow), locations=8, seed=5, image_size=64, oversize_fraction=0))
+    _build(fmow, out, no_videos=True)
     first = load_dataset(str(out), split="train")["id"]
-    generate_tree(SynthConfig(out=str(fmow), locations=12, seed=6, image_size=64, oversize_fraction=0))
-    _build(fmow, out)
-    second = load_dataset(str(out), split="train")["id"]  # same HF_HOME, same folder name
-    assert second != first
-
-
-def test_resume_after_a_kill_gives_the_same_folder(tmp_path):
-    fmow = tmp_path / "fmow"
-    generate_tree(SynthConfig(out=str(fmow), locations=20, seed=7, image_size=64, oversize_fraction=0))
-    _build(fmow, tmp_path / "ref")
-    args = [
-        sys.executable,
-        "-m",
-        "dataset_builder.build",
-        "--fmow-root",
-        str(fmow),
-        "--out",
-        str(tmp_path / "out"),
-        "--frame-size",
-        "32",
-        "--shard-rows",
-        "4",
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = tmp_path / "out" / ".geollava_build_state.json"
-    import time
-
-    deadline = time.time() + 60
-    while time.time() < deadline and not (state.exists() and '"rows"' in state.read_text()):
-        time.sleep(0.01)
-    proc.kill()
-    proc.wait()
-    assert subprocess.run(args, capture_output=True).returncode == 0
-    for ref in sorted((tmp_path / "ref" / "data").rglob("*.parquet")):
-        got = tmp_path / "out" / ref.relative_to(tmp_path / "ref")
-        assert pq.read_table(got).equals(pq.read_table(ref)), ref.name
-    assert not list((tmp_path / "out").rglob("*.tmp"))
-
-
-def test_unavailable_annotator_is_a_clear_error(messy_tree, tmp_path, capsys):
-    args = ["--fmow-root", str(messy_tree), "--out", str(tmp_path / "o"), "--annotator", "openai"]
-    assert main(args) == 1
-    assert "--annotator openai is not available" in capsys.readouterr().err
+    generate_tree(SynthConfig(out=str(fmow), locations=10, seed=6, image_size=64, oversize_fraction=0))
+    report = _build(fmow, out, no_videos=True)
+    second = load_dataset(str(out), split="train")  # same HF_HOME, same folder name
+    assert second["id"] != first and second.num_rows == report["pairs_per_split"]["train"]
