@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from PIL import Image
+from tqdm.auto import tqdm
 
 
 logger = logging.getLogger(__name__)
@@ -158,19 +159,23 @@ def scan_fmow(root: Path | str, splits: list[str], max_image_bytes: int) -> Scan
             logger.warning("%s/%s/ does not exist: split %r skipped", root, split, split)
     result = ScanResult()
     for split in present:
+        location_dirs = []
         for category_dir in sorted((root / split).iterdir()):
             if not category_dir.is_dir():
                 result.skipped["stray_file"].append(str(category_dir))
                 continue
             for location_dir in sorted(category_dir.iterdir()):
-                if not location_dir.is_dir():
-                    result.skipped["stray_file"].append(str(location_dir))
-                    continue
-                images = _scan_location(split, category_dir.name, location_dir, max_image_bytes, result)
-                if images:
-                    result.locations[(split, location_dir.name)] = images
+                if location_dir.is_dir():
+                    location_dirs.append(location_dir)
                 else:
-                    result.empty_locations.append(f"{split}/{category_dir.name}/{location_dir.name}")
+                    result.skipped["stray_file"].append(str(location_dir))
+        for location_dir in tqdm(location_dirs, desc=f"scanning {split}", unit="location", mininterval=2):
+            category = location_dir.parent.name
+            images = _scan_location(split, category, location_dir, max_image_bytes, result)
+            if images:
+                result.locations[(split, location_dir.name)] = images
+            else:
+                result.empty_locations.append(f"{split}/{category}/{location_dir.name}")
     result.dropped = {reason: result.dropped[reason] for reason in DROP_REASONS if result.dropped.get(reason)}
     result.skipped = {reason: result.skipped[reason] for reason in SKIP_REASONS if result.skipped.get(reason)}
     return result
