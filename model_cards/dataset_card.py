@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from datasets import Features
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from dataset_builder.prompts import PROMPT_TEMPLATES
+from dataset_builder.prompts import ANNOTATION_PROMPT, PROMPT_TEMPLATES
 
 
 logger = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ def render_dataset_card(dataset_dir: Path | str, repo_id: str | None = None) -> 
         annotator=annotation["annotator"],
         annotation_model=annotation.get("model"),
         annotation_prompt=annotation.get("prompt"),
+        paper_prompt=ANNOTATION_PROMPT,
     )
     return card
 

@@ -73,7 +73,8 @@ def test_rows_hold_the_contract_columns(messy_build):
 def test_the_card_is_rendered_from_the_builds_numbers(messy_build):
     root, report = messy_build
     card = (root / "out" / "README.md").read_text()
-    assert "| train | 3 | 2 | 6 |" in card and "| test | 1 | 1 | 2 |" in card
+    assert "| train | 3 | 2 | 2 | 6 |" in card and "| test | 1 | 1 | 1 | 2 |" in card
+    assert "No language model wrote these answers" in card  # --annotator none
     assert f"Images seen: {report['images_seen']}, usable: {MESSY_USABLE}" in card
     assert "oversize 1" in card and "bad_timestamp 2" in card
     assert all(t in card for t in PROMPT_TEMPLATES)
