@@ -11,7 +11,7 @@ import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from PIL import Image
@@ -34,6 +34,10 @@ DROP_REASONS = (
 SKIP_REASONS = ("stray_file", "orphan_json")
 
 _STEM = re.compile(r"^(?P<location>.+)_(?P<index>\d+)$")
+_TIMESTAMP = re.compile(
+    r"^(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<fraction>\d+))?"
+    r"(?P<offset>Z|[+-]\d{2}:?\d{2})?$"
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,14 @@ def parse_timestamp(text: str) -> datetime:
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"timestamp {text!r} is not a non-empty string")
-    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "T"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    match = _TIMESTAMP.match(text.strip())
+    if match is None:
+        raise ValueError(f"timestamp {text!r} is not ISO 8601 (YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM])")
+    # any number of fractional digits (Python 3.10's fromisoformat takes only 3 or 6)
+    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
+    offset = match["offset"] or "+00:00"
+    offset = "+00:00" if offset == "Z" else offset if ":" in offset else f"{offset[:3]}:{offset[3:]}"
+    return datetime.fromisoformat(f"{match['date']}T{match['time']}.{fraction}{offset}")
 
 
 @dataclass

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 
 import pyarrow.parquet as pq
@@ -201,3 +202,13 @@ def test_a_rebuild_into_the_same_folder_is_not_stale(tmp_path):
     report = _build(fmow, out, no_videos=True)
     second = load_dataset(str(out), split="train")  # same HF_HOME, same folder name
     assert second["id"] != first and second.num_rows == report["pairs_per_split"]["train"]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("dataset_builder.openai_annotator") is not None, reason="the OpenAI annotator is in"
+)
+def test_an_unavailable_annotator_is_a_clear_error(messy_build, tmp_path, capsys):
+    root, _ = messy_build
+    args = ["--fmow-root", str(root / "fmow"), "--out", str(tmp_path / "o"), "--annotator", "openai"]
+    assert main(args) == 1
+    assert "--annotator openai is not available" in capsys.readouterr().err

@@ -71,6 +71,8 @@ def test_a_json_that_is_not_an_object_is_malformed(tmp_path):
         ("2012-09-08T16:07:23.244Z", (2012, 9, 8, 16, 7, 23, 244000)),
         ("2012-09-08 16:07:23.000", (2012, 9, 8, 16, 7, 23, 0)),
         ("2015-01-01T00:00:00+02:00", (2014, 12, 31, 22, 0, 0, 0)),
+        ("2015-01-01T00:00:00.5-0130", (2015, 1, 1, 1, 30, 0, 500000)),
+        ("2012-09-08T16:07:23.2449999Z", (2012, 9, 8, 16, 7, 23, 244999)),
     ],
 )
 def test_timestamps(text, expected):
@@ -78,7 +80,9 @@ def test_timestamps(text, expected):
     assert (t.year, t.month, t.day, t.hour, t.minute, t.second, t.microsecond) == expected
 
 
-@pytest.mark.parametrize("text", [None, "", "yesterday", "2012-13-01T00:00:00Z", 20120101])
+@pytest.mark.parametrize(
+    "text", [None, "", "yesterday", "2012-13-01T00:00:00Z", 20120101, "2012-01-01", "2012-01-01T25:00:00Z"]
+)
 def test_bad_timestamps_raise(text):
     with pytest.raises(ValueError):
         parse_timestamp(text)
