@@ -107,8 +107,8 @@ def _export_clip(row: dict, dataset_dir: Path, target: Path) -> None:
 def read_official(path: Path | str) -> tuple[dict[str, str], list[str]]:
     """Answers by id from official GeoLLaVA JSON: one file, or every ``*.json`` in a folder.
 
-    The id of an entry is its ``id``, else the stem of its ``video``; the answer is its first ``gpt`` turn. Entries
-    without them are skipped and reported (the rest are still used).
+    The id of an entry is the stem of its ``video`` (the official clip name is the pair id), else its ``id``; the
+    answer is its first ``gpt`` turn. Entries without them are skipped and reported (the rest are still used).
 
     Args:
         path: A JSON file or a folder of them (e.g. a built dataset's ``geollava_json/``).
@@ -151,7 +151,8 @@ def read_official(path: Path | str) -> tuple[dict[str, str], list[str]]:
 def _entry_answer(entry) -> tuple[str | None, str | None]:
     if not isinstance(entry, dict):
         return None, None
-    key = entry.get("id") or (Path(str(entry["video"])).stem if entry.get("video") else None)
+    # the clip name is the pair id in the official release (its "id" field is not always one)
+    key = Path(str(entry["video"])).stem if entry.get("video") else entry.get("id")
     turns = entry.get("conversations")
     answer = None
     if isinstance(turns, list):

@@ -91,7 +91,7 @@ def test_import_reads_a_folder_and_skips_bad_entries_with_their_index(tmp_path):
         "video": "a_1_0-a_1_1.mp4",
         "conversations": [{"from": "human", "value": "q\n<video>"}, {"from": "gpt", "value": "answer a"}],
     }
-    by_video = {"video": "b_2_0-b_2_1.mp4", "conversations": [{"from": "gpt", "value": "answer b"}]}
+    by_video = {"id": 17, "video": "b_2_0-b_2_1.mp4", "conversations": [{"from": "gpt", "value": "answer b"}]}
     (folder / "a_train.json").write_text(json.dumps([good, {"id": "x"}, "junk"]))
     (folder / "b_test.json").write_text(
         json.dumps([by_video, {**good, "conversations": [{"from": "gpt", "value": "?"}]}])
