@@ -551,16 +551,24 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
     failed_ids = {f["id"] for f in failed}
     report["pairs_failed"] = failed
     kept = [p for p in annotated if p.id not in failed_ids]
+    if not kept:
+        raise RuntimeError(f"every one of the {len(annotated)} pairs failed to decode, e.g. {failed[0]}")
     report |= _statistics(kept)
     rows_written = Counter()
     for job in jobs:
         rows_written[job["split"]] += state["shards"][job["path"]]["rows"]
+    for split in [s for s, n in rows_written.items() if n == 0]:
+        logger.warning("split %s: every pair failed to decode; no shards for it", split)
+        for job in jobs:
+            if job["split"] == split:
+                (out / job["path"]).unlink(missing_ok=True)
+        del rows_written[split]
     if dict(rows_written) != report["pairs_per_split"]:
         raise RuntimeError(f"rows written {dict(rows_written)} != pairs kept {report['pairs_per_split']}")
     # 5. the sample config, the official form, the report, the card (last: a folder with a README is complete)
     report["sample_10k_rows"] = write_sample_config(out, cfg.sample_size, cfg.sample_seed, cfg.shard_rows)
     report["official_json"] = export_official(out, out, videos=not cfg.no_videos)
-    report["shards"] = {split: sum(j["split"] == split for j in jobs) for split in report["pairs_per_split"]}
+    report["shards"] = {split: sum(j["split"] == split for j in jobs) for split in rows_written}
     report["seconds"] = round(time.perf_counter() - start, 2)
     _save_json(out / "build_report.json", report)
     from model_cards.dataset_card import write_dataset_card

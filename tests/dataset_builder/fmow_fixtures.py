@@ -96,3 +96,10 @@ MESSY_DROPPED = {
 }
 MESSY_SKIPPED = {"stray_file": 2, "orphan_json": 1}
 MESSY_USABLE = 4 + 2 + 1 + 2
+
+
+def undecodable_jpeg(seed: int = 1) -> bytes:
+    """A JPEG whose header and end marker are fine (it passes the scan) but whose Huffman table is zeroed."""
+    good = jpeg_bytes(seed, (64, 48))
+    dht = good.index(b"\xff\xc4")
+    return good[: dht + 5] + b"\x00" * 16 + good[dht + 21 :]

@@ -9,6 +9,7 @@ from fmow_fixtures import (
     MESSY_PAIRS,
     MESSY_SKIPPED,
     MESSY_USABLE,
+    undecodable_jpeg,
     write_image,
     write_messy_tree,
 )
@@ -81,6 +82,25 @@ def test_the_card_is_rendered_from_the_builds_numbers(messy_build):
     assert all(t in card for t in PROMPT_TEMPLATES)
     assert "2410.19552" in card and "2411.11360" in card
     assert f"min {report['gap_days']['min']}," in card
+
+
+def test_an_image_that_fails_to_decode_drops_its_pairs_and_is_reported(tmp_path):
+    fmow = tmp_path / "fmow"
+    write_image(fmow, "train", "barn", 0, 0, "2010-01-01T00:00:00Z")
+    write_image(fmow, "train", "barn", 0, 1, "2012-01-01T00:00:00Z", data=undecodable_jpeg())
+    write_image(fmow, "train", "barn", 0, 2, "2014-01-01T00:00:00Z")
+    write_image(fmow, "train", "barn", 1, 0, "2010-01-01T00:00:00Z")
+    write_image(fmow, "train", "barn", 1, 1, "2012-01-01T00:00:00Z")
+    write_image(fmow, "val", "barn", 2, 0, "2010-01-01T00:00:00Z", data=undecodable_jpeg(2))  # the only val pair
+    write_image(fmow, "val", "barn", 2, 1, "2012-01-01T00:00:00Z")
+    report = _build(fmow, tmp_path / "out", annotator="none")
+    failed = ["barn_0_0-barn_0_1", "barn_0_1-barn_0_2", "barn_2_0-barn_2_1"]
+    assert sorted(f["id"] for f in report["pairs_failed"]) == failed
+    assert all("corrupt_image" in f["reason"] for f in report["pairs_failed"])
+    assert report["pairs_found"] == 4 == sum(report["pairs_per_split"].values()) + len(report["pairs_failed"])
+    ds = load_dataset(str(tmp_path / "out"))
+    assert list(ds) == ["train"] and ds["train"]["id"] == ["barn_1_0-barn_1_1"]  # no empty test split
+    assert report["images_in_pairs_per_split"] == {"train": 2}
 
 
 def test_cli_exits_nonzero_when_the_root_is_not_an_fmow_tree(tmp_path, capsys):
