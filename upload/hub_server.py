@@ -12,7 +12,6 @@ prototype verified in the project's reference notes (data-hub-stack.md, Appendix
 # ruff: noqa: E501, E741, D103, B008
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -21,6 +20,7 @@ import re
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
@@ -29,10 +29,13 @@ from fastapi.responses import FileResponse, JSONResponse
 
 
 app = FastAPI()
-ROOT = os.environ.get("MINI_HUB_ROOT", "<tmpdir>")
+ROOT = os.environ.get("GEOLLAVA_HUB_STORAGE", "hub-storage")  # set by main() from --storage
 LOCK = threading.Lock()
 REPOS: dict[tuple[str, str], dict] = {}  # (type, repo_id) -> {"commits": {oid: commit}, "main": oid, ...}
 LOG: list[str] = []
+#: Faults armed by tests through ``POST /_faults``: {"fail_lfs_put_after": N} lets N more LFS uploads through, then
+#: answers the next one with 507 (not retried by clients), as a server failing midway through a push would.
+FAULTS: dict[str, int] = {}
 TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 LFS_EXT = re.compile(
@@ -410,11 +413,17 @@ async def preupload(rtypes: str, org: str, name: str, rev: str, request: Request
 @app.post("/{p1}/{p2}.git/info/lfs/objects/batch")
 @app.post("/{p0}/{p1}/{p2}.git/info/lfs/objects/batch")
 async def lfs_batch(request: Request, p1: str, p2: str, p0: str = ""):
+    rtype = TYPES.get(p0, "model") if p0 else "model"
+    repo = get_repo(rtype, f"{p1}/{p2}")
+    if not repo:
+        return ERR("RepoNotFound", "Repository not found")
     body = await request.json()
     base = base_url(request)
+    # Like the Hub, LFS objects belong to a repo: uploaded ones stay (even without a commit), others must be sent.
+    have = set(repo.get("lfs_objects", []))
     objs = []
     for o in body.get("objects", []):
-        if os.path.exists(blob_path(o["oid"])):
+        if o["oid"] in have and os.path.exists(blob_path(o["oid"])):
             objs.append({"oid": o["oid"], "size": o["size"]})  # already present -> no actions
         else:
             objs.append(
@@ -423,7 +432,7 @@ async def lfs_batch(request: Request, p1: str, p2: str, p0: str = ""):
                     "size": o["size"],
                     "authenticated": True,
                     "actions": {
-                        "upload": {"href": f"{base}/_lfs/{o['oid']}", "header": {}},
+                        "upload": {"href": f"{base}/_lfs/{o['oid']}?repo={PREFIX[rtype]}{p1}/{p2}", "header": {}},
                         "verify": {"href": f"{base}/_lfs/verify", "header": {}},
                     },
                 }
@@ -436,10 +445,26 @@ async def lfs_batch(request: Request, p1: str, p2: str, p0: str = ""):
 @app.put("/_lfs/{oid}")
 async def lfs_put(oid: str, request: Request):
     data = await request.body()
+    with LOCK:
+        left = FAULTS.get("fail_lfs_put_after")
+        if left is not None:
+            if left <= 0:
+                FAULTS.pop("fail_lfs_put_after")
+                return JSONResponse({"error": "injected fault: storage full"}, status_code=507)
+            FAULTS["fail_lfs_put_after"] = left - 1
     sha = hashlib.sha256(data).hexdigest()
     if sha != oid:
         return JSONResponse({"error": f"sha256 mismatch {sha} != {oid}"}, status_code=400)
     put_blob(data)
+    repo_path = request.query_params.get("repo", "")
+    rtype = next((t for t, pfx in PREFIX.items() if pfx and repo_path.startswith(pfx)), "model")
+    repo = get_repo(rtype, repo_path.removeprefix(PREFIX[rtype]))
+    if repo is not None:
+        with LOCK:
+            repo.setdefault("lfs_objects", [])
+            if oid not in repo["lfs_objects"]:
+                repo["lfs_objects"].append(oid)
+                save_index()
     return Response(status_code=200)
 
 
@@ -543,7 +568,18 @@ for _rt, _pfx in (("dataset", "/datasets"), ("space", "/spaces"), ("model", ""))
 
 @app.get("/_log")
 async def get_log():
+    """Every request served so far, one ``METHOD path -> status`` line each (tests count them)."""
     return LOG
+
+
+@app.post("/_faults")
+async def set_faults(request: Request):
+    """Arm (or, with ``{}``, clear) injected faults; see :data:`FAULTS`."""
+    body = await request.json()
+    with LOCK:
+        FAULTS.clear()
+        FAULTS.update({k: int(v) for k, v in body.items() if k == "fail_lfs_put_after"})
+    return dict(FAULTS)
 
 
 @app.api_route("/{full:path}", methods=["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"])
@@ -551,25 +587,42 @@ async def fallback(full: str, request: Request):
     return ERR("EntryNotFound", f"mini_hub: no route for {request.method} /{full}")
 
 
+@dataclass
+class HubArguments:
+    """Where the stand-in Hub listens and keeps its repos."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind (loopback is intended)."})
+    port: int = field(default=18900, metadata={"help": "Port to listen on."})
+    storage: str = field(
+        default=os.environ.get("GEOLLAVA_HUB_STORAGE", "hub-storage"),
+        metadata={"help": "Folder for blobs and the repo index (repos persist across restarts)."},
+    )
+
+    def __post_init__(self):
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port: {self.port} is not a TCP port (1-65535)")
+        if os.path.exists(self.storage) and not os.path.isdir(self.storage):
+            raise ValueError(f"storage: {self.storage!r} exists and is not a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-hub``."""
     import uvicorn
+    from transformers import HfArgumentParser
 
     global ROOT
-    ap = argparse.ArgumentParser(description="A Hub-compatible server on loopback, for tests and offline staging.")
-    ap.add_argument("--host", default="127.0.0.1", help="Address to bind (loopback only is intended).")
-    ap.add_argument("--port", type=int, default=18900)
-    ap.add_argument(
-        "--storage",
-        default=os.environ.get("GEOLLAVA_HUB_STORAGE", "hub-storage"),
-        help="Folder for blobs and the repo index (persists across restarts).",
-    )
-    args = ap.parse_args(argv)
+    parser = HfArgumentParser(HubArguments, prog="geollava-hub", description=__doc__.splitlines()[0])
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        print(f"geollava-hub: {err}", file=sys.stderr)
+        return 2
     ROOT = args.storage
     os.makedirs(ROOT, exist_ok=True)
     load_index()
     print(
-        f"geollava-hub: serving http://{args.host}:{args.port} from {ROOT} (a stand-in for tests, not a Hub)",
+        f"geollava-hub: serving http://{args.host}:{args.port} from {ROOT} "
+        f"({len(REPOS)} repos; a stand-in for tests and offline staging, not a Hub)",
         flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

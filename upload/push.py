@@ -2,75 +2,55 @@
 
     geollava-push dataset outputs/quickstart/dataset --repo-id my-org/geollava [--revision BRANCH] [--dry-run]
 
-Creates the repo if needed, stages exactly what belongs to the artifact (never checkpoints or optimizer state) and
-uploads it with one ``upload_folder`` commit. The endpoint comes from ``HF_ENDPOINT`` (huggingface.co by default) and
-the token from ``HF_TOKEN`` or the login cache; the token is never printed.
+Creates the repo if needed, stages exactly what belongs to the artifact (``upload.staging``: never checkpoints or
+optimizer state) and uploads it with one ``upload_folder`` commit; LFS blobs go up before the commit, so a push cut
+midway leaves no commit and a rerun sends only what is missing. The endpoint comes from ``HF_ENDPOINT``
+(huggingface.co by default) and the token from ``HF_TOKEN`` or the login cache; the token is never printed.
 """
 
-import argparse
-import fnmatch
 import logging
+import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import HfArgumentParser
+
+from upload.staging import ALLOW, KINDS, staged_files
+
+
+__all__ = ["PushArguments", "main", "push", "repo_url", "staged_files"]
 
 logger = logging.getLogger(__name__)
 
-#: What belongs in each artifact (``upload_folder`` allow patterns) and what never does.
-ALLOW = {
-    "dataset": ["README.md", "data/**", "videos/**", "geollava_json/**", "build_report.json", "*.parquet"],
-    "model": [
-        "README.md",
-        "adapter_config.json",
-        "adapter_model.safetensors",
-        "pruning_masks.safetensors",
-        "pruning.json",
-        "run_summary.json",
-        "metrics.json",
-        "report.md",
-        "*.png",
-        "tokenizer*",
-        "special_tokens_map.json",
-        "chat_template.*",
-        "processor_config.json",
-        "preprocessor_config.json",
-        "video_preprocessor_config.json",
-    ],
-    "space": ["README.md", "app.py", "requirements.txt", "examples/**", "*.py"],
-}
-IGNORE = [
-    "checkpoint-*",
-    "checkpoint-*/**",
-    "optimizer.pt",
-    "scheduler.pt",
-    "rng_state*.pth",
-    "trainer_state.json",
-    "training_args.bin",
-    "*.tmp",
-    ".*",
-    "**/.*",
-    "__pycache__/**",
-    "**/__pycache__/**",
-]
-REPO_TYPES = {"dataset": "dataset", "model": "model", "space": "space"}
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+USAGE = "geollava-push {dataset,model,space} FOLDER --repo-id ORG/NAME [--private] [--revision BRANCH] [--dry-run]"
 
 
-def staged_files(kind: str, folder: Path) -> list[Path]:
-    """The files of ``folder`` that a push of ``kind`` uploads (relative paths)."""
+@dataclass
+class PushArguments:
+    """What to push, where, and how."""
 
-    def matches(rel: str, patterns: list[str]) -> bool:
-        return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel.split("/")[0], p) for p in patterns)
+    kind: str = field(metadata={"help": f"What the folder holds: one of {', '.join(KINDS)} (first positional)."})
+    folder: str = field(metadata={"help": "The artifact's folder (second positional)."})
+    repo_id: str = field(metadata={"help": "ORG/NAME of the repo on the Hub (created if needed)."})
+    private: bool = field(default=False, metadata={"help": "Create the repo private (an existing repo is unchanged)."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created from main if needed)."})
+    dry_run: bool = field(default=False, metadata={"help": "Print the plan (files, sizes, URL) and send nothing."})
 
-    files = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if matches(rel, ALLOW[kind]) and not matches(rel, IGNORE):
-            files.append(Path(rel))
-    return files
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: {self.kind!r} is not one of {KINDS}")
+        if not REPO_ID.match(self.repo_id or ""):
+            raise ValueError(f"repo_id: {self.repo_id!r} is not of the form ORG/NAME")
+        if not Path(self.folder).is_dir():
+            raise ValueError(f"folder: {self.folder!r} is not a folder")
+        if self.revision is not None and not self.revision.strip():
+            raise ValueError(f"revision: {self.revision!r} is empty")
 
 
 def repo_url(kind: str, repo_id: str) -> str:
-    """The repo's URL on the configured endpoint."""
+    """The repo's URL on the configured endpoint (``HF_ENDPOINT``)."""
     from huggingface_hub import constants
 
     prefix = {"dataset": "datasets/", "space": "spaces/", "model": ""}[kind]
@@ -78,9 +58,31 @@ def repo_url(kind: str, repo_id: str) -> str:
 
 
 def push(
-    kind: str, folder: Path, repo_id: str, *, private: bool = False, revision: str | None = None, dry_run: bool = False
+    kind: str,
+    folder: Path | str,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    dry_run: bool = False,
 ) -> dict:
-    """Push ``folder`` as one commit; return the plan (and the commit when not a dry run)."""
+    """Push ``folder`` as one commit.
+
+    Args:
+        kind: ``dataset``, ``model`` or ``space``.
+        folder: The artifact's folder.
+        repo_id: ``ORG/NAME`` on the Hub.
+        private: Create the repo private.
+        revision: Branch to commit to; created from ``main`` when missing.
+        dry_run: Return the plan and send nothing.
+
+    Returns:
+        The plan: ``kind``, ``repo_id``, ``url``, ``revision``, ``files`` (path + bytes), ``total_bytes``, and
+        ``commit`` (the commit id; ``None`` when nothing changed) unless ``dry_run``.
+
+    Raises:
+        FileNotFoundError: The folder is missing or holds nothing that belongs to a ``kind``.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
@@ -88,15 +90,13 @@ def push(
     if not files:
         raise FileNotFoundError(f"{folder}: nothing to push for a {kind} (expected e.g. {ALLOW[kind][:3]})")
     if not (folder / "README.md").exists():
-        logger.warning(
-            "%s has no README.md card: pushing without one (render it with `geollava-card %s`)", folder, kind
-        )
+        logger.warning("%s has no README.md card: pushing without one (render it: `geollava-card %s`)", folder, kind)
     plan = {
         "kind": kind,
         "repo_id": repo_id,
         "url": repo_url(kind, repo_id),
         "revision": revision or "main",
-        "files": [{"path": str(f), "bytes": (folder / f).stat().st_size} for f in files],
+        "files": [{"path": f.as_posix(), "bytes": (folder / f).stat().st_size} for f in files],
     }
     plan["total_bytes"] = sum(f["bytes"] for f in plan["files"])
     if dry_run:
@@ -104,49 +104,54 @@ def push(
     from huggingface_hub import HfApi
 
     api = HfApi()
-    repo_type = REPO_TYPES[kind]
     api.create_repo(
-        repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk="gradio" if kind == "space" else None
+        repo_id, repo_type=kind, private=private, exist_ok=True, space_sdk="gradio" if kind == "space" else None
     )
     if revision and revision != "main":
-        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        api.create_branch(repo_id, branch=revision, repo_type=kind, exist_ok=True)
     commit = api.upload_folder(
         folder_path=str(folder),
         repo_id=repo_id,
-        repo_type=repo_type,
+        repo_type=kind,
         revision=revision,
-        allow_patterns=[str(f) for f in files],
+        allow_patterns=[f["path"] for f in plan["files"]],
         commit_message=f"Upload {kind} with geollava-push ({len(files)} files)",
     )
     plan["commit"] = getattr(commit, "oid", None)
     return plan
 
 
+def parse_args(argv: list[str] | None = None) -> PushArguments:
+    """Parse ``KIND FOLDER --repo-id ...`` (the two positionals become ``--kind``/``--folder``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    positional = []
+    while argv and not argv[0].startswith("-") and len(positional) < 2:
+        positional.append(argv.pop(0))
+    argv = [a for name, v in zip(("--kind", "--folder"), positional, strict=False) for a in (name, v)] + argv
+    parser = HfArgumentParser(PushArguments, prog="geollava-push", usage=USAGE, description=__doc__.splitlines()[0])
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-push``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="geollava-push", description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=sorted(ALLOW), help="what the folder holds")
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
-    parser.add_argument("--private", action="store_true")
-    parser.add_argument("--revision", default=None, help="branch to commit to (created if needed)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and send nothing")
-    args = parser.parse_args(argv)
     try:
+        args = parse_args(argv)
         plan = push(
             args.kind, args.folder, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run
         )
-    except (FileNotFoundError, OSError) as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"geollava-push: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - a failed push exits non-zero with the Hub's message, never the token
+        print(f"geollava-push: the push failed ({type(err).__name__}): {err}", file=sys.stderr)
         return 1
     print(f"{'plan' if args.dry_run else 'pushed'}: {plan['kind']} -> {plan['url']} (revision {plan['revision']})")
     for f in plan["files"]:
         print(f"  {f['bytes']:>12,d}  {f['path']}")
-    print(
-        f"  {plan['total_bytes']:>12,d}  bytes in {len(plan['files'])} files"
-        + ("" if args.dry_run else f"; commit {plan.get('commit')}")
-    )
+    tail = "; nothing sent (dry run)" if args.dry_run else f"; commit {plan.get('commit')}"
+    print(f"  {plan['total_bytes']:>12,d}  bytes in {len(plan['files'])} files{tail}")
     return 0
 
 

@@ -1,12 +1,14 @@
 """Push with geollava-push to the loopback Hub, then load back with the users' own calls."""
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from datasets import load_dataset
@@ -111,10 +113,10 @@ def test_adapter_push_and_peft_load_is_bit_identical(hub_server, adapter_dir, tm
 
 
 def test_dry_run_sends_nothing(hub_server, dataset_dir, capsys):
-    before = urllib.request.urlopen(f"{hub_server}/_log").read().count(b'"')
+    before = _log_lines(hub_server)
     assert push_main(["dataset", str(dataset_dir), "--repo-id", "geo-org/never", "--dry-run"]) == 0
-    after = urllib.request.urlopen(f"{hub_server}/_log").read().count(b'"')
-    assert after == before + 2  # only our own /_log request was logged in between
+    after = _log_lines(hub_server)
+    assert after[len(before) :] == ["GET /_log -> 200"]  # only our own first /_log request came in between
     assert "plan: dataset" in capsys.readouterr().out
     assert not HfApi().repo_exists("geo-org/never", repo_type="dataset")
 
@@ -127,20 +129,32 @@ def test_push_to_a_branch(hub_server, dataset_dir):
     assert not HfApi().file_exists("geo-org/branchy", "README.md", repo_type="dataset", revision="main")
 
 
+def _log_lines(url):
+    return json.loads(urllib.request.urlopen(f"{url}/_log").read())
+
+
 def test_interrupted_push_then_rerun_is_one_complete_commit(hub_server, dataset_dir, tmp_path):
-    env = {**os.environ}
+    staged = [p.as_posix() for p in staged_files("dataset", dataset_dir)]
+    lfs = [p for p in staged if p.endswith((".parquet", ".mp4"))]
+    assert len(lfs) >= 4
     cmd = [sys.executable, "-m", "upload.push", "dataset", str(dataset_dir), "--repo-id", "geo-org/interrupted"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and b"_lfs" not in urllib.request.urlopen(f"{hub_server}/_log").read():
-        time.sleep(0.01)
-    proc.kill()
-    proc.wait()
-    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    # The server fails the third LFS upload midway through the push (507, as a full disk would).
+    httpx.post(f"{hub_server}/_faults", json={"fail_lfs_put_after": 2}).raise_for_status()
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode != 0, first.stdout
+    assert "push failed" in first.stderr and TOKEN not in first.stdout + first.stderr
+    assert len(_commits("geo-org/interrupted", "dataset")) == 1  # the repo's initial commit, nothing half-pushed
+    start = len(_log_lines(hub_server))
+    second = subprocess.run(cmd, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    resent = [line for line in _log_lines(hub_server)[start:] if line.startswith("PUT /_lfs/")]
+    assert 0 < len(resent) < len(lfs)  # only what the first run did not get through
     commits = _commits("geo-org/interrupted", "dataset")
     assert len(commits) == 2
-    files = set(HfApi().list_repo_files("geo-org/interrupted", repo_type="dataset"))
-    assert {str(p) for p in staged_files("dataset", dataset_dir)} <= files
+    infos = {i.path: i for i in HfApi().get_paths_info("geo-org/interrupted", staged, repo_type="dataset")}
+    assert set(infos) == set(staged)
+    for path in lfs:
+        assert infos[path].lfs.sha256 == hashlib.sha256((dataset_dir / path).read_bytes()).hexdigest(), path
 
 
 def test_space_push_pull_back_and_start(hub_server, adapter_dir, tmp_path):

@@ -1,0 +1,86 @@
+"""What belongs in each pushed artifact: pure staging rules, no Hub calls.
+
+A dataset push carries the card, the Parquet shards, the clips and the official JSON; a model push carries the adapter
+weights and config, the pruning masks, the processor files, the card, metrics and plots, never optimizer state or
+checkpoints; a Space push carries the app, its requirements, its README and examples.
+"""
+
+import fnmatch
+from pathlib import Path
+
+
+#: What belongs in each artifact (``upload_folder`` allow patterns, matched on the relative path or its first part).
+ALLOW: dict[str, list[str]] = {
+    "dataset": ["README.md", "data/**", "videos/**", "geollava_json/**", "build_report.json", "*.parquet"],
+    "model": [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "pruning_masks.safetensors",
+        "pruning.json",
+        "run_summary.json",
+        "metrics.json",
+        "report.md",
+        "*.png",
+        "tokenizer*",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.*",
+        "processor_config.json",
+        "preprocessor_config.json",
+        "video_preprocessor_config.json",
+        "generation_config.json",
+    ],
+    "space": ["README.md", "app.py", "requirements.txt", "examples/**", "*.py"],
+}
+#: What never belongs, whatever the artifact: training state, checkpoints, temporary and hidden files.
+IGNORE: list[str] = [
+    "checkpoint-*",
+    "checkpoint-*/**",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state*.pth",
+    "trainer_state.json",
+    "training_args.bin",
+    "*.tmp",
+    ".*",
+    "**/.*",
+    "__pycache__/**",
+    "**/__pycache__/**",
+]
+KINDS = tuple(ALLOW)
+
+
+def _matches(rel: str, patterns: list[str]) -> bool:
+    first = rel.split("/")[0]
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(first, p) for p in patterns)
+
+
+def is_staged(kind: str, rel: str) -> bool:
+    """Whether the relative path ``rel`` belongs in an artifact of ``kind``.
+
+    Args:
+        kind: ``dataset``, ``model`` or ``space``.
+        rel: A POSIX path relative to the artifact's folder.
+
+    Returns:
+        True when ``rel`` matches the artifact's allow patterns and none of the ignore patterns.
+    """
+    if kind not in ALLOW:
+        raise ValueError(f"kind: {kind!r} is not one of {KINDS}")
+    return _matches(rel, ALLOW[kind]) and not _matches(rel, IGNORE)
+
+
+def staged_files(kind: str, folder: Path | str) -> list[Path]:
+    """The files of ``folder`` that a push of ``kind`` uploads, as sorted relative paths.
+
+    Args:
+        kind: ``dataset``, ``model`` or ``space``.
+        folder: The artifact's folder.
+
+    Returns:
+        Relative paths, sorted.
+    """
+    folder = Path(folder)
+    rels = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return [Path(rel) for rel in sorted(rels) if is_staged(kind, rel)]
