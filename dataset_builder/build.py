@@ -193,7 +193,8 @@ def build_fingerprint(cfg: BuildConfig, scan: ScanResult, annotator_options: dic
     """What makes two builds the same: options, the usable input listing, ground truth and imported answers."""
     h = hashlib.sha256()
     options = {k: v for k, v in asdict(cfg).items() if k not in ("num_proc", "out")}
-    options |= {"format": BUILD_FORMAT, "annotator_options": annotator_options}
+    answer_options = {k: v for k, v in annotator_options.items() if k not in OPERATIONAL_OPTIONS}
+    options |= {"format": BUILD_FORMAT, "annotator_options": answer_options}
     h.update(json.dumps(options, sort_keys=True, default=str).encode())
     for key in sorted(scan.locations):
         for image in scan.locations[key]:
@@ -281,6 +282,29 @@ def _write_shard(job: dict) -> dict:
     return {"path": job["path"], "split": job["split"], "rows": len(rows), "failed": failed}
 
 
+#: OpenAI options that change how fast or how cheaply answers come, not what they say: not part of the fingerprint,
+#: so changing them on a rerun resumes instead of starting over.
+OPERATIONAL_OPTIONS = frozenset(
+    {
+        "concurrency",
+        "rpm",
+        "tpm",
+        "max_retries",
+        "backoff_s",
+        "backoff_max_s",
+        "timeout_s",
+        "max_cost_usd",
+        "batch",
+        "batch_poll_s",
+        "batch_max_requests",
+        "cache_path",
+        "price_table",
+        "retry_failed",
+        "report_path",
+    }
+)
+
+
 def _annotator_options(cfg: BuildConfig, openai_cfg) -> dict:
     if cfg.annotator == "synthetic":
         return {"fmow_root": cfg.fmow_root}
@@ -292,7 +316,12 @@ def _annotator_options(cfg: BuildConfig, openai_cfg) -> dict:
 def _annotate(cfg: BuildConfig, pairs: list[Pair], options: dict, out: Path, report: dict) -> dict[str, str]:
     """Answers by pair id; answers already written by an interrupted run of this build are reused."""
     annotator = get_annotator(cfg.annotator, **options)
-    report["annotation"] = {"annotator": annotator.name, "model": annotator.model, "prompt": annotator.prompt}
+    report["annotation"] = {
+        "annotator": annotator.name,
+        "model": annotator.model,
+        "prompt": annotator.prompt,
+        "options": {k: v for k, v in options.items() if k != "fmow_root"},
+    }
     captions: dict[str, str] = {}
     cache = out / CAPTIONS_FILE
     if cache.exists():

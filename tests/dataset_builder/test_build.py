@@ -232,3 +232,25 @@ def test_an_unavailable_annotator_is_a_clear_error(messy_build, tmp_path, capsys
     args = ["--fmow-root", str(root / "fmow"), "--out", str(tmp_path / "o"), "--annotator", "openai"]
     assert main(args) == 1
     assert "--annotator openai is not available" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("dataset_builder.openai_config") is None, reason="OpenAIAnnotatorConfig not in yet"
+)
+def test_openai_options_join_the_command_line(tmp_path):
+    from dataclasses import asdict
+
+    from dataset_builder.build import BuildConfig, OpenAIAnnotatorConfig, _parser, build_fingerprint
+    from dataset_builder.fmow import scan_fmow
+
+    args = ["--fmow-root", str(tmp_path), "--out", str(tmp_path / "o"), "--annotator", "openai"]
+    cfg, openai_cfg = _parser().parse_args_into_dataclasses(args=[*args, "--model", "gpt-4o", "--concurrency", "3"])
+    assert isinstance(cfg, BuildConfig) and isinstance(openai_cfg, OpenAIAnnotatorConfig)
+    assert (cfg.annotator, openai_cfg.model, openai_cfg.concurrency) == ("openai", "gpt-4o", 3)
+    # how fast answers come does not change the build; what model writes them does
+    write_image(tmp_path, "train", "barn", 0, 0, "2010-01-01T00:00:00Z")
+    scan = scan_fmow(tmp_path, ["train"], 10**6)
+    fast = {**asdict(openai_cfg), "concurrency": 30}
+    other = {**asdict(openai_cfg), "model": "gpt-4o-mini"}
+    base = build_fingerprint(cfg, scan, asdict(openai_cfg))
+    assert build_fingerprint(cfg, scan, fast) == base != build_fingerprint(cfg, scan, other)
