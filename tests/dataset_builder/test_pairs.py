@@ -74,3 +74,34 @@ def test_split_names_and_template_choice_are_deterministic():
     choices = [choose_template(i) for i in ids]
     assert choices == [choose_template(i) for i in ids]
     assert set(choices) == set(range(len(PROMPT_TEMPLATES)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 3000)), min_size=1, max_size=6, unique_by=lambda t: t[0]),
+    st.integers(200, 3000),
+)
+def test_oversize_images_never_appear_and_are_dropped_before_pairing(tmp_path_factory, images, limit):
+    import shutil
+
+    from fmow_fixtures import jpeg_bytes, write_image
+
+    from dataset_builder.fmow import scan_fmow
+
+    root = tmp_path_factory.mktemp("sizes")
+    start = datetime(2003, 1, 1, tzinfo=timezone.utc)
+    base = jpeg_bytes(0, (16, 16))
+    for index, (day, padding) in enumerate(images):
+        # a COM segment after SOI pads the file to a chosen size; the JPEG stays valid
+        data = base[:2] + b"\xff\xfe" + (padding + 2).to_bytes(2, "big") + b"x" * padding + base[2:]
+        when = (start + timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        write_image(root, "train", "barn", 0, index, when, data=data)
+    scan = scan_fmow(root, ["train"], limit)
+    usable = scan.locations.get(("train", "barn_0"), [])
+    pairs = find_pairs(usable)
+    assert all(p.first.size_bytes <= limit and p.second.size_bytes <= limit for p in pairs)
+    assert len(scan.dropped.get("oversize", [])) == sum(1 for p in root.rglob("*_rgb.jpg") if p.stat().st_size > limit)
+    kept = sorted((im for im in usable), key=lambda im: im.timestamp)
+    expected = [(a.stem, b.stem) for a, b in zip(kept, kept[1:]) if (b.timestamp - a.timestamp).days >= 365]
+    assert [(p.first.stem, p.second.stem) for p in pairs] == expected
+    shutil.rmtree(root)
