@@ -8,15 +8,21 @@ the evaluation's metric keys); ``space`` writes the Space's ``README.md`` front 
 offline (its YAML parses back into the Hub's card-data classes) before it is written.
 """
 
-import argparse
 import json
 import logging
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
+from transformers import HfArgumentParser
+
+from model_cards.validate import validate_card, validate_card_file
+
+
+__all__ = ["CardArguments", "main", "render_model_card", "render_space_card", "validate_card"]
 
 
 logger = logging.getLogger(__name__)
@@ -69,31 +75,22 @@ RECIPE_KEYS = (
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path and Path(path).exists() else {}
+def _load(path: Path | None) -> dict:
+    """The JSON object in ``path``; ``{}`` when the file is missing (cards tolerate missing inputs)."""
+    if not path or not Path(path).exists():
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _hub_id(value) -> str | None:
     """``value`` when it looks like a Hub repo id (not a local path)."""
     return value if isinstance(value, str) and REPO_ID.match(value) and not Path(value).exists() else None
-
-
-def validate_card(text: str, kind: str) -> None:
-    """Parse a rendered card back with the Hub's card classes (offline); raise ValueError naming the problem."""
-    cls = {"model": ModelCard, "space": SpaceCard}.get(kind)
-    if cls is None:
-        from huggingface_hub import DatasetCard as cls  # noqa: N813
-    try:
-        card = cls(text)
-        data = card.data.to_dict()
-    except Exception as err:  # noqa: BLE001 - any parse failure is a card defect
-        raise ValueError(f"{kind} card does not parse: {err}") from err
-    if kind == "model" and data.get("model-index"):
-        from huggingface_hub.repocard_data import model_index_to_eval_results
-
-        model_index_to_eval_results(data["model-index"])
-    if kind == "space" and data.get("sdk") not in ("gradio", "streamlit", "docker", "static"):
-        raise ValueError(f"space card: sdk {data.get('sdk')!r} is not a Space SDK")
 
 
 def _write(folder: Path, text: str) -> Path:
@@ -199,32 +196,74 @@ def render_space_card(repo_id: str, model_repo_id: str | None, dataset_repo_id: 
     return str(SpaceCard.from_template(data, template_path=str(TEMPLATES / "space_readme.md"), model=model_repo_id))
 
 
+USAGE = (
+    "geollava-card {dataset,model,space} FOLDER --repo-id ORG/NAME [--metrics METRICS_JSON] "
+    "[--dataset-repo-id ORG/NAME] [--model-repo-id ORG/NAME] [--base-model HUB_ID]"
+)
+
+
+@dataclass
+class CardArguments:
+    """Which card to render, into which folder, from which inputs."""
+
+    kind: str = field(metadata={"help": "dataset, model or space (first positional)."})
+    folder: str = field(metadata={"help": "The folder to be pushed; its README.md is written (second positional)."})
+    repo_id: str = field(metadata={"help": "ORG/NAME the folder will be pushed to."})
+    metrics: str | None = field(default=None, metadata={"help": "metrics.json of geollava-eval (model cards)."})
+    dataset_repo_id: str | None = field(default=None, metadata={"help": "ORG/NAME of the dataset (model, space)."})
+    model_repo_id: str | None = field(default=None, metadata={"help": "ORG/NAME of the adapter the Space serves."})
+    base_model: str | None = field(
+        default=None, metadata={"help": "Hub id of the base model (model cards; default: the adapter's own)."}
+    )
+
+    def __post_init__(self):
+        if self.kind not in ("dataset", "model", "space"):
+            raise ValueError(f"kind: {self.kind!r} is not one of dataset, model, space")
+        if not Path(self.folder).is_dir():
+            raise ValueError(f"folder: {self.folder!r} is not a folder")
+        for name in ("repo_id", "dataset_repo_id", "model_repo_id"):
+            value = getattr(self, name)
+            if (value is not None or name == "repo_id") and not REPO_ID.match(value or ""):
+                raise ValueError(f"{name}: {value!r} is not of the form ORG/NAME")
+        if self.metrics is not None and not Path(self.metrics).is_file():
+            raise ValueError(f"metrics: {self.metrics!r} is not a file")
+
+
+def parse_args(argv: list[str] | None = None) -> CardArguments:
+    """Parse ``KIND FOLDER --repo-id ...`` (the two positionals become ``--kind``/``--folder``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    positional = []
+    while argv and not argv[0].startswith("-") and len(positional) < 2:
+        positional.append(argv.pop(0))
+    argv = [a for name, v in zip(("--kind", "--folder"), positional, strict=False) for a in (name, v)] + argv
+    parser = HfArgumentParser(CardArguments, prog="geollava-card", usage=USAGE, description=__doc__.splitlines()[0])
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-card``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="geollava-card", description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["dataset", "model", "space"])
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--repo-id", required=True)
-    parser.add_argument("--metrics", type=Path, default=None, help="metrics.json of geollava-eval (model cards)")
-    parser.add_argument("--dataset-repo-id", default=None)
-    parser.add_argument("--model-repo-id", default=None)
-    parser.add_argument("--base-model", default=None, help="Hub id of the base model (default: from the adapter)")
-    args = parser.parse_args(argv)
     try:
+        args = parse_args(argv)
+        folder = Path(args.folder)
         if args.kind == "dataset":
-            from model_cards.dataset_card import render_dataset_card
+            from model_cards.dataset_card import write_dataset_card  # the dataset builder's module
 
-            text = str(render_dataset_card(args.folder, args.repo_id))
-        elif args.kind == "model":
-            text = render_model_card(args.folder, args.repo_id, args.metrics, args.dataset_repo_id, args.base_model)
+            target = write_dataset_card(folder, repo_id=args.repo_id)
+            validate_card_file(target, "dataset")
         else:
-            text = render_space_card(args.repo_id, args.model_repo_id, args.dataset_repo_id)
-        validate_card(text, args.kind)
-    except (FileNotFoundError, KeyError, ValueError) as err:
+            if args.kind == "model":
+                metrics = Path(args.metrics) if args.metrics else None
+                text = render_model_card(folder, args.repo_id, metrics, args.dataset_repo_id, args.base_model)
+            else:
+                text = render_space_card(args.repo_id, args.model_repo_id, args.dataset_repo_id)
+            validate_card(text, args.kind)
+            target = _write(folder, text)
+    except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError) as err:
         print(f"geollava-card: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {_write(args.folder, text)}")
+    print(f"wrote {target}")
     return 0
 
 

@@ -202,32 +202,3 @@ def test_token_never_in_cards_or_pushed_files(hub_server, dataset_dir, adapter_d
         for f in local.rglob("*"):
             if f.is_file():
                 assert TOKEN.encode() not in f.read_bytes(), f
-
-
-def test_model_card_validates_offline(adapter_dir, tmp_path):
-    import json
-
-    _, adapter, _ = adapter_dir
-    metrics = tmp_path / "metrics.json"
-    metrics.write_text(json.dumps({"rougeL": 0.61, "grounding_f1": 0.8, "bertscore_f1": 0.77}))
-    assert (
-        card_main(
-            [
-                "model",
-                str(adapter),
-                "--repo-id",
-                "geo-org/tiny-lora",
-                "--metrics",
-                str(metrics),
-                "--dataset-repo-id",
-                "geo-org/geollava",
-            ]
-        )
-        == 0
-    )
-    text = (adapter / "README.md").read_text()
-    validate_card(text, "model")
-    assert "library_name: peft" in text and "model-index" in text and "rougeL" in text
-    assert "PeftModel.from_pretrained" in text and "apply_masks" in text
-    with pytest.raises(ValueError, match="does not parse"):
-        validate_card("---\nfoo: [unclosed\n---\n", "model")
