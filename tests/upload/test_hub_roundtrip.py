@@ -196,7 +196,9 @@ def test_space_push_pull_back_and_start(hub_server, adapter_dir, tmp_path):
         proc.wait(timeout=20)
 
 
-def test_token_never_in_cards_or_pushed_files(hub_server, dataset_dir, adapter_dir, tmp_path):
+def test_token_never_in_cards_or_pushed_files(hub_server, session_dir, dataset_dir, adapter_dir, tmp_path):
+    for text in (session_dir / "hub.log").read_bytes(), (dataset_dir / "README.md").read_bytes():
+        assert TOKEN.encode() not in text
     for repo, rtype in (("geo-org/geollava", "dataset"), ("geo-org/tiny-lora", "model")):
         local = Path(snapshot_download(repo, repo_type=rtype, cache_dir=str(tmp_path / rtype)))
         for f in local.rglob("*"):
