@@ -44,6 +44,7 @@ def test_the_rule_and_every_bad_input_in_a_full_build(messy_build):
     assert {k: len(v) for k, v in report["dropped_paths"].items()} == MESSY_DROPPED
     assert report["msrgb_ignored"] == 1 and report["empty_locations"] == ["train/park/park_3"]
     assert report["pairs_per_split"] == {"train": 3, "test": 1}
+    assert report["sample_10k_rows"] == 3  # train is smaller than --sample-size: the sample is all of train
     assert report["pairs_found"] == 4 + report["pairs_not_annotated"] + len(report["pairs_failed"])
     assert sum(report["gap_days"]["histogram"].values()) == 4
     on_disk = json.loads((root / "out" / "build_report.json").read_text())
