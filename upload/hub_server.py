@@ -9,7 +9,7 @@ need ``HF_ENDPOINT=http://127.0.0.1:PORT`` (set before importing them) and ``HF_
 prototype verified in the project's reference notes (data-hub-stack.md, Appendix A).
 """
 
-# ruff: noqa: E501, E741, D103, B008
+# ruff: noqa: D103
 from __future__ import annotations
 
 import base64
@@ -83,7 +83,8 @@ def lfs_pointer(sha: str, size: int) -> bytes:
 @app.middleware("http")
 async def log_requests(request: Request, call_next):
     resp = await call_next(request)
-    line = f"{request.method} {request.url.path}{'?' + request.url.query if request.url.query else ''} -> {resp.status_code}"
+    query = f"?{request.url.query}" if request.url.query else ""
+    line = f"{request.method} {request.url.path}{query} -> {resp.status_code}"
     LOG.append(line)
     print(line, file=sys.stderr, flush=True)
     return resp
