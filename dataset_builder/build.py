@@ -217,7 +217,7 @@ def _prepare_out(out: Path, fingerprint: str) -> dict:
         except ValueError:
             state = {}
         if state.get("fingerprint") == fingerprint:
-            for tmp in [*out.glob(".*.tmp"), *out.rglob("data/**/.*.tmp"), *out.glob("videos/*/.*.tmp")]:
+            for tmp in [*out.glob(".*.tmp"), *(out / "data").rglob(".*.tmp"), *(out / "videos").rglob(".*.tmp")]:
                 tmp.unlink(missing_ok=True)  # left by the interrupted run
             return state
         logger.info("%s holds another build (%s); starting over", out, state.get("fingerprint"))
