@@ -52,8 +52,13 @@ class OpenAIAnnotatorConfig:
         },
     )
     concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
-    rpm: int = field(default=500, metadata={"help": "Requests per minute limit (0: no limit)."})
-    tpm: int = field(default=200_000, metadata={"help": "Tokens per minute limit, input + output (0: no limit)."})
+    rpm: int = field(
+        default=5000, metadata={"help": "Requests per minute limit (0: no limit); set your account tier's."}
+    )
+    tpm: int = field(
+        default=2_000_000,
+        metadata={"help": "Tokens per minute limit, input + output (0: no limit); set your account tier's."},
+    )
     max_retries: int = field(
         default=5, metadata={"help": "Retries of one pair after 429/5xx/timeouts/dropped connections (then failed)."}
     )

@@ -1,0 +1,365 @@
+"""A local OpenAI-compatible server for the tests and the benchmark (FastAPI + uvicorn on 127.0.0.1).
+
+It speaks Chat Completions, Files and Batches well enough for the official ``openai`` client, counts what it is
+asked, and can be told to inject faults: 429 with ``retry-after``, 500/503, slow replies, dropped connections,
+malformed JSON, ``finish_reason="content_filter"``, refusals, empty and cut-off answers. Token usage is counted
+independently of ``dataset_builder.cost`` (decoded image sizes and gpt-4o-mini's published tile numbers).
+
+Run alone: ``python tests/annotation/fake_openai.py --port 8011 --latency 0.2 --rpm 600``.
+"""
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import math
+import socket
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+
+
+FAULTS = ("429", "500", "503", "slow", "drop", "malformed", "content_filter", "refusal", "empty", "length")
+
+
+@dataclass
+class FakeState:
+    """What the server has seen and what it is told to do."""
+
+    latency_s: float = 0.0
+    slow_s: float = 2.0
+    retry_after_s: float = 0.05
+    rpm_limit: int = 0  # enforce a sliding 60 s window (429 beyond it)
+    faults: deque = field(default_factory=deque)  # one fault per request, in arrival order
+    always: str | None = None  # a fault for every request
+    hold_after_successes: int | None = None  # then hold requests until `released`, and answer them 503
+    released: bool = False
+    batch_polls_to_finish: int = 2
+    hold_batches: bool = False
+    answer_words: int = 30
+    api_key: str | None = None
+    # observations
+    requests: int = 0
+    arrivals: list = field(default_factory=list)
+    successes: Counter = field(default_factory=Counter)  # pair key -> 200 answers with a caption
+    outcomes: Counter = field(default_factory=Counter)
+    headers_seen: list = field(default_factory=list)
+    files: dict = field(default_factory=dict)
+    batches: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def total_successes(self) -> int:
+        """Answers with a caption, over all pairs."""
+        return sum(self.successes.values())
+
+
+def pair_key(body: dict) -> str:
+    """The identity of a pair at the server: the hash of its two images."""
+    urls = [
+        part["image_url"]["url"]
+        for msg in body.get("messages", [])
+        for part in (msg.get("content") if isinstance(msg.get("content"), list) else [])
+        if part.get("type") == "image_url"
+    ]
+    return hashlib.sha256("\n".join(urls).encode()).hexdigest()[:16]
+
+
+def count_prompt_tokens(body: dict) -> int:
+    """prompt_tokens as gpt-4o-mini reports them: text at 4 chars/token, images by the published tile rule."""
+    tokens = 6
+    for msg in body.get("messages", []):
+        content = msg.get("content")
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+        for part in parts:
+            if part.get("type") == "text":
+                tokens += math.ceil(len(part["text"]) / 4)
+            elif part.get("type") == "image_url":
+                detail = part["image_url"].get("detail", "auto")
+                if detail == "low":
+                    tokens += 2833
+                    continue
+                data = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
+                w, h = Image.open(io.BytesIO(data)).size
+                s = min(1.0, 2048 / max(w, h))
+                w, h = w * s, h * s
+                s = min(1.0, 768 / min(w, h))
+                tokens += 2833 + 5667 * math.ceil(w * s / 512) * math.ceil(h * s / 512)
+    return tokens
+
+
+def _completion(body: dict, key: str, state: FakeState, fault: str | None) -> dict:
+    words = state.answer_words + int(key[:2], 16) % 10  # answers of different lengths
+    content = (
+        f"The first image shows a site ({key}) with buildings and roads. The second image shows the same place. "
+        + " ".join(["Between them new structures appear"] * max(1, words // 5))
+    )
+    finish, refusal = "stop", None
+    if fault == "content_filter":
+        content, finish = None, "content_filter"
+    elif fault == "refusal":
+        content, refusal = None, "I'm sorry, I can't help with that."
+    elif fault == "empty":
+        content = ""
+    elif fault == "length":
+        finish = "length"
+    prompt_tokens = count_prompt_tokens(body)
+    completion_tokens = math.ceil(len(content or refusal or "") / 4)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "gpt-4o-mini"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": refusal},
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+class _DroppedResponse(Response):
+    """Promises 1000 bytes, sends a few, and the server closes the connection: the client sees it dropped."""
+
+    async def __call__(self, scope, receive, send):
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"1000")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"id": "chat', "more_body": False})
+
+
+def create_app(state: FakeState) -> FastAPI:
+    """The FastAPI app serving ``/v1/...`` from ``state``."""
+    app = FastAPI()
+
+    def _next_fault() -> str | None:
+        with state.lock:
+            if state.faults:
+                return state.faults.popleft()
+        return state.always
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        now = time.monotonic()
+        with state.lock:
+            state.requests += 1
+            state.arrivals.append(now)
+            state.headers_seen.append(dict(request.headers))
+        key = pair_key(body)
+        if state.rpm_limit:
+            with state.lock:
+                recent = sum(1 for t in state.arrivals[:-1] if now - t < 60.0)
+            if recent >= state.rpm_limit:
+                state.outcomes["429 rpm"] += 1
+                return JSONResponse(
+                    {"error": {"message": "rpm exceeded", "type": "requests"}}, 429, headers={"retry-after": "1"}
+                )
+        fault = _next_fault()
+        if state.latency_s:
+            await asyncio.sleep(state.latency_s)
+        if state.hold_after_successes is not None and state.total_successes() >= state.hold_after_successes:
+            while not state.released:
+                await asyncio.sleep(0.02)
+            state.outcomes["held"] += 1
+            return JSONResponse({"error": {"message": "held", "type": "server_error"}}, 503)
+        state.outcomes[fault or "ok"] += 1
+        if fault == "429":
+            return JSONResponse(
+                {"error": {"message": "Rate limit reached", "type": "requests"}},
+                429,
+                headers={"retry-after-ms": str(int(state.retry_after_s * 1000))},
+            )
+        if fault in ("500", "503"):
+            return JSONResponse({"error": {"message": "server error", "type": "server_error"}}, int(fault))
+        if fault == "slow":
+            await asyncio.sleep(state.slow_s)
+        if fault == "drop":
+            return _DroppedResponse()
+        if fault == "malformed":
+            return Response(b'{"id": "chatcmpl-x", "choices": [', media_type="application/json")
+        reply = _completion(body, key, state, fault)
+        if reply["choices"][0]["message"]["content"]:
+            with state.lock:
+                state.successes[key] += 1
+        return JSONResponse(reply)
+
+    @app.post("/v1/files")
+    async def upload(file: UploadFile = File(...), purpose: str = Form(...)):  # noqa: B008 - FastAPI idiom
+        data = await file.read()
+        fid = f"file-{uuid.uuid4().hex[:12]}"
+        state.files[fid] = {"bytes": data, "filename": file.filename, "purpose": purpose}
+        return _file_obj(fid, state)
+
+    @app.get("/v1/files/{fid}")
+    async def file_info(fid: str):
+        return _file_obj(fid, state)
+
+    @app.get("/v1/files/{fid}/content")
+    async def file_content(fid: str):
+        return Response(state.files[fid]["bytes"], media_type="application/octet-stream")
+
+    @app.post("/v1/batches")
+    async def create_batch(request: Request):
+        body = await request.json()
+        bid = f"batch_{uuid.uuid4().hex[:12]}"
+        lines = state.files[body["input_file_id"]]["bytes"].decode().splitlines()
+        state.batches[bid] = {
+            "id": bid,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "input_file_id": body["input_file_id"],
+            "completion_window": body["completion_window"],
+            "status": "validating",
+            "created_at": int(time.time()),
+            "metadata": body.get("metadata"),
+            "output_file_id": None,
+            "error_file_id": None,
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "_polls": 0,
+        }
+        return _public(state.batches[bid])
+
+    @app.get("/v1/batches/{bid}")
+    async def get_batch(bid: str):
+        batch = state.batches[bid]
+        batch["_polls"] += 1
+        if batch["status"] == "validating":
+            batch["status"] = "in_progress"
+        elif (
+            batch["status"] == "in_progress"
+            and not state.hold_batches
+            and batch["_polls"] > state.batch_polls_to_finish
+        ):
+            _finish_batch(batch, state)
+        return _public(batch)
+
+    @app.get("/v1/batches")
+    async def list_batches(limit: int = 20):
+        data = [_public(b) for b in reversed(state.batches.values())][:limit]
+        return {
+            "object": "list",
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+
+    @app.post("/v1/batches/{bid}/cancel")
+    async def cancel_batch(bid: str):
+        state.batches[bid]["status"] = "cancelled"
+        return _public(state.batches[bid])
+
+    return app
+
+
+def _file_obj(fid: str, state: FakeState) -> dict:
+    f = state.files[fid]
+    return {
+        "id": fid,
+        "object": "file",
+        "bytes": len(f["bytes"]),
+        "created_at": int(time.time()),
+        "filename": f["filename"],
+        "purpose": f["purpose"],
+        "status": "processed",
+    }
+
+
+def _public(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
+
+
+def _finish_batch(batch: dict, state: FakeState) -> None:
+    out, err = [], []
+    for line in state.files[batch["input_file_id"]]["bytes"].decode().splitlines():
+        item = json.loads(line)
+        with state.lock:
+            state.requests += 1
+            fault = state.faults.popleft() if state.faults else state.always
+        if fault in ("500", "503", "429"):
+            err.append(
+                {
+                    "id": f"batch_req_{uuid.uuid4().hex[:8]}",
+                    "custom_id": item["custom_id"],
+                    "response": None,
+                    "error": {"code": "server_error", "message": f"fault {fault}"},
+                }
+            )
+            continue
+        reply = _completion(item["body"], pair_key(item["body"]), state, fault)
+        if reply["choices"][0]["message"]["content"]:
+            state.successes[pair_key(item["body"])] += 1
+        out.append(
+            {
+                "id": f"batch_req_{uuid.uuid4().hex[:8]}",
+                "custom_id": item["custom_id"],
+                "response": {"status_code": 200, "request_id": uuid.uuid4().hex, "body": reply},
+                "error": None,
+            }
+        )
+    for rows, name in ((out, "output_file_id"), (err, "error_file_id")):
+        if rows:
+            fid = f"file-{uuid.uuid4().hex[:12]}"
+            data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+            state.files[fid] = {"bytes": data, "filename": f"{name}.jsonl", "purpose": "batch_output"}
+            batch[name] = fid
+    batch["status"] = "completed"
+    batch["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeOpenAIServer:
+    """The app served by uvicorn in a background thread; ``base_url`` ends in ``/v1``."""
+
+    def __init__(self, state: FakeState | None = None):
+        self.state = state or FakeState()
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        config = uvicorn.Config(create_app(self.state), host="127.0.0.1", port=self.port, log_level="critical")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> "FakeOpenAIServer":
+        self._thread.start()
+        deadline = time.time() + 20
+        while not self._server.started:
+            if time.time() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the fake OpenAI server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.state.released = True
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--rpm", type=int, default=0)
+    args = parser.parse_args()
+    uvicorn.run(create_app(FakeState(latency_s=args.latency, rpm_limit=args.rpm)), host="127.0.0.1", port=args.port)
