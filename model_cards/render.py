@@ -145,8 +145,17 @@ def render_model_card(
         eval_results=results or None,
     )
     recipe_src = {**summary.get("data", {}), **model_info, **summary.get("training", {})}
-    keys = RECIPE_KEYS
-    recipe = {k: recipe_src[k] for k in keys if recipe_src.get(k) not in (None, "")}
+    recipe = {}
+    if base_model or model_info.get("base_model"):  # a local path is shown by its folder name only
+        recipe["base model"] = base_model or f"{Path(model_info['base_model']).name} (local)"
+    recipe.update({k: recipe_src[k] for k in RECIPE_KEYS if recipe_src.get(k) not in (None, "")})
+    if isinstance(summary.get("timings", {}).get("train"), int | float):
+        recipe["training time (s)"] = round(summary["timings"]["train"], 1)
+    versions = summary.get("versions") or {}
+    if versions:
+        recipe["versions"] = ", ".join(
+            f"{k} {versions[k]}" for k in ("torch", "transformers", "peft") if versions.get(k)
+        )
     if isinstance(summary.get("recipe"), str):
         recipe["recipe file"] = Path(summary["recipe"]).name
     if not recipe:

@@ -28,6 +28,8 @@ def adapter(tmp_path):
         "model": {"family": "llava-next-video", "quantization": "4bit-nf4", "lora_r": 8, "lora_alpha": 16},
         "training": {"learning_rate": 2e-4, "per_device_train_batch_size": 2, "max_steps": 500},
         "data": {"dataset_config": "sample_10k", "rows": 10000},
+        "timings": {"train": 12.34},
+        "versions": {"torch": "2.14.1", "peft": "0.21.2"},
     }
     (folder / "run_summary.json").write_text(json.dumps(summary))
     (folder / "pruning.json").write_text(
@@ -61,6 +63,8 @@ def test_model_card_metadata_and_model_index(adapter, tmp_path):
     }
     assert 'PeftModel.from_pretrained(base, "geo-org/lora")' in text and "apply_masks(" in text
     assert "| learning_rate | `0.0002` |" in text and "| family | `llava-next-video` |" in text
+    assert "| training time (s) | `12.3` |" in text and "| versions | `torch 2.14.1, peft 0.21.2` |" in text
+    assert "| base model | `llava-hf/LLaVA-NeXT-Video-7B-hf` |" in text
     assert "5.0 % magnitude pruning" in text and "0.0501" in text
     assert ModelCard(text).data.to_dict()["library_name"] == "peft"
 
