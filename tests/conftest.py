@@ -70,6 +70,7 @@ def hub_server(session_dir):
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[1],  # `-m upload.hub_server` from the repo root, whatever pytest's cwd
     )
     deadline = time.time() + 60
     while True:
@@ -82,5 +83,9 @@ def hub_server(session_dir):
             time.sleep(0.2)
     yield url
     proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     log.close()
