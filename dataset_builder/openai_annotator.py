@@ -89,6 +89,8 @@ class AnnotationStats:
     actual_cost_usd: float = 0.0
     send_seconds: float = 0.0
     budget_stopped: bool = False
+    first_request_at: float | None = None
+    last_request_at: float | None = None
     batches: list = field(default_factory=list)
 
 
@@ -145,6 +147,21 @@ def classify_completion(completion) -> tuple[str, str | None, str]:
     if content is None or not content.strip():
         return "empty", None, f"empty answer (finish_reason={choice.finish_reason})"
     return "ok", content.strip(), "truncated" if choice.finish_reason == "length" else ""
+
+
+def summary_line(r: dict) -> str:
+    """One line for the console from an ``annotation_report.json``: the main counts, tokens, cost and rate."""
+    cost = r["cost_usd"]
+    fmt = lambda v: "unknown" if v is None else f"${v:,.4f}"  # noqa: E731
+    return (
+        f"annotation: {r['pairs']} pairs, {r['cached']} cached, {r['sent']} sent ({r['requests']} requests), "
+        f"{r['succeeded']} ok, {r['refused']} refused, {r['content_filter']} filtered, {r['empty']} empty, "
+        f"{r['malformed']} malformed, {r['failed']} failed {r['failed_by_reason'] or ''}, "
+        f"{r['not_sent_budget']} not sent (budget); tokens in {r['tokens']['actual_input']:,} "
+        f"(est. {r['tokens']['estimated_input']:,}), out {r['tokens']['actual_output']:,}; "
+        f"cost {fmt(cost['actual'])} (est. {fmt(cost['estimated'])}); "
+        f"{r['wall_seconds']} s, {r['requests_per_minute']} requests/min"
+    )
 
 
 class OpenAIAnnotator:
@@ -453,25 +470,21 @@ class OpenAIAnnotator:
                 "batch_discount": self.pricing.batch_discount if cfg.batch else None,
             },
             "wall_seconds": round(s.send_seconds, 3),
-            "requests_per_minute": round(60 * s.requests / s.send_seconds, 2) if s.send_seconds > 0 else None,
+            "requests_per_minute": self._request_rate(),
             "rpm_limit": cfg.rpm or None,
             "batches": s.batches,
         }
 
+    def _request_rate(self) -> float | None:
+        # the rate requests were started at: (n - 1) intervals between the first and the last start
+        s = self.stats
+        if s.requests < 2 or s.first_request_at is None or s.last_request_at == s.first_request_at:
+            return None
+        return round(60 * (s.requests - 1) / (s.last_request_at - s.first_request_at), 2)
+
     def summary_line(self) -> str:
         """One line for the console: the report's main counts."""
-        r = self.report()
-        cost = r["cost_usd"]
-        fmt = lambda v: "unknown" if v is None else f"${v:,.4f}"  # noqa: E731
-        return (
-            f"annotation: {r['pairs']} pairs, {r['cached']} cached, {r['sent']} sent ({r['requests']} requests), "
-            f"{r['succeeded']} ok, {r['refused']} refused, {r['content_filter']} filtered, {r['empty']} empty, "
-            f"{r['malformed']} malformed, {r['failed']} failed {r['failed_by_reason'] or ''}, "
-            f"{r['not_sent_budget']} not sent (budget); tokens in {r['tokens']['actual_input']:,} "
-            f"(est. {r['tokens']['estimated_input']:,}), out {r['tokens']['actual_output']:,}; "
-            f"cost {fmt(cost['actual'])} (est. {fmt(cost['estimated'])}); "
-            f"{r['wall_seconds']} s, {r['requests_per_minute']} requests/min"
-        )
+        return summary_line(self.report())
 
     def write_report(self) -> Path:
         """Write ``annotation_report.json`` atomically; returns its path."""
@@ -580,6 +593,9 @@ class OpenAIAnnotator:
                 return self.fail(planned, "not sent: the run stopped")
             await limiter.acquire(expected)
             self.stats.requests += 1
+            self.stats.last_request_at = time.monotonic()
+            if self.stats.first_request_at is None:
+                self.stats.first_request_at = self.stats.last_request_at
             wait = None
             try:
                 completion = await client.chat.completions.create(**body)

@@ -162,6 +162,17 @@ def create_app(state: FakeState) -> FastAPI:
             state.arrivals.append(now)
             state.headers_seen.append(dict(request.headers))
         key = pair_key(body)
+        if state.api_key and request.headers.get("authorization") != f"Bearer {state.api_key}":
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "Incorrect API key provided",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+                401,
+            )
         if state.rpm_limit:
             with state.lock:
                 recent = sum(1 for t in state.arrivals[:-1] if now - t < 60.0)
