@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers import HfArgumentParser
 
-from dataset_builder.annotate import AnnotationRequest, AnnotationResult
+from dataset_builder.annotate import AnnotationRequest
 from dataset_builder.openai_config import OpenAIAnnotatorConfig
 
 
@@ -191,16 +191,19 @@ def annotate_folder(args: AnnotateArguments, config: OpenAIAnnotatorConfig) -> d
             return report
         answers: dict[str, str] = {}
         problems: dict[str, list] = defaultdict(list)
-        for path in args.shards:
-            requests = next((r for p, r in plan if p == path), [])
-            result: AnnotationResult
+        # one call per shard (answers reach the disk as they come); the Batch API takes everything at once, so
+        # that all pairs share the same batches instead of waiting for one batch per shard
+        groups = [args.shards] if config.batch else [[path] for path in args.shards]
+        for group in groups:
+            requests = [r for path, shard_requests in plan if path in group for r in shard_requests]
             for result in annotator.annotate(requests):
                 if result.status == "ok" and result.text:
                     answers[result.id] = result.text
                 else:
                     problems[result.status].append({"id": result.id, "reason": result.reason})
-            changed = rewrite_shard(path, answers)
-            logger.info("%s: %d row(s) answered", path.relative_to(dataset_dir), changed)
+            for path in group:
+                changed = rewrite_shard(path, answers)
+                logger.info("%s: %d row(s) answered", path.relative_to(dataset_dir), changed)
         _update_folder(dataset_dir, annotator, dict(problems))
         report = annotator.report() | {"estimate": vars(estimate), "cached_before": cached}
         _write_json(Path(config.report_path), report)

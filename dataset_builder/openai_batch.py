@@ -119,11 +119,15 @@ def run_batch(annotator, to_send: list, api_key: str) -> Iterator[AnnotationResu
 
     # 3. poll every unmerged batch to its end, then merge its answers into the cache
     active = [bid for bid, b in state["batches"].items() if not b["merged"]]
+    last_seen: dict[str, tuple] = {}
     while active:
         for bid in list(active):
             batch = call(client.batches.retrieve, bid)
             counts = batch.request_counts
-            logger.info("batch %s: %s (%s)", bid, batch.status, counts.model_dump() if counts else "no counts")
+            progress = (batch.status, counts.model_dump() if counts else None)
+            if last_seen.get(bid) != progress:  # log changes only: a batch can take hours
+                logger.info("batch %s: %s %s", bid, *progress)
+                last_seen[bid] = progress
             if batch.status in TERMINAL:
                 _merge(annotator, client, call, batch, state["batches"][bid], wanted, done, reserved)
                 state["batches"][bid]["merged"] = True
