@@ -1,0 +1,61 @@
+import json
+
+from conftest import SECRET, jpeg
+from datasets import load_dataset
+
+from dataset_builder.build import main as build_main
+
+
+def write_tree(root, locations=3):
+    """A tiny fMoW tree: per location, two images two years apart (one pair each)."""
+    for loc in range(locations):
+        folder = root / "train" / "barn" / f"barn_{loc}"
+        folder.mkdir(parents=True)
+        for index, year in ((0, 2010), (1, 2012)):
+            stem = f"barn_{loc}_{index}"
+            (folder / f"{stem}_rgb.jpg").write_bytes(jpeg(100 * loc + index, size=(64, 48)))
+            meta = {
+                "timestamp": f"{year}-05-01T10:00:00Z",
+                "gsd": 0.5,
+                "utm": "17S",
+                "country_code": "USA",
+                "cloud_cover": 0,
+                "img_width": 64,
+                "img_height": 48,
+                "bounding_boxes": [{"ID": 1, "box": [1, 1, 5, 5], "category": "barn"}],
+            }
+            (folder / f"{stem}_rgb.json").write_text(json.dumps(meta))
+
+
+def test_geollava_build_with_the_openai_annotator(tmp_path, server, fast_options, api_key, capsys):
+    write_tree(tmp_path / "fmow")
+    out = tmp_path / "out"
+    args = [
+        "--fmow_root",
+        str(tmp_path / "fmow"),
+        "--out",
+        str(out),
+        "--splits",
+        "train",
+        "--annotator",
+        "openai",
+        "--no_videos",
+        "--frame_size",
+        "32",
+        "--sample_size",
+        "0",
+    ]
+    for key, value in fast_options.items():
+        args += [f"--{key}", str(value)]
+    assert build_main(args) == 0, capsys.readouterr().err
+    rows = load_dataset(str(out), split="train")
+    assert rows.num_rows == 3
+    captions = [row["conversations"][-1]["value"] for row in rows]
+    assert all(c.startswith("The first image shows") for c in captions) and len(set(captions)) == 3
+    assert server.state.total_successes() == 3
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["annotation"]["model"] == "gpt-4o-mini"
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert "gpt-4o-mini" in (out / "README.md").read_text()
