@@ -625,8 +625,8 @@ class OpenAIAnnotator:
                     status, text, reason, usage = "malformed", None, f"unreadable reply: {str(err)[:200]}", {}
                 return self.record(planned, status, text, reason, usage)
             reasons.append(reason)
-            self.stats.retries_by_reason[reason.split(" (")[0]] += 1
             if attempt < cfg.max_retries:
+                self.stats.retries_by_reason[reason.split(" (")[0]] += 1
                 delay = wait if wait is not None else backoff_delay(attempt, cfg.backoff_s, cfg.backoff_max_s)
                 await asyncio.sleep(min(delay, cfg.backoff_max_s))
         summary = ", ".join(f"{n}x {r}" for r, n in Counter(reasons).items())

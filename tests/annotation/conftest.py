@@ -118,4 +118,10 @@ def fast_options(tmp_path, server):
 def cache_lines(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:  # a line being written right now
+            continue
+    return lines

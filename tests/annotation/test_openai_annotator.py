@@ -73,6 +73,7 @@ def test_retries_stop_at_the_bound_and_the_pair_is_failed_not_cached(server, fas
     assert {r.status for r in results.values()} == {"failed"}
     assert all("gave up after 3 attempts" in r.reason and "http 500" in r.reason for r in results.values())
     assert annotator.report()["failed_by_reason"] == {"http 500": 2}
+    assert annotator.report()["retries_by_reason"] == {"http 500": 4}
     assert cache_lines(Path(fast_options["cache_path"])) == []
     server.state.always = None  # a rerun asks again and succeeds
     _, results = run(fast_options, requests(2))
