@@ -107,7 +107,7 @@ def fast_options(tmp_path, server):
         "cache_path": str(tmp_path / "cache" / "answers.jsonl"),
         "backoff_s": 0.01,
         "backoff_max_s": 0.05,
-        "timeout_s": 1.0,
+        "timeout_s": 2.0,
         "rpm": 0,
         "tpm": 0,
         "concurrency": 4,

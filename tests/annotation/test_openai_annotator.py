@@ -33,7 +33,7 @@ def run(options, reqs, **kw):
 
 
 def test_every_fault_is_survived_or_recorded_and_reruns_send_nothing(server, fast_options, api_key):
-    server.state.slow_s = 1.5
+    server.state.slow_s = 3.0  # past the 2 s timeout
     faults = ["429", "500", "503", "drop", "slow", "malformed", "content_filter", "refusal", "empty"]
     server.state.faults.extend(faults)
     reqs = requests(8)
@@ -95,9 +95,9 @@ def test_the_rpm_limit_is_respected(server, fast_options, api_key):
     annotator, results = run({**fast_options, "rpm": 600, "concurrency": 4}, requests(12))
     assert {r.status for r in results.values()} == {"ok"}
     arrivals = server.state.arrivals
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert min(gaps) >= 0.1 * 0.9  # 600/min = one every 0.1 s, with the server's clock jitter
-    assert arrivals[-1] - arrivals[0] >= 11 * 0.1 * 0.95
+    # 600/min = one every 0.1 s: any 6 consecutive arrivals span >= 0.5 s, less 0.1 s of scheduling jitter
+    assert min(b - a for a, b in zip(arrivals, arrivals[5:])) >= 0.4
+    assert arrivals[-1] - arrivals[0] >= 11 * 0.1 - 0.1
     assert annotator.report()["requests_per_minute"] <= 600 * 1.05
 
 
