@@ -59,3 +59,43 @@ def test_geollava_build_with_the_openai_annotator(tmp_path, server, fast_options
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert "gpt-4o-mini" in (out / "README.md").read_text()
+
+
+def test_geollava_annotate_on_a_built_folder_updates_report_official_json_and_card(
+    tmp_path, server, fast_options, api_key
+):
+    from dataset_builder.annotate_cli import main as annotate_main
+
+    write_tree(tmp_path / "fmow")
+    out = tmp_path / "out"
+    build_args = [
+        "--fmow_root",
+        str(tmp_path / "fmow"),
+        "--out",
+        str(out),
+        "--splits",
+        "train",
+        "--annotator",
+        "none",
+        "--no_videos",
+        "--frame_size",
+        "32",
+        "--sample_size",
+        "2",
+    ]
+    assert build_main(build_args) == 0
+    assert "gpt-4o-mini" not in (out / "README.md").read_text()
+    args = [str(out)]
+    for key, value in fast_options.items():
+        args += [f"--{key}", str(value)]
+    assert annotate_main(args) == 0
+    assert server.state.total_successes() == 3  # the 2 sample_10k rows reuse the answers
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["annotation"]["annotator"] == "openai" and report["annotation"]["not_annotated"] == {}
+    official = json.loads((out / "geollava_json" / "train.json").read_text())
+    assert all(entry["conversations"][-1]["value"].startswith("The first image") for entry in official)
+    card = (out / "README.md").read_text()
+    assert "gpt-4o-mini" in card and SECRET not in card
+    for config in ("default", "sample_10k"):
+        rows = load_dataset(str(out), config, split="train")
+        assert all(row["conversations"][-1]["value"] for row in rows)

@@ -216,3 +216,22 @@ def test_bad_options_name_the_field_and_value(field, value, message):
 def test_a_cap_needs_a_known_price():
     with pytest.raises(ValueError, match="no price for --model 'my-local-vlm'"):
         OpenAIAnnotator(model="my-local-vlm", max_cost_usd=1.0)
+
+
+def test_the_tpm_bucket_spaces_large_requests():
+    import asyncio
+
+    from dataset_builder.rate_limit import RateLimiter
+
+    async def go():
+        limiter = RateLimiter(rpm=0, tpm=600_000)  # 10,000 tokens/s, a bucket of one second
+        stamps = []
+        for _ in range(6):
+            await limiter.acquire(2_500)
+            stamps.append(time.monotonic())
+        return stamps
+
+    stamps = asyncio.run(go())
+    # the first four fit the full bucket; the next two wait 0.25 s each for their tokens
+    assert stamps[3] - stamps[0] < 0.1
+    assert stamps[5] - stamps[3] >= 0.45
