@@ -12,6 +12,7 @@ back off with jitter. The API key is read from ``OPENAI_API_KEY`` and never logg
 """
 
 import asyncio
+import base64
 import io
 import json
 import logging
@@ -504,8 +505,6 @@ class OpenAIAnnotator:
     # ------------------------------------------------------------------ the request
     def image_urls(self, planned: PlannedRequest) -> list[str]:
         """The two frames as base64 data URLs, earlier first (fMoW images downscaled to ``image_max_side``)."""
-        import base64
-
         urls = []
         for data, size in zip(self._sources(planned.request), planned.sizes, strict=True):
             if planned.request.frames_jpeg is None:
