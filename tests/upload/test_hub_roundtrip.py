@@ -12,7 +12,7 @@ import httpx
 import pytest
 import torch
 from datasets import load_dataset
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi, ModelCard, snapshot_download
 
 from dataset_builder.build import BuildConfig, build
 from dataset_builder.prompts import PROMPT_TEMPLATES
@@ -61,6 +61,25 @@ def adapter_dir(tmp_path_factory):
     out = root / "adapter"
     peft.save_pretrained(out)
     save_masks(masks, out, {"method": "magnitude", "target_sparsity": 0.5})
+    from trainer.run_summary import build_summary, write_summary
+
+    summary = build_summary(
+        recipe=None,
+        arguments={},
+        data={"dataset_name": "geo-org/geollava", "dataset_config": "sample_10k", "split": "train", "rows": 5},
+        model={"base_model": str(base), "family": "llava-next-video", "quantization": None, "lora_r": 4},
+        training_args={"learning_rate": 1e-3, "max_steps": 2},
+        log_history=[{"loss": 2.0, "step": 1}],
+        train_metrics={},
+        throughput={},
+        skipped_overlong={"count": 0, "ids": []},
+        pruning=None,
+        timings={"train": 1.5},
+    )
+    write_summary(summary, out)
+    (root / "metrics.json").write_text(json.dumps({"rougeL": 0.5, "cider_d": 1.25, "grounding_f1": 0.1}))
+    card = ["model", str(out), "--repo-id", "geo-org/tiny-lora", "--metrics", str(root / "metrics.json")]
+    assert card_main([*card, "--dataset-repo-id", "geo-org/geollava"]) == 0
     (out / "checkpoint-2").mkdir()
     (out / "checkpoint-2" / "optimizer.pt").write_bytes(b"x" * 10)
     (out / "optimizer.pt").write_bytes(b"x" * 10)
@@ -99,6 +118,15 @@ def test_adapter_push_and_peft_load_is_bit_identical(hub_server, adapter_dir, tm
     assert push_main(["model", str(adapter), "--repo-id", "geo-org/tiny-lora"]) == 0
     local = snapshot_download("geo-org/tiny-lora", cache_dir=str(tmp_path / "c"))
     assert not list(Path(local).rglob("optimizer.pt"))
+    card = ModelCard.load("geo-org/tiny-lora")  # the card as the Hub page would show it
+    assert card.data.library_name == "peft" and card.data.datasets == ["geo-org/geollava"]
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        "rougeL": 0.5,
+        "cider_d": 1.25,
+        "grounding_f1": 0.1,
+    }
+    assert "PeftModel.from_pretrained" in card.text and "apply_masks" in card.text
+    assert json.loads((Path(local) / "pruning.json").read_text())["method"] == "magnitude"
     model = AutoModelForImageTextToText.from_pretrained(base)
     apply_masks(model, load_masks(local))
     model = PeftModel.from_pretrained(model, "geo-org/tiny-lora", cache_dir=str(tmp_path / "c"))
@@ -199,6 +227,7 @@ def test_space_push_pull_back_and_start(hub_server, adapter_dir, tmp_path):
 def test_token_never_in_cards_or_pushed_files(hub_server, session_dir, dataset_dir, adapter_dir, tmp_path):
     for text in (session_dir / "hub.log").read_bytes(), (dataset_dir / "README.md").read_bytes():
         assert TOKEN.encode() not in text
+    assert TOKEN.encode() not in (adapter_dir[1] / "README.md").read_bytes()
     for repo, rtype in (("geo-org/geollava", "dataset"), ("geo-org/tiny-lora", "model")):
         local = Path(snapshot_download(repo, repo_type=rtype, cache_dir=str(tmp_path / rtype)))
         for f in local.rglob("*"):
