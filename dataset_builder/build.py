@@ -35,14 +35,10 @@ from dataset_builder.annotate import AnnotationRequest, get_annotator
 from dataset_builder.fmow import DROP_REASONS, SKIP_REASONS, ScanResult, scan_fmow
 from dataset_builder.frames import encode_jpeg, load_frame, write_mp4
 from dataset_builder.official_json import export_official
+from dataset_builder.openai_config import OpenAIAnnotatorConfig
 from dataset_builder.pairs import Pair, find_pairs
 from dataset_builder.prompts import choose_template, human_turn
 
-
-try:  # the OpenAI annotator's options join the command line once that module exists
-    from dataset_builder.openai_config import OpenAIAnnotatorConfig
-except ImportError:
-    OpenAIAnnotatorConfig = None
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +297,7 @@ OPERATIONAL_OPTIONS = frozenset(
         "price_table",
         "retry_failed",
         "report_path",
+        "dry_run",
     }
 )
 
@@ -309,7 +306,10 @@ def _annotator_options(cfg: BuildConfig, openai_cfg) -> dict:
     if cfg.annotator == "synthetic":
         return {"fmow_root": cfg.fmow_root}
     if cfg.annotator == "openai" and openai_cfg is not None:
-        return asdict(openai_cfg)
+        options = asdict(openai_cfg)
+        # the annotation report sits beside build_report.json unless asked elsewhere
+        options["report_path"] = options.get("report_path") or str(Path(cfg.out) / "annotation_report.json")
+        return options
     return {}
 
 
@@ -566,6 +566,11 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
     state = _prepare_out(out, fingerprint)
     # 3. answers
     captions = _annotate(cfg, pairs, options, out, report)
+    if options.get("dry_run"):
+        # an estimate only: the tokens and price are in annotation_report.json; no shards, no card
+        report["dry_run"] = True
+        report["seconds"] = round(time.perf_counter() - start, 2)
+        return report
     annotated = [p for p in pairs if p.id in captions]
     report["pairs_not_annotated"] = len(pairs) - len(annotated)
     if not annotated:
@@ -609,20 +614,25 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
 
 
 def _parser() -> HfArgumentParser:
-    dataclasses = [BuildConfig] + ([OpenAIAnnotatorConfig] if OpenAIAnnotatorConfig is not None else [])
-    return HfArgumentParser(dataclasses)
+    return HfArgumentParser([BuildConfig, OpenAIAnnotatorConfig])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-build``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parsed = _parser().parse_args_into_dataclasses(args=argv)
-    cfg, openai_cfg = parsed[0], (parsed[1] if len(parsed) > 1 else None)
+    cfg, openai_cfg = parsed
     try:
         report = build(cfg, openai_cfg)
     except (FileNotFoundError, FileExistsError, RuntimeError, ValueError) as err:
         print(f"geollava-build: {err}", file=sys.stderr)
         return 1
+    if report.get("dry_run"):
+        print(
+            f"dry run: {report['pairs_found']} pairs estimated, nothing sent, no shards written; the estimate is in "
+            f"{Path(cfg.out) / 'annotation_report.json'}"
+        )
+        return 0
     print(
         f"built {cfg.out}: pairs {report['pairs_per_split']} (sample_10k: {report['sample_10k_rows']} train rows), "
         f"{report['images_seen']} images seen, {report['images_usable']} usable, "

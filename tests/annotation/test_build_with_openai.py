@@ -99,3 +99,24 @@ def test_geollava_annotate_on_a_built_folder_updates_report_official_json_and_ca
     for config in ("default", "sample_10k"):
         rows = load_dataset(str(out), config, split="train")
         assert all(row["conversations"][-1]["value"] for row in rows)
+
+
+def test_geollava_build_dry_run_only_estimates_then_the_real_build_sends(
+    tmp_path, server, fast_options, api_key, capsys
+):
+    write_tree(tmp_path / "fmow")
+    out = tmp_path / "out"
+    args = ["--fmow_root", str(tmp_path / "fmow"), "--out", str(out), "--splits", "train", "--annotator", "openai"]
+    args += ["--no_videos", "--frame_size", "32", "--sample_size", "0"]
+    for key, value in fast_options.items():
+        args += [f"--{key}", str(value)]
+    assert build_main([*args, "--dry_run", "true"]) == 0, capsys.readouterr().err
+    assert "dry run: 3 pairs estimated" in capsys.readouterr().out
+    assert server.state.requests == 0
+    estimate = json.loads((out / "annotation_report.json").read_text())
+    assert estimate["tokens"]["estimated_input"] > 0 and estimate["cost_usd"]["estimated"] > 0
+    assert not (out / "data").exists() and not (out / "README.md").exists()
+    # the dry run is not a different build: the real one goes on in the same folder
+    assert build_main(args) == 0, capsys.readouterr().err
+    assert load_dataset(str(out), split="train").num_rows == 3
+    assert server.state.total_successes() == 3

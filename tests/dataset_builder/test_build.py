@@ -1,4 +1,3 @@
-import importlib.util
 import json
 
 import pyarrow.parquet as pq
@@ -225,19 +224,6 @@ def test_a_rebuild_into_the_same_folder_is_not_stale(tmp_path):
     assert second["id"] != first and second.num_rows == report["pairs_per_split"]["train"]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("dataset_builder.openai_annotator") is not None, reason="the OpenAI annotator is in"
-)
-def test_an_unavailable_annotator_is_a_clear_error(messy_build, tmp_path, capsys):
-    root, _ = messy_build
-    args = ["--fmow-root", str(root / "fmow"), "--out", str(tmp_path / "o"), "--annotator", "openai"]
-    assert main(args) == 1
-    assert "--annotator openai is not available" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("dataset_builder.openai_config") is None, reason="OpenAIAnnotatorConfig not in yet"
-)
 def test_openai_options_join_the_command_line(tmp_path):
     from dataclasses import asdict
 
