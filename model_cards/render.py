@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
-from transformers import HfArgumentParser
 
+from model_cards.cli import parse_kind_folder_args
 from model_cards.validate import validate_card, validate_card_file
 
 
@@ -240,14 +240,9 @@ class CardArguments:
 
 def parse_args(argv: list[str] | None = None) -> CardArguments:
     """Parse ``KIND FOLDER --repo-id ...`` (the two positionals become ``--kind``/``--folder``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    positional = []
-    while argv and not argv[0].startswith("-") and len(positional) < 2:
-        positional.append(argv.pop(0))
-    argv = [a for name, v in zip(("--kind", "--folder"), positional, strict=False) for a in (name, v)] + argv
-    parser = HfArgumentParser(CardArguments, prog="geollava-card", usage=USAGE, description=__doc__.splitlines()[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    return args
+    return parse_kind_folder_args(
+        CardArguments, argv, prog="geollava-card", usage=USAGE, description=__doc__.splitlines()[0]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

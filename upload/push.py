@@ -14,8 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
+from model_cards.cli import parse_kind_folder_args
 from upload.staging import ALLOW, KINDS, staged_files
 
 
@@ -123,14 +122,9 @@ def push(
 
 def parse_args(argv: list[str] | None = None) -> PushArguments:
     """Parse ``KIND FOLDER --repo-id ...`` (the two positionals become ``--kind``/``--folder``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    positional = []
-    while argv and not argv[0].startswith("-") and len(positional) < 2:
-        positional.append(argv.pop(0))
-    argv = [a for name, v in zip(("--kind", "--folder"), positional, strict=False) for a in (name, v)] + argv
-    parser = HfArgumentParser(PushArguments, prog="geollava-push", usage=USAGE, description=__doc__.splitlines()[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    return args
+    return parse_kind_folder_args(
+        PushArguments, argv, prog="geollava-push", usage=USAGE, description=__doc__.splitlines()[0]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
