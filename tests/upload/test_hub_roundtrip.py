@@ -196,8 +196,7 @@ def test_space_push_pull_back_and_start(hub_server, adapter_dir, tmp_path):
     assert HfApi().space_info("geo-org/demo").sdk == "gradio"
     pulled = Path(snapshot_download("geo-org/demo", repo_type="space", cache_dir=str(tmp_path / "c")))
     assert (pulled / "app.py").exists() and (pulled / "requirements.txt").exists()
-    sys.path.insert(0, str(ROOT / "tests" / "spaces_demo"))
-    from test_app_browser import serve
+    from tests.space_server import serve
 
     base, adapter, _ = adapter_dir
     proc, url = serve(pulled / "app.py", base, adapter, tmp_path / "app.log")
