@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from dataset_builder.annotate import AnnotationRequest, get_annotator
+from dataset_builder.atomic import write_json, write_parquet
 from dataset_builder.fmow import DROP_REASONS, SKIP_REASONS, ScanResult, scan_fmow
 from dataset_builder.frames import encode_jpeg, load_frame, write_mp4
 from dataset_builder.official_json import export_official
@@ -49,8 +49,6 @@ CAPTIONS_FILE = ".geollava_build_captions.jsonl"
 SAMPLE_CONFIG = "sample_10k"
 #: Everything a build writes into --out (cleared before a build with another fingerprint).
 OUTPUTS = ("README.md", "build_report.json", "data", "videos", "geollava_json", CAPTIONS_FILE)
-#: Parquet row groups of 100 rows, as `datasets` writes image datasets (the Hub's viewer pages by row group).
-ROW_GROUP_ROWS = 100
 GAP_EDGES = (365, 500, 730, 1095, 1460, 2190)
 
 
@@ -232,9 +230,7 @@ def _prepare_out(out: Path, fingerprint: str) -> dict:
 
 
 def _save_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 def _load_ground_truth(fmow_root: Path, fmow_split: str) -> dict[str, list[dict]] | None:
@@ -271,10 +267,7 @@ def _write_shard(job: dict) -> dict:
         frames_jpeg = [encode_jpeg(frame, quality) for frame in frames]
         rows.append(feats.encode_example(make_row(pair, item["caption"], frames_jpeg, video, item["changes"])))
     table = pa.Table.from_pylist(rows, schema=feats.arrow_schema)
-    target = out / job["path"]
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
-    os.replace(tmp, target)
+    write_parquet(table, out / job["path"])
     return {"path": job["path"], "split": job["split"], "rows": len(rows), "failed": failed}
 
 
@@ -455,10 +448,7 @@ def write_sample_config(out: Path, sample_size: int, seed: int, shard_rows: int)
     def flush(table: pa.Table) -> None:
         nonlocal written
         index = written // shard_rows
-        target = sample_dir / f"train-{index:05d}-of-{n_shards:05d}.parquet"
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
-        os.replace(tmp, target)
+        write_parquet(table, sample_dir / f"train-{index:05d}-of-{n_shards:05d}.parquet")
         written += table.num_rows
 
     for path in train_shards:

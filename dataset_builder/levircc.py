@@ -14,7 +14,6 @@ and whose answer is the first reference; CCExpert's chat template puts its own f
 
 import json
 import logging
-import os
 import re
 import shutil
 import sys
@@ -29,6 +28,7 @@ from PIL import Image as PILImage
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from dataset_builder.atomic import write_json, write_parquet, write_text
 from dataset_builder.prompts import choose_template, human_turn
 
 
@@ -212,10 +212,7 @@ def _prepare_out(out: Path) -> None:
 
 
 def _write_shard(out: Path, name: str, rows: list[dict], feats: Features) -> None:
-    target = out / "data" / name
-    tmp = target.with_name(f".{target.name}.tmp")
-    Dataset.from_list(rows, features=feats).to_parquet(str(tmp))
-    os.replace(tmp, target)
+    write_parquet(Dataset.from_list(rows, features=feats).data.table, out / "data" / name)
 
 
 def build_levircc(cfg: LevirCCBuildConfig) -> dict:
@@ -282,9 +279,7 @@ def build_levircc(cfg: LevirCCBuildConfig) -> dict:
         "images_not_in_captions": {s: len(v) for s, v in unlisted.items()},
         "seconds": round(time.perf_counter() - start, 2),
     }
-    tmp = out / ".build_report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out / "build_report.json")
+    write_json(out / "build_report.json", report)
     write_levircc_card(out, report)
     return report
 
@@ -361,9 +356,7 @@ def write_levircc_card(out: Path, report: dict, repo_id: str = "<org>/levir-cc")
         flags_given=report["changeflag"]["given"] or "none",
         flags_inferred=report["changeflag"]["inferred"] or "none",
     )
-    tmp = out / ".README.md.tmp"
-    tmp.write_text(str(card), encoding="utf-8")
-    os.replace(tmp, out / "README.md")
+    write_text(out / "README.md", str(card))
     return out / "README.md"
 
 

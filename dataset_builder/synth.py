@@ -39,7 +39,9 @@ class SynthConfig:
     out: str = field(metadata={"help": "Folder to write the tree into."})
     locations: int = field(default=50, metadata={"help": "Number of locations (fMoW format)."})
     seed: int = field(default=0, metadata={"help": "Seed: the same seed writes the same bytes."})
-    image_size: int = field(default=256, metadata={"help": "Base image side in pixels (sizes vary by up to 15 percent per date)."})
+    image_size: int = field(
+        default=256, metadata={"help": "Base image side in pixels (sizes vary by up to 15 percent per date)."}
+    )
     splits: str = field(default="train,val", metadata={"help": "Comma-separated fMoW splits to write."})
     oversize_fraction: float = field(
         default=0.05,
