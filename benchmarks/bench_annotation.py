@@ -22,14 +22,12 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "annotation"))
-
-from fake_openai import FakeOpenAIServer, FakeState  # noqa: E402
 
 from dataset_builder.annotate import AnnotationRequest  # noqa: E402
 from dataset_builder.cost import estimate_cost, load_price_table, pricing_for, request_input_tokens  # noqa: E402
 from dataset_builder.openai_annotator import EXPECTED_OUTPUT_TOKENS, OpenAIAnnotator  # noqa: E402
 from dataset_builder.prompts import ANNOTATION_PROMPT  # noqa: E402
+from tests.annotation.fake_openai import FakeOpenAIServer, FakeState  # noqa: E402
 
 
 RPM = 600

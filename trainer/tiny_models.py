@@ -76,6 +76,20 @@ VICUNA_TEMPLATE = (
 )
 
 
+#: The end of a ChatML template: the user turn's close, the assistant turn (marked for the assistant-token mask) and
+#: the generation prompt; the tiny CCExpert's template ends the same way.
+CHATML_TURNS_END = (
+    "{{ '<|im_end|>\\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}"
+    "{%- for c in message['content'] -%}{%- if c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}{%- endfor -%}"
+    "{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
 def _chatml_template(image: str, video: str) -> str:
     return (
         "{%- for message in messages -%}"
@@ -86,15 +100,7 @@ def _chatml_template(image: str, video: str) -> str:
         f"{{%- elif c['type'] == 'image' -%}}{{{{ '{image}\\n' }}}}"
         "{%- elif c['type'] == 'text' -%}{{ c['text'] }}"
         "{%- endif -%}"
-        "{%- endfor -%}"
-        "{{ '<|im_end|>\\n' }}"
-        "{%- elif message['role'] == 'assistant' -%}"
-        "{{ '<|im_start|>assistant\\n' }}{% generation %}"
-        "{%- for c in message['content'] -%}{%- if c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}{%- endfor -%}"
-        "{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
-        "{%- endif -%}"
-        "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+        "{%- endfor -%}" + CHATML_TURNS_END
     )
 
 

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import REPO_ROOT, SECRET, cache_lines, make_dataset, read_answers
 from datasets import load_dataset
 
 from dataset_builder.annotate_cli import main, with_answer
+from tests.annotation.helpers import REPO_ROOT, SECRET, cache_lines, make_dataset, read_answers
 
 
 def cli_args(folder, fast_options, *extra):

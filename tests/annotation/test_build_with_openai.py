@@ -1,9 +1,9 @@
 import json
 
-from conftest import SECRET, jpeg
 from datasets import load_dataset
 
 from dataset_builder.build import main as build_main
+from tests.annotation.helpers import SECRET, jpeg
 
 
 def write_tree(root, locations=3):
@@ -27,26 +27,19 @@ def write_tree(root, locations=3):
             (folder / f"{stem}_rgb.json").write_text(json.dumps(meta))
 
 
+def build_args(tmp_path, annotator, options=None, sample_size=0):
+    """``geollava-build`` arguments for the tree of :func:`write_tree` into ``tmp_path / "out"``."""
+    args = ["--fmow_root", str(tmp_path / "fmow"), "--out", str(tmp_path / "out"), "--splits", "train"]
+    args += ["--annotator", annotator, "--no_videos", "--frame_size", "32", "--sample_size", str(sample_size)]
+    for key, value in (options or {}).items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
 def test_geollava_build_with_the_openai_annotator(tmp_path, server, fast_options, api_key, capsys):
     write_tree(tmp_path / "fmow")
     out = tmp_path / "out"
-    args = [
-        "--fmow_root",
-        str(tmp_path / "fmow"),
-        "--out",
-        str(out),
-        "--splits",
-        "train",
-        "--annotator",
-        "openai",
-        "--no_videos",
-        "--frame_size",
-        "32",
-        "--sample_size",
-        "0",
-    ]
-    for key, value in fast_options.items():
-        args += [f"--{key}", str(value)]
+    args = build_args(tmp_path, "openai", fast_options)
     assert build_main(args) == 0, capsys.readouterr().err
     rows = load_dataset(str(out), split="train")
     assert rows.num_rows == 3
@@ -68,22 +61,7 @@ def test_geollava_annotate_on_a_built_folder_updates_report_official_json_and_ca
 
     write_tree(tmp_path / "fmow")
     out = tmp_path / "out"
-    build_args = [
-        "--fmow_root",
-        str(tmp_path / "fmow"),
-        "--out",
-        str(out),
-        "--splits",
-        "train",
-        "--annotator",
-        "none",
-        "--no_videos",
-        "--frame_size",
-        "32",
-        "--sample_size",
-        "2",
-    ]
-    assert build_main(build_args) == 0
+    assert build_main(build_args(tmp_path, "none", sample_size=2)) == 0
     assert "gpt-4o-mini" not in (out / "README.md").read_text()
     args = [str(out)]
     for key, value in fast_options.items():
@@ -106,10 +84,7 @@ def test_geollava_build_dry_run_only_estimates_then_the_real_build_sends(
 ):
     write_tree(tmp_path / "fmow")
     out = tmp_path / "out"
-    args = ["--fmow_root", str(tmp_path / "fmow"), "--out", str(out), "--splits", "train", "--annotator", "openai"]
-    args += ["--no_videos", "--frame_size", "32", "--sample_size", "0"]
-    for key, value in fast_options.items():
-        args += [f"--{key}", str(value)]
+    args = build_args(tmp_path, "openai", fast_options)
     assert build_main([*args, "--dry_run", "true"]) == 0, capsys.readouterr().err
     assert "dry run: 3 pairs estimated" in capsys.readouterr().out
     assert server.state.requests == 0

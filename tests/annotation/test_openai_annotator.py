@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SECRET, cache_lines, jpeg
 from PIL import Image
 
 from dataset_builder.annotate import AnnotationRequest, get_annotator
@@ -14,6 +13,7 @@ from dataset_builder.openai_annotator import OpenAIAnnotator
 from dataset_builder.openai_config import OpenAIAnnotatorConfig
 from dataset_builder.prompts import ANNOTATION_PROMPT
 from dataset_builder.rate_limit import backoff_delay, retry_after_seconds
+from tests.annotation.helpers import SECRET, cache_lines, jpeg
 
 
 def requests(n, start=0):

@@ -21,7 +21,14 @@ from transformers import (
 from trainer.ccexpert.configuration_ccexpert import CCExpertConfig
 from trainer.ccexpert.modeling_ccexpert import CCExpertForConditionalGeneration
 from trainer.ccexpert_prompt import CCEXPERT_PROMPT
-from trainer.tiny_models import TinyModelConfig, _chatml_tokenizer, _text_kwargs, _token_ids, build_tokenizer
+from trainer.tiny_models import (
+    CHATML_TURNS_END,
+    TinyModelConfig,
+    _chatml_tokenizer,
+    _text_kwargs,
+    _token_ids,
+    build_tokenizer,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -55,15 +62,7 @@ CCEXPERT_CHAT_TEMPLATE = (
     "{%- elif c['type'] == 'text' -%}{{ c['text'] }}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{ '<|im_end|>\\n' }}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{ '<|im_start|>assistant\\n' }}{% generation %}"
-    "{%- for c in message['content'] -%}{%- if c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}{%- endfor -%}"
-    "{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+    "{%- endif -%}" + CHATML_TURNS_END
 )
 
 
