@@ -225,12 +225,8 @@ def _prepare_out(out: Path, fingerprint: str) -> dict:
             target.unlink()
     out.mkdir(parents=True, exist_ok=True)
     state = {"fingerprint": fingerprint, "shards": {}}
-    _save_json(out / STATE_FILE, state)
+    write_json(out / STATE_FILE, state)
     return state
-
-
-def _save_json(path: Path, data) -> None:
-    write_json(path, data)
 
 
 def _load_ground_truth(fmow_root: Path, fmow_split: str) -> dict[str, list[dict]] | None:
@@ -400,7 +396,7 @@ def _run_shards(cfg: BuildConfig, jobs: list[dict], state: dict, out: Path) -> N
 
         def record(result: dict) -> None:
             state["shards"][result["path"]] = result
-            _save_json(out / STATE_FILE, state)
+            write_json(out / STATE_FILE, state)
             for failure in result["failed"]:
                 logger.warning("pair %s skipped: %s", failure["id"], failure["reason"])
             bar.update()
@@ -594,12 +590,12 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
     report["official_json"] = export_official(out, out, videos=not cfg.no_videos)
     report["shards"] = {split: sum(j["split"] == split for j in jobs) for split in rows_written}
     report["seconds"] = round(time.perf_counter() - start, 2)
-    _save_json(out / "build_report.json", report)
+    write_json(out / "build_report.json", report)
     from model_cards.dataset_card import write_dataset_card
 
     write_dataset_card(out)
     state["complete"] = True
-    _save_json(out / STATE_FILE, state)
+    write_json(out / STATE_FILE, state)
     return report
 
 
