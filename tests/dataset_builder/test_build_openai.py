@@ -1,6 +1,5 @@
 """`geollava-build --annotator openai` end to end against a local OpenAI-compatible server (the real client)."""
 
-import importlib.util
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,11 +9,6 @@ from datasets import load_dataset
 from fmow_fixtures import write_image
 
 from dataset_builder.build import main
-
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("dataset_builder.openai_annotator") is None, reason="the OpenAI annotator is not in yet"
-)
 
 
 class _ChatCompletions(BaseHTTPRequestHandler):
