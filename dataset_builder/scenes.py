@@ -43,6 +43,8 @@ NEW_AREAS = (0.05, 0.09, 0.13)
 WATER_SIDES = (0.24, 0.34, 0.44, 0.54)
 ROAD_WIDTH, NEW_ROAD_WIDTH, WIDE_ROAD_WIDTH = 0.04, 0.065, 0.105
 ROAD_POSITIONS = (1 / 6, 0.5, 5 / 6)
+#: What covers a pixel, as :func:`render_with_labels` labels it (a building block's alleys count as buildings).
+PIXEL_CLASSES: tuple[str, ...] = ("ground", "cleared", "forest", "water", "road", "construction", "buildings")
 
 
 def _cell_box(cell: int, frac: float, rng: np.random.Generator) -> list[float]:
@@ -332,6 +334,23 @@ def render(scene: dict, width: int, height: int, rng: np.random.Generator, seaso
     Returns:
         An RGB image.
     """
+    return _render(scene, width, height, rng, season)[0]
+
+
+def render_with_labels(
+    scene: dict, width: int, height: int, rng: np.random.Generator, season: str = "summer"
+) -> tuple[Image.Image, np.ndarray]:
+    """Render a scene and label every pixel with what covers it (the image is the one :func:`render` draws).
+
+    Returns:
+        The RGB image and a ``(height, width)`` array of indices into :data:`PIXEL_CLASSES`.
+    """
+    return _render(scene, width, height, rng, season, labels=True)
+
+
+def _render(
+    scene: dict, width: int, height: int, rng: np.random.Generator, season: str, labels: bool = False
+) -> tuple[Image.Image, np.ndarray | None]:
     # registration error between dates: up to 3 px per axis at 256 px, 1 px at <= 127 px
     reach = max(1, min(3, round(min(width, height) / 85)))
     shift = rng.integers(-reach, reach + 1, size=2)
@@ -340,6 +359,11 @@ def render(scene: dict, width: int, height: int, rng: np.random.Generator, seaso
     blob = max(2, min(width, height) // 48)
     img = np.empty((h, w, 3), dtype=np.float32)
     img[:] = COLORS[scene["base"]]
+    label = np.zeros((h, w), dtype=np.uint8) if labels else None
+
+    def mark(region, name: str) -> None:
+        if label is not None:
+            label[region] = PIXEL_CLASSES.index(name)
     if scene["base"] == "farmland":  # crop rows in parcels of alternating direction
         yy, xx = np.mgrid[0:h, 0:w]
         parcel = ((xx // max(8, w // 5)) + (yy // max(8, h // 4))) % 2
@@ -355,32 +379,36 @@ def render(scene: dict, width: int, height: int, rng: np.random.Generator, seaso
         x0, y0, bw, bh = box_px(item["box"])
         texture = _texture((bh, bw), blob, _ground_rng(scene, item))
         img[y0 : y0 + bh, x0 : x0 + bw] = np.array(COLORS["cleared"]) + (texture * 10)[..., None]
+        mark((slice(y0, y0 + bh), slice(x0, x0 + bw)), "cleared")
     for item in scene["forests"]:
         x0, y0, bw, bh = box_px(item["box"])
         texture = _texture((bh, bw), blob, _ground_rng(scene, item))
         img[y0 : y0 + bh, x0 : x0 + bw] = np.array(COLORS["forest"]) + (texture * 14)[..., None]
+        mark((slice(y0, y0 + bh), slice(x0, x0 + bw)), "forest")
     if scene["water"]:
         x0, y0, bw, bh = box_px(scene["water"]["box"])
         ys, xs = np.ogrid[0:h, 0:w]
         inside = ((ys - (y0 + bh / 2)) / (bh / 2)) ** 2 + ((xs - (x0 + bw / 2)) / (bw / 2)) ** 2 <= 1
         img[inside] = COLORS["water"]
+        mark(inside, "water")
     for road in scene["roads"]:
         span = height if road["axis"] == "h" else width
         c, half = road["pos"] * span + pad, max(1.0, road["width"] * span / 2)
         lo, hi = int(round(c - half)), int(round(c + half))
-        if road["axis"] == "h":
-            img[lo:hi, :] = COLORS["road"]
-        else:
-            img[:, lo:hi] = COLORS["road"]
+        band = (slice(lo, hi), slice(None)) if road["axis"] == "h" else (slice(None), slice(lo, hi))
+        img[band] = COLORS["road"]
+        mark(band, "road")
     for item in scene["construction"]:
         x0, y0, bw, bh = box_px(item["box"])
         site = img[y0 : y0 + bh, x0 : x0 + bw]
         site[:] = COLORS["construction"]
         site[(_ground_rng(scene, item).random((bh, bw)) < 0.06)] = COLORS["pit"]  # machines, spoil heaps
         site[:, :1] = site[:, -1:] = site[:1, :] = site[-1:, :] = COLORS["pit"]  # the fence
+        mark((slice(y0, y0 + bh), slice(x0, x0 + bw)), "construction")
     for item in scene["buildings"]:
         x0, y0, bw, bh = box_px(item["box"])
         img[y0 : y0 + bh, x0 : x0 + bw] = COLORS["shadow"]  # alleys and shadows
+        mark((slice(y0, y0 + bh), slice(x0, x0 + bw)), "buildings")
         n = 2 if min(bw, bh) < 40 else 3
         gw, gh = bw / n, bh / n
         gap = max(1, int(min(gw, gh) / 6))
@@ -392,5 +420,5 @@ def render(scene: dict, width: int, height: int, rng: np.random.Generator, seaso
                 img[ry0 : ry0 + int(gh) - gap, rx0 : rx0 + int(gw) - gap] = roof
     img *= np.array(SEASONS[season], dtype=np.float32) * float(rng.uniform(0.9, 1.1))  # season and illumination
     img += rng.normal(0, 2, size=(h, w, 1)).astype(np.float32)  # sensor noise
-    img = img[pad + shift[1] : pad + shift[1] + height, pad + shift[0] : pad + shift[0] + width]
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    crop = (slice(pad + shift[1], pad + shift[1] + height), slice(pad + shift[0], pad + shift[0] + width))
+    return Image.fromarray(np.clip(img[crop], 0, 255).astype(np.uint8)), None if label is None else label[crop]

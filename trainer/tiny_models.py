@@ -122,6 +122,16 @@ class TinyModelConfig:
     vocab_size: int = field(default=1024, metadata={"help": "Upper bound of the BPE vocabulary."})
     corpus_size: int = field(default=3000, metadata={"help": "Synthetic captions the tokenizer is trained on."})
     seed: int = field(default=0, metadata={"help": "Seed of the random weights and of the corpus."})
+    vision_pretrain_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Pretrain the vision tower for this many steps on single synthetic scenes (what covers each "
+            "patch), the stand-in for CLIP's pretraining; 0 leaves it random (trainer/vision_pretrain.py)."
+        },
+    )
+    vision_pretrain_images: int = field(
+        default=3000, metadata={"help": "Synthetic scenes drawn for --vision_pretrain_steps."}
+    )
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -131,6 +141,8 @@ class TinyModelConfig:
             raise ValueError(f"--hidden_size {self.hidden_size}: must be a multiple of 32 and at least 64")
         if self.image_size % 16:
             raise ValueError(f"--image_size {self.image_size}: must be a multiple of 16")
+        if self.vision_pretrain_steps < 0 or self.vision_pretrain_images < 10:
+            raise ValueError("--vision_pretrain_steps must be >= 0 and --vision_pretrain_images >= 10")
 
 
 def tokenizer_corpus(size: int = 3000, seed: int = 0) -> list[str]:
@@ -410,6 +422,8 @@ def build_tiny_model(
     vocab_size: int = 1024,
     corpus: list[str] | None = None,
     seed: int = 0,
+    vision_pretrain_steps: int = 0,
+    vision_pretrain_images: int = 3000,
 ) -> Path:
     """Build a tiny model of a family and save model, processor and tokenizer with ``save_pretrained``.
 
@@ -422,6 +436,8 @@ def build_tiny_model(
         vocab_size: Upper bound of the BPE vocabulary.
         corpus: Text to train the tokenizer on; by default the prompt templates and synthetic captions.
         seed: Seed of the random weights.
+        vision_pretrain_steps: Steps of :func:`trainer.vision_pretrain.pretrain_vision_tower` (0: none).
+        vision_pretrain_images: Synthetic scenes it draws.
 
     Returns:
         ``out_dir`` as a path.
@@ -434,11 +450,20 @@ def build_tiny_model(
         num_layers=num_layers,
         vocab_size=vocab_size,
         seed=seed,
+        vision_pretrain_steps=vision_pretrain_steps,
+        vision_pretrain_images=vision_pretrain_images,
     )
     tokenizer = build_tokenizer(corpus if corpus is not None else tokenizer_corpus(cfg.corpus_size, seed), vocab_size)
     torch.manual_seed(seed)
     model, processor = BUILDERS[family](cfg, tokenizer, _token_ids(tokenizer))
     init_visual_weights(model, FAMILIES[family])
+    info = {}
+    if vision_pretrain_steps:
+        from trainer.vision_pretrain import pretrain_vision_tower
+
+        info["vision_pretraining"] = pretrain_vision_tower(
+            model, processor, family, vision_pretrain_steps, images=vision_pretrain_images, seed=seed
+        )
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     out = Path(out_dir)
@@ -447,7 +472,9 @@ def build_tiny_model(
     processor.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
     (out / "tiny_model.json").write_text(
-        json.dumps({"family": family, "parameters": n_params, "vocab_size": len(processor.tokenizer), **vars(cfg)})
+        json.dumps(
+            {**vars(cfg), "family": family, "parameters": n_params, "vocab_size": len(processor.tokenizer), **info}
+        )
     )
     logger.info("built a tiny %s (%d parameters, vocabulary %d) in %s", family, n_params, len(tokenizer), out)
     return out
@@ -465,6 +492,8 @@ def main(argv: list[str] | None = None) -> None:
         num_layers=cfg.num_layers,
         vocab_size=cfg.vocab_size,
         seed=cfg.seed,
+        vision_pretrain_steps=cfg.vision_pretrain_steps,
+        vision_pretrain_images=cfg.vision_pretrain_images,
     )
     info = json.loads((out / "tiny_model.json").read_text())
     print(f"tiny {cfg.family}: {info['parameters']:,} parameters, vocabulary {info['vocab_size']} -> {out}")
