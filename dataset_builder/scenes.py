@@ -364,6 +364,7 @@ def _render(
     def mark(region, name: str) -> None:
         if label is not None:
             label[region] = PIXEL_CLASSES.index(name)
+
     if scene["base"] == "farmland":  # crop rows in parcels of alternating direction
         yy, xx = np.mgrid[0:h, 0:w]
         parcel = ((xx // max(8, w // 5)) + (yy // max(8, h // 4))) % 2

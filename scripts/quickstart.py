@@ -29,9 +29,12 @@ ORG = "geollava-org"
 REPOS = {"dataset": f"{ORG}/geollava", "model": f"{ORG}/geollava-tiny-lora", "space": f"{ORG}/geollava-demo"}
 
 # The embedded default: sizes chosen so the whole job fits in a few minutes on 2 cores.
-SYNTH = {"locations": 700, "seed": 0, "image_size": 128, "splits": "train,val"}
+SYNTH = {"locations": 2000, "seed": 0, "image_size": 128, "splits": "train,val"}
 FRAME_SIZE = 64
 FAMILY = "llava-next-video"
+# The stand-in for a pretrained vision tower: seconds of training on single synthetic scenes
+# (trainer/vision_pretrain.py).
+BASE = {"family": FAMILY, "vision_pretrain_steps": 600, "vision_pretrain_images": 3000}
 RECIPE = ROOT / "trainer" / "recipes" / "tiny" / "qlora_prune.yaml"
 
 
@@ -196,9 +199,9 @@ def main() -> int:
     )
     stages.run(
         "base",
-        f"geollava-tiny-model: a tiny {FAMILY} base",
-        lambda: sh("geollava-tiny-model", "--family", FAMILY, "--out", base),
-        {"family": FAMILY},
+        "geollava-tiny-model: a tiny base, vision tower pretrained",
+        lambda: sh("geollava-tiny-model", "--out", base, *_flags(BASE)),
+        BASE,
         (base / "config.json",),
     )
     eval_args = ("--dataset", dataset, "--split", "test", "--batch-size", 16, "--max-new-tokens", 96)
@@ -206,10 +209,10 @@ def main() -> int:
         "eval_base",
         "geollava-eval: the base model on the test split",
         lambda: sh("geollava-eval", "--model", base, *eval_args, "--out", eval_base, log="eval_base"),
-        {**build_key, "family": FAMILY},
+        {**build_key, **BASE},
         (eval_base / "metrics.json",),
     )
-    recipe_key = {**build_key, "recipe": RECIPE.read_text()}
+    recipe_key = {**build_key, **BASE, "recipe": RECIPE.read_text()}
     stages.run(
         "train",
         "geollava-train: tiny recipe, LoRA/QLoRA + 5 % pruning",

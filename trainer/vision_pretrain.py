@@ -120,7 +120,7 @@ def pretrain_vision_tower(
     layer = model.config.vision_feature_layer
     if not isinstance(layer, int):
         raise ValueError(f"vision_feature_layer {layer!r}: only a single layer is supported")
-    drop_cls = model.config.vision_feature_select_strategy == "default" and vision_config.model_type == "clip_vision_model"
+    drop_cls = model.config.vision_feature_select_strategy == "default"  # CLIP's CLS token is not fed onward
 
     frames, labels = scene_images(images, size, seed=seed)
     pixel_values = processor.video_processor(list(frames[:, None]), return_tensors="pt")["pixel_values_videos"][:, 0]
