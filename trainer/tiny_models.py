@@ -280,11 +280,11 @@ def _video_llava(cfg: TinyModelConfig, tokenizer, ids: dict):
     return VideoLlavaForConditionalGeneration(config), processor
 
 
-def _siglip(cfg: TinyModelConfig, patch: int) -> SiglipVisionConfig:
+def _siglip(cfg: TinyModelConfig, patch: int, layers: int | None = None) -> SiglipVisionConfig:
     return SiglipVisionConfig(
         hidden_size=cfg.hidden_size,
         intermediate_size=2 * cfg.hidden_size,
-        num_hidden_layers=max(cfg.num_layers, 2),
+        num_hidden_layers=layers or max(cfg.num_layers, 2),
         num_attention_heads=2,
         image_size=cfg.image_size,
         patch_size=patch,
@@ -306,17 +306,24 @@ def _llava_onevision(cfg: TinyModelConfig, tokenizer, ids: dict):
         image_grid_pinpoints=pinpoints,
         tie_word_embeddings=False,
     )
-    processor = LlavaOnevisionProcessor(
+    processor = _onevision_processor(tokenizer, size, patch, pinpoints, CHATML_TEMPLATE)
+    return LlavaOnevisionForConditionalGeneration(config), processor
+
+
+def _onevision_processor(
+    tokenizer, size: int, patch: int, pinpoints: list[list[int]], chat_template: str
+) -> LlavaOnevisionProcessor:
+    """The processor of a tiny LLaVA-OneVision-shaped model (also CCExpert's): SigLIP patches, no CLS token."""
+    return LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(
             size={"height": size, "width": size}, image_grid_pinpoints=pinpoints
         ),
         video_processor=LlavaOnevisionVideoProcessor(size={"height": size, "width": size}),
         tokenizer=tokenizer,
-        chat_template=CHATML_TEMPLATE,
+        chat_template=chat_template,
         num_image_tokens=(size // patch) ** 2,
         vision_feature_select_strategy="full",
     )
-    return LlavaOnevisionForConditionalGeneration(config), processor
 
 
 def _qwen2_5_vl(cfg: TinyModelConfig, tokenizer, ids: dict):

@@ -11,11 +11,8 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    LlavaOnevisionImageProcessor,
     LlavaOnevisionProcessor,
-    LlavaOnevisionVideoProcessor,
     Qwen2Config,
-    SiglipVisionConfig,
 )
 
 from trainer.ccexpert.configuration_ccexpert import CCExpertConfig
@@ -25,6 +22,8 @@ from trainer.tiny_models import (
     CHATML_TURNS_END,
     TinyModelConfig,
     _chatml_tokenizer,
+    _onevision_processor,
+    _siglip,
     _text_kwargs,
     _token_ids,
     build_tokenizer,
@@ -83,14 +82,7 @@ def ccexpert_model_and_processor(
     """
     tokenizer = _chatml_tokenizer(tokenizer, image_token="<image>", video_token="<video>")
     patch, size = 8, cfg.image_size
-    vision = SiglipVisionConfig(
-        hidden_size=cfg.hidden_size,
-        intermediate_size=2 * cfg.hidden_size,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=2,
-        image_size=size,
-        patch_size=patch,
-    )
+    vision = _siglip(cfg, patch, layers=vision_layers)
     config = CCExpertConfig(
         vision_config=vision,
         text_config=Qwen2Config(**_text_kwargs(cfg, tokenizer, ids)),
@@ -103,16 +95,7 @@ def ccexpert_model_and_processor(
         integration_gate_init=gate_init,
         tie_word_embeddings=False,
     )
-    processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(
-            size={"height": size, "width": size}, image_grid_pinpoints=[[size, size]]
-        ),
-        video_processor=LlavaOnevisionVideoProcessor(size={"height": size, "width": size}),
-        tokenizer=tokenizer,
-        chat_template=CCEXPERT_CHAT_TEMPLATE,
-        num_image_tokens=(size // patch) ** 2,
-        vision_feature_select_strategy="full",
-    )
+    processor = _onevision_processor(tokenizer, size, patch, [[size, size]], CCEXPERT_CHAT_TEMPLATE)
     return CCExpertForConditionalGeneration(config), processor
 
 
