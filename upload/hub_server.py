@@ -125,6 +125,17 @@ def resolve_rev(repo: dict, rev: str):
     return None
 
 
+def repo_at(rtype: str | None, repo_id: str, rev: str) -> tuple[dict | None, str | None, JSONResponse | None]:
+    """``(repo, commit oid, None)``, or ``(None, None, error)`` with the Hub's RepoNotFound / RevisionNotFound."""
+    repo = rtype and get_repo(rtype, repo_id)
+    if not repo:
+        return None, None, ERR("RepoNotFound", "Repository not found")
+    oid = resolve_rev(repo, rev)
+    if not oid:
+        return None, None, ERR("RevisionNotFound", f"Invalid rev id: {rev}")
+    return repo, oid, None
+
+
 def new_commit(repo: dict, files: dict, message: str, branch: str = "main") -> str:
     parent = repo.setdefault("branches", {}).get(branch, repo.get("main"))
     oid = hashlib.sha1(
@@ -284,12 +295,9 @@ async def validate_yaml(request: Request):
 @app.get("/api/{rtypes}/{org}/{name}/revision/{rev:path}")
 async def repo_info(rtypes: str, org: str, name: str, rev: str = "main"):
     rtype = TYPES.get(rtypes)
-    repo = rtype and get_repo(rtype, f"{org}/{name}")
-    if not repo:
-        return ERR("RepoNotFound", "Repository not found")
-    oid = resolve_rev(repo, rev)
-    if not oid:
-        return ERR("RevisionNotFound", f"Invalid rev id: {rev}")
+    repo, oid, error = repo_at(rtype, f"{org}/{name}", rev)
+    if error:
+        return error
     return repo_info_payload(rtype, f"{org}/{name}", repo, oid)
 
 
@@ -344,12 +352,9 @@ async def commits(rtypes: str, org: str, name: str, rev: str):
 @app.get("/api/{rtypes}/{org}/{name}/tree/{rev}")
 @app.get("/api/{rtypes}/{org}/{name}/tree/{rev}/{path:path}")
 async def tree(rtypes: str, org: str, name: str, rev: str, request: Request, path: str = ""):
-    repo = get_repo(TYPES.get(rtypes, ""), f"{org}/{name}")
-    if not repo:
-        return ERR("RepoNotFound", "Repository not found")
-    oid = resolve_rev(repo, rev)
-    if not oid:
-        return ERR("RevisionNotFound", f"Invalid rev id: {rev}")
+    repo, oid, error = repo_at(TYPES.get(rtypes), f"{org}/{name}", rev)
+    if error:
+        return error
     files = repo["commits"][oid]["files"]
     path = unquote(path).strip("/")
     if path and path in files:
@@ -362,12 +367,9 @@ async def tree(rtypes: str, org: str, name: str, rev: str, request: Request, pat
 
 @app.post("/api/{rtypes}/{org}/{name}/paths-info/{rev:path}")
 async def paths_info(rtypes: str, org: str, name: str, rev: str, request: Request):
-    repo = get_repo(TYPES.get(rtypes, ""), f"{org}/{name}")
-    if not repo:
-        return ERR("RepoNotFound", "Repository not found")
-    oid = resolve_rev(repo, rev)
-    if not oid:
-        return ERR("RevisionNotFound", f"Invalid rev id: {rev}")
+    repo, oid, error = repo_at(TYPES.get(rtypes), f"{org}/{name}", rev)
+    if error:
+        return error
     ctype = request.headers.get("content-type", "")
     if "json" in ctype:
         paths = (await request.json()).get("paths", [])
@@ -534,12 +536,9 @@ async def commit(rtypes: str, org: str, name: str, rev: str, request: Request):
 
 # ---------------------------------------------------------------- download: resolve (HEAD + GET with Range)
 def _resolve(rtype: str, org: str, name: str, rev: str, path: str, request: Request):
-    repo = get_repo(rtype, f"{org}/{name}")
-    if not repo:
-        return ERR("RepoNotFound", "Repository not found")
-    oid = resolve_rev(repo, rev)
-    if not oid:
-        return ERR("RevisionNotFound", f"Invalid rev id: {rev}")
+    repo, oid, error = repo_at(rtype, f"{org}/{name}", rev)
+    if error:
+        return error
     path = unquote(path)
     f = repo["commits"][oid]["files"].get(path)
     if f is None:
