@@ -16,7 +16,7 @@ import numpy as np
 
 from dataset_builder.annotate import AnnotationRequest, AnnotationResult
 from dataset_builder.changes import NO_CHANGE_PHRASES, PHRASES, PLURAL_PHRASES
-from dataset_builder.scenes import apply_change, describe_objects, diff_scenes, possible_changes, random_scene
+from dataset_builder.scenes import apply_random_changes, describe_objects, diff_scenes, random_scene
 
 
 logger = logging.getLogger(__name__)
@@ -131,12 +131,7 @@ def describe_corpus(n: int, seed: int = 0) -> list[str]:
     captions = []
     for i in range(n):
         scene = random_scene(rng)
-        after = scene
-        for _ in range(int(rng.choice([0, 1, 1, 1, 2, 2, 3, 5]))):
-            kinds = possible_changes(after)
-            if not kinds:
-                break
-            after, _ = apply_change(after, str(rng.choice(kinds)), rng)
+        after = apply_random_changes(scene, int(rng.choice([0, 1, 1, 1, 2, 2, 3, 5])), rng)
         a, b = f"x_0_{2 * i}", f"x_0_{2 * i + 1}"  # distinct ids: the phrasing is seeded by the pair id
         location = {
             "location_id": "x_0",

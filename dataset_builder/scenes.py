@@ -226,6 +226,16 @@ def apply_change(scene: dict, kind: str, rng: np.random.Generator) -> tuple[dict
     raise ValueError(f"unknown change kind {kind!r}")
 
 
+def apply_random_changes(scene: dict, n: int, rng: np.random.Generator) -> dict:
+    """``scene`` after up to ``n`` random changes, one after another (fewer where nothing more can change)."""
+    for _ in range(n):
+        kinds = possible_changes(scene)
+        if not kinds:
+            break
+        scene, _ = apply_change(scene, str(rng.choice(kinds)), rng)
+    return scene
+
+
 def diff_scenes(before: dict, after: dict) -> list[dict]:
     """The changes between two states of one location's scene (``after`` reached by :func:`apply_change` steps).
 

@@ -19,8 +19,7 @@ from tqdm.auto import tqdm
 from dataset_builder.scenes import (
     PIXEL_CLASSES,
     SEASONS,
-    apply_change,
-    possible_changes,
+    apply_random_changes,
     random_scene,
     render_with_labels,
 )
@@ -52,12 +51,7 @@ def scene_images(n: int, size: int, render_size: int | None = None, seed: int = 
     labels = np.empty((n, render_size, render_size), dtype=np.uint8)
     seasons = list(SEASONS)
     for i in range(n):
-        scene = random_scene(rng)
-        for _ in range(int(rng.integers(0, 4))):
-            kinds = possible_changes(scene)
-            if not kinds:
-                break
-            scene, _ = apply_change(scene, str(rng.choice(kinds)), rng)
+        scene = apply_random_changes(random_scene(rng), int(rng.integers(0, 4)), rng)
         image, labels[i] = render_with_labels(
             scene, render_size, render_size, rng, season=seasons[int(rng.integers(len(seasons)))]
         )
