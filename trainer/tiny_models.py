@@ -117,8 +117,26 @@ class TinyModelConfig:
     family: str = field(metadata={"help": f"Model family, one of {sorted(FAMILIES)}."})
     out: str = field(metadata={"help": "Folder to write the model, processor and tokenizer into."})
     image_size: int = field(default=64, metadata={"help": "Input side in pixels (a multiple of the patch size)."})
+    patch_size: int = field(
+        default=8,
+        metadata={
+            "help": "Vision patch side in pixels (LLaVA-NeXT-Video, Video-LLaVA, LLaVA-OneVision, CCExpert); "
+            "--image_size must be a multiple of twice it (the video pooling halves the patch grid)."
+        },
+    )
     hidden_size: int = field(default=64, metadata={"help": "Width of the language model and the vision tower."})
     num_layers: int = field(default=2, metadata={"help": "Layers of the language model and of the vision tower."})
+    vision_layers: int | None = field(
+        default=None,
+        metadata={"help": "Layers of the vision tower when they differ from --num_layers (at least 2)."},
+    )
+    rope_theta: float | None = field(
+        default=None,
+        metadata={
+            "help": "RoPE base of the language model (default: the config class's, 1e6 for Qwen2.5-VL). A large "
+            "base lets a caption's later words attend to the frames by content, however far back they are."
+        },
+    )
     vocab_size: int = field(default=1024, metadata={"help": "Upper bound of the BPE vocabulary."})
     corpus_size: int = field(default=3000, metadata={"help": "Synthetic captions the tokenizer is trained on."})
     seed: int = field(default=0, metadata={"help": "Seed of the random weights and of the corpus."})
@@ -141,8 +159,19 @@ class TinyModelConfig:
             raise ValueError(f"--hidden_size {self.hidden_size}: must be a multiple of 32 and at least 64")
         if self.image_size % 16:
             raise ValueError(f"--image_size {self.image_size}: must be a multiple of 16")
+        if self.patch_size < 1 or self.image_size % (2 * self.patch_size):
+            raise ValueError(
+                f"--patch_size {self.patch_size}: --image_size {self.image_size} must be a multiple of twice it"
+            )
+        if self.vision_layers is not None and self.vision_layers < 2:
+            raise ValueError(f"--vision_layers {self.vision_layers}: the towers feed layer -2, so at least 2")
         if self.vision_pretrain_steps < 0 or self.vision_pretrain_images < 10:
             raise ValueError("--vision_pretrain_steps must be >= 0 and --vision_pretrain_images >= 10")
+
+    @property
+    def tower_layers(self) -> int:
+        """Layers of the vision tower: ``vision_layers``, else ``num_layers`` (at least 2, for layer -2)."""
+        return self.vision_layers or max(self.num_layers, 2)
 
 
 def tokenizer_corpus(size: int = 3000, seed: int = 0) -> list[str]:
@@ -207,6 +236,7 @@ def _text_kwargs(cfg: TinyModelConfig, tokenizer, ids: dict) -> dict:
         bos_token_id=ids["bos_token_id"],
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
+        **({"rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta}} if cfg.rope_theta else {}),
     )
 
 
@@ -214,7 +244,7 @@ def _clip(cfg: TinyModelConfig, patch: int) -> CLIPVisionConfig:
     return CLIPVisionConfig(
         hidden_size=cfg.hidden_size,
         intermediate_size=2 * cfg.hidden_size,
-        num_hidden_layers=max(cfg.num_layers, 2),  # vision_feature_layer=-2 needs at least 2 layers
+        num_hidden_layers=cfg.tower_layers,
         num_attention_heads=2,
         image_size=cfg.image_size,
         patch_size=patch,
@@ -223,7 +253,7 @@ def _clip(cfg: TinyModelConfig, patch: int) -> CLIPVisionConfig:
 
 
 def _llava_next_video(cfg: TinyModelConfig, tokenizer, ids: dict):
-    patch, size = 8, cfg.image_size
+    patch, size = cfg.patch_size, cfg.image_size
     pinpoints = [[size, size], [size, 2 * size], [2 * size, size]]
     config = LlavaNextVideoConfig(
         vision_config=_clip(cfg, patch),
@@ -255,7 +285,7 @@ def _llava_next_video(cfg: TinyModelConfig, tokenizer, ids: dict):
 
 
 def _video_llava(cfg: TinyModelConfig, tokenizer, ids: dict):
-    patch, size = 8, cfg.image_size
+    patch, size = cfg.patch_size, cfg.image_size
     config = VideoLlavaConfig(
         vision_config=_clip(cfg, patch),
         text_config=LlamaConfig(**_text_kwargs(cfg, tokenizer, ids)),
@@ -284,7 +314,7 @@ def _siglip(cfg: TinyModelConfig, patch: int, layers: int | None = None) -> Sigl
     return SiglipVisionConfig(
         hidden_size=cfg.hidden_size,
         intermediate_size=2 * cfg.hidden_size,
-        num_hidden_layers=layers or max(cfg.num_layers, 2),
+        num_hidden_layers=layers or cfg.tower_layers,
         num_attention_heads=2,
         image_size=cfg.image_size,
         patch_size=patch,
@@ -293,7 +323,7 @@ def _siglip(cfg: TinyModelConfig, patch: int, layers: int | None = None) -> Sigl
 
 def _llava_onevision(cfg: TinyModelConfig, tokenizer, ids: dict):
     tokenizer = _chatml_tokenizer(tokenizer, image_token="<image>", video_token="<video>")
-    patch, size = 8, cfg.image_size
+    patch, size = cfg.patch_size, cfg.image_size
     pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
     config = LlavaOnevisionConfig(
         vision_config=_siglip(cfg, patch),
@@ -339,12 +369,12 @@ def _qwen2_5_vl(cfg: TinyModelConfig, tokenizer, ids: dict):
     text = _text_kwargs(cfg, tokenizer, ids)
     text["rope_parameters"] = {
         "rope_type": "default",
-        "rope_theta": 1e6,
+        "rope_theta": cfg.rope_theta or 1e6,
         "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter],
     }
     config = Qwen2_5_VLConfig(
         vision_config=dict(
-            depth=max(cfg.num_layers, 2),
+            depth=cfg.tower_layers,
             hidden_size=cfg.hidden_size,
             intermediate_size=2 * cfg.hidden_size,
             num_heads=2,
@@ -353,7 +383,7 @@ def _qwen2_5_vl(cfg: TinyModelConfig, tokenizer, ids: dict):
             temporal_patch_size=2,
             window_size=56,
             out_hidden_size=cfg.hidden_size,
-            fullatt_block_indexes=[max(cfg.num_layers, 2) - 1],
+            fullatt_block_indexes=[cfg.tower_layers - 1],
         ),
         text_config=text,
         image_token_id=ids["<|image_pad|>"],
@@ -424,8 +454,11 @@ def build_tiny_model(
     out_dir: str | Path,
     *,
     image_size: int = 64,
+    patch_size: int = 8,
     hidden_size: int = 64,
     num_layers: int = 2,
+    vision_layers: int | None = None,
+    rope_theta: float | None = None,
     vocab_size: int = 1024,
     corpus: list[str] | None = None,
     seed: int = 0,
@@ -438,8 +471,11 @@ def build_tiny_model(
         family: A name from :data:`trainer.families.FAMILIES`.
         out_dir: Where to save.
         image_size: Input side in pixels.
+        patch_size: Vision patch side in pixels (not Qwen2.5-VL, whose patch is 14).
         hidden_size: Width of the language model and the vision tower (>= 64 for bitsandbytes on CPU).
         num_layers: Layers of the language model and the vision tower.
+        vision_layers: Layers of the vision tower when they differ (at least 2).
+        rope_theta: RoPE base of the language model (default: the config class's; 1e6 for Qwen2.5-VL).
         vocab_size: Upper bound of the BPE vocabulary.
         corpus: Text to train the tokenizer on; by default the prompt templates and synthetic captions.
         seed: Seed of the random weights.
@@ -453,8 +489,11 @@ def build_tiny_model(
         family=family,
         out=str(out_dir),
         image_size=image_size,
+        patch_size=patch_size,
         hidden_size=hidden_size,
         num_layers=num_layers,
+        vision_layers=vision_layers,
+        rope_theta=rope_theta,
         vocab_size=vocab_size,
         seed=seed,
         vision_pretrain_steps=vision_pretrain_steps,
@@ -495,8 +534,11 @@ def main(argv: list[str] | None = None) -> None:
         cfg.family,
         cfg.out,
         image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
         hidden_size=cfg.hidden_size,
         num_layers=cfg.num_layers,
+        vision_layers=cfg.vision_layers,
+        rope_theta=cfg.rope_theta,
         vocab_size=cfg.vocab_size,
         seed=cfg.seed,
         vision_pretrain_steps=cfg.vision_pretrain_steps,

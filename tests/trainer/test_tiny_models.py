@@ -103,3 +103,47 @@ def test_cli_writes_a_loadable_model(tmp_path, capsys):
 def test_bad_family_is_refused():
     with pytest.raises(ValueError, match="family"):
         build_tiny_model("llava-9000", "/nonexistent")
+
+
+@pytest.mark.parametrize("family", ["llava-next-video", "video-llava", "llava-onevision"])
+def test_patch_size_sets_the_visual_grid(tmp_path, family):
+    path = build_tiny_model(family, tmp_path / "m", image_size=64, patch_size=16, corpus=CORPUS)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+    assert model.config.vision_config.patch_size == 16
+    assert json.loads((path / "tiny_model.json").read_text())["patch_size"] == 16
+    enc = processor.apply_chat_template(
+        [build_messages(family, "What changed?", _frames())], tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        assert torch.isfinite(model(**enc).logits).all()  # the processor's visual tokens match the model's features
+
+
+def test_patch_size_must_divide_half_the_image():
+    with pytest.raises(ValueError, match="--patch_size 24"):
+        main(["--family", "llava-next-video", "--out", "/nonexistent", "--image_size", "64", "--patch_size", "24"])
+
+
+def test_language_and_vision_depth_and_rope_base_are_separate_options(tmp_path, capsys):
+    out = tmp_path / "m"
+    main(
+        ["--family", "llava-next-video", "--out", str(out), "--num_layers", "3", "--vision_layers", "2"]
+        + ["--rope_theta", "1e6"]
+    )
+    config = AutoModelForImageTextToText.from_pretrained(out).config
+    assert config.text_config.num_hidden_layers == 3
+    assert config.vision_config.num_hidden_layers == 2
+    assert config.text_config.rope_parameters["rope_theta"] == 1e6
+    info = json.loads((out / "tiny_model.json").read_text())
+    assert (info["vision_layers"], info["rope_theta"]) == (2, 1e6)
+
+
+def test_default_rope_base_is_the_config_class_default(tiny):
+    name, path = tiny
+    theta = AutoModelForImageTextToText.from_pretrained(path).config.text_config.rope_parameters["rope_theta"]
+    assert theta == (1e6 if name == "qwen2.5-vl" else 10000.0)
+
+
+def test_vision_tower_needs_two_layers():
+    with pytest.raises(ValueError, match="--vision_layers 1"):
+        main(["--family", "llava-next-video", "--out", "/nonexistent", "--vision_layers", "1"])

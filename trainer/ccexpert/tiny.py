@@ -81,7 +81,7 @@ def ccexpert_model_and_processor(
         ``(model, processor)``.
     """
     tokenizer = _chatml_tokenizer(tokenizer, image_token="<image>", video_token="<video>")
-    patch, size = 8, cfg.image_size
+    patch, size = cfg.patch_size, cfg.image_size
     vision = _siglip(cfg, patch, layers=vision_layers)
     config = CCExpertConfig(
         vision_config=vision,
