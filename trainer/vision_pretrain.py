@@ -147,7 +147,7 @@ def pretrain_vision_tower(
         "steps": steps,
         "images": images,
         "classes": list(PIXEL_CLASSES),
-        "loss": round(float(loss), 4),
+        "loss": round(loss.item(), 4),
         "patch_accuracy": round(accuracy, 4),
         "seconds": round(time.perf_counter() - start, 1),
     }
