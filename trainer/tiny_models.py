@@ -461,6 +461,7 @@ def build_tiny_model(
     rope_theta: float | None = None,
     vocab_size: int = 1024,
     corpus: list[str] | None = None,
+    corpus_size: int = 3000,
     seed: int = 0,
     vision_pretrain_steps: int = 0,
     vision_pretrain_images: int = 3000,
@@ -477,7 +478,9 @@ def build_tiny_model(
         vision_layers: Layers of the vision tower when they differ (at least 2).
         rope_theta: RoPE base of the language model (default: the config class's; 1e6 for Qwen2.5-VL).
         vocab_size: Upper bound of the BPE vocabulary.
-        corpus: Text to train the tokenizer on; by default the prompt templates and synthetic captions.
+        corpus: Text to train the tokenizer on; by default the prompt templates and ``corpus_size`` synthetic
+            captions.
+        corpus_size: Synthetic captions in the default corpus.
         seed: Seed of the random weights.
         vision_pretrain_steps: Steps of :func:`trainer.vision_pretrain.pretrain_vision_tower` (0: none).
         vision_pretrain_images: Synthetic scenes it draws.
@@ -495,6 +498,7 @@ def build_tiny_model(
         vision_layers=vision_layers,
         rope_theta=rope_theta,
         vocab_size=vocab_size,
+        corpus_size=corpus_size,
         seed=seed,
         vision_pretrain_steps=vision_pretrain_steps,
         vision_pretrain_images=vision_pretrain_images,
@@ -530,20 +534,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``geollava-tiny-model``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     (cfg,) = HfArgumentParser(TinyModelConfig).parse_args_into_dataclasses(args=argv)
-    out = build_tiny_model(
-        cfg.family,
-        cfg.out,
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_layers,
-        vision_layers=cfg.vision_layers,
-        rope_theta=cfg.rope_theta,
-        vocab_size=cfg.vocab_size,
-        seed=cfg.seed,
-        vision_pretrain_steps=cfg.vision_pretrain_steps,
-        vision_pretrain_images=cfg.vision_pretrain_images,
-    )
+    # Every option by name: a field added to TinyModelConfig but not to build_tiny_model fails here, never silently.
+    out = build_tiny_model(out_dir=cfg.out, **{name: value for name, value in vars(cfg).items() if name != "out"})
     info = json.loads((out / "tiny_model.json").read_text())
     print(f"tiny {cfg.family}: {info['parameters']:,} parameters, vocabulary {info['vocab_size']} -> {out}")
 

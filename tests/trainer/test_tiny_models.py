@@ -7,7 +7,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.families import FAMILIES, build_messages, family_of, get_family
-from trainer.tiny_models import build_tiny_model, build_tokenizer, main
+from trainer.tiny_models import build_tiny_model, build_tokenizer, main, tokenizer_corpus
 
 
 CORPUS = [
@@ -147,3 +147,11 @@ def test_default_rope_base_is_the_config_class_default(tiny):
 def test_vision_tower_needs_two_layers():
     with pytest.raises(ValueError, match="--vision_layers 1"):
         main(["--family", "llava-next-video", "--out", "/nonexistent", "--vision_layers", "1"])
+
+
+def test_cli_corpus_size_reaches_the_tokenizer(tmp_path, capsys):
+    main(["--family", "llava-next-video", "--out", str(tmp_path / "small"), "--corpus_size", "20"])
+    info = json.loads((tmp_path / "small" / "tiny_model.json").read_text())
+    assert info["corpus_size"] == 20
+    # 20 captions hold fewer distinct words than the 3,000 of the default corpus.
+    assert info["vocab_size"] < len(build_tokenizer(tokenizer_corpus(3000), vocab_size=1024))
