@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from transformers import HfArgumentParser
@@ -38,6 +38,7 @@ GENERATION_KEYS = (
     "load_in_4bit",
     "dtype",
     "do_sample",
+    "num_beams",
 )
 
 
@@ -57,6 +58,13 @@ class EvalConfig:
     load_in_4bit: bool = field(default=False, metadata={"help": "Quantize the (masked) base to NF4."})
     dtype: str | None = field(default=None, metadata={"help": "Model dtype, e.g. 'bfloat16' (default: checkpoint's)."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    num_beams: int = field(
+        default=1,
+        metadata={
+            "help": "Beam search with this many beams (1: greedy, as the GeoLLaVA paper's evaluation; change "
+            "captioning on LEVIR-CC commonly reports beam size 3)."
+        },
+    )
     resume: bool = field(default=True, metadata={"help": "Skip rows already in predictions.jsonl."})
     meteor: bool = field(default=True, metadata={"help": "Run METEOR (needs Java)."})
     model_metrics: bool = field(default=True, metadata={"help": "Compute sbert_cosine and bertscore_f1."})
@@ -68,6 +76,15 @@ class EvalConfig:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.max_new_tokens < 1:
             raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams < 1:
+            raise ValueError(f"--num_beams must be >= 1, got {self.num_beams}")
+
+    @property
+    def decoding(self) -> str:
+        """How the predictions are decoded, in words (written into ``metrics.json``)."""
+        if self.num_beams == 1:
+            return "sampling" if self.do_sample else "greedy"
+        return f"beam search ({self.num_beams} beams{', sampling' if self.do_sample else ''})"
 
 
 def row_prompt_and_references(row: dict) -> tuple[str, list[str]]:
@@ -133,7 +150,9 @@ def check_same_generation(out: Path, config: EvalConfig, resuming: bool) -> None
     settings = {key: getattr(config, key) for key in GENERATION_KEYS}
     record = out / GENERATION_FILE
     if resuming and record.exists():
-        before = json.loads(record.read_text(encoding="utf-8"))
+        # A record written before a setting existed was written with that setting's default.
+        defaults = {f.name: f.default for f in fields(EvalConfig) if f.default is not MISSING}
+        before = {**defaults, **json.loads(record.read_text(encoding="utf-8"))}
         changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
         if changed:
             diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
@@ -189,6 +208,7 @@ def generate_predictions(model, processor, family, dataset, path: Path, config: 
                 frames,
                 max_new_tokens=config.max_new_tokens,
                 do_sample=config.do_sample,
+                num_beams=config.num_beams,
             )
             for record, text in zip(records, texts, strict=True):
                 record["prediction"] = text
@@ -256,7 +276,7 @@ def run_eval(config: EvalConfig) -> dict:
         "rows_reused": reused,
         "generation_seconds": generation["seconds"],
         "rows_per_s": generation["rows_per_s"],
-        "decoding": "sampling" if config.do_sample else "greedy",
+        "decoding": config.decoding,
         "padding_side": "left",
     }
     write_json_atomic(metrics, out / METRICS_FILE)

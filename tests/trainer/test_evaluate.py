@@ -162,6 +162,28 @@ def test_resume_with_other_settings_is_refused(tiny_run, tmp_path, capsys):
     assert metrics["run"]["rows_generated"] == 1 and metrics["run"]["adapter"] == str(adapter)
 
 
+def test_beam_search_is_recorded_and_resumed_only_with_the_same_beams(tiny_run, tmp_path, capsys):
+    base, adapter, data = tiny_run
+    out = tmp_path / "eval"
+    args = ["--model", str(base), "--adapter", str(adapter), "--dataset", str(data), "--out", str(out)]
+    args += ["--limit", "2", "--max_new_tokens", "5", "--meteor", "false", "--model_metrics", "false"]
+    assert main([*args, "--num_beams", "3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["decoding"] == "beam search (3 beams)" and metrics["run"]["num_beams"] == 3
+    assert json.loads((out / "generation_config.json").read_text())["num_beams"] == 3
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+
+    assert main(args) == 1  # greedy would mix two decodings in one predictions.jsonl
+    assert "num_beams: 3 -> 1" in capsys.readouterr().err
+
+    # a record written before --num_beams existed was greedy: resuming it greedily is accepted
+    record = json.loads((out / "generation_config.json").read_text())
+    del record["num_beams"]
+    (out / "generation_config.json").write_text(json.dumps(record))
+    assert main(args) == 0
+    assert json.loads((out / "metrics.json").read_text())["run"]["rows_reused"] == 2
+
+
 def test_row_checks_name_the_field():
     frames = [object(), object()]
     good = {"conversations": [{"from": "human", "value": human_turn(0)}, {"from": "gpt", "value": "x"}]}
@@ -182,6 +204,8 @@ def test_bad_options_exit_non_zero(tiny_run, tmp_path, capsys):
     base, _, data = tiny_run
     assert main(["--model", str(base), "--dataset", str(data), "--out", str(tmp_path), "--limit", "0"]) == 2
     assert "--limit must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["--model", str(base), "--dataset", str(data), "--out", str(tmp_path), "--num_beams", "0"]) == 2
+    assert "--num_beams must be >= 1, got 0" in capsys.readouterr().err
     empty = tmp_path / "empty"
     assert main(["--model", str(base), "--dataset", str(data), "--out", str(empty), "--split", "nope"]) == 1
     assert "geollava-eval: error:" in capsys.readouterr().err
