@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PYTEST_ARGS ?=
 FRESH ?=
+LONG ?=
 
 .PHONY: quickstart test bench lint format demo venv clean
 
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 quickstart: $(STAMP)
-	$(BIN)/python scripts/quickstart.py $(if $(FRESH),--fresh,)
+	$(BIN)/python scripts/quickstart.py $(if $(FRESH),--fresh,) $(if $(LONG),--profile long,)
 
 # pytest exits 5 when it collected nothing: never let that pass as green.
 test: $(STAMP)

@@ -2,10 +2,12 @@
 
     make quickstart            # reuses what is already done and valid
     make quickstart FRESH=1    # starts over
+    make quickstart LONG=1     # the long profile: a deeper tiny model trained ~20 minutes (outputs/quickstart-long/)
 
 Every stage runs the project's console scripts as a user would, prints one line with its time, and leaves its output
 under outputs/quickstart/. The last stage pushes the dataset, the adapter and the Space to a loopback Hub
 (`geollava-hub`, a stand-in for huggingface.co) and loads them back in a fresh process with an empty cache.
+`--profile ci` runs the same chain at test size (the test suite runs it).
 """
 
 import argparse
@@ -19,31 +21,72 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-OUT = ROOT / "outputs" / "quickstart"
 ORG = "geollava-org"
 REPOS = {"dataset": f"{ORG}/geollava", "model": f"{ORG}/geollava-tiny-lora", "space": f"{ORG}/geollava-demo"}
-
-# The embedded default: sizes chosen so the whole job fits in a few minutes on 2 cores.
-SYNTH = {"locations": 2000, "seed": 0, "image_size": 128, "splits": "train,val"}
-FRAME_SIZE = 64
 FAMILY = "llava-next-video"
-# The stand-in for a pretrained vision tower: seconds of training on single synthetic scenes
-# (trainer/vision_pretrain.py).
-BASE = {"family": FAMILY, "vision_pretrain_steps": 600, "vision_pretrain_images": 3000}
-RECIPE = ROOT / "trainer" / "recipes" / "tiny" / "qlora_prune.yaml"
+RECIPES = ROOT / "trainer" / "recipes" / "tiny"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one quickstart run builds and trains; every stage's options come from here."""
+
+    out: Path
+    synth: dict
+    frame_size: int
+    base: dict
+    recipe: Path
+    train_overrides: tuple[str, ...] = ()
+    sample_size: int = 1000
+    eval_options: dict = field(default_factory=lambda: {"batch_size": 16, "max_new_tokens": 96})
+
+
+# The embedded default: sizes chosen so the whole job fits in a few minutes on 2 cores. The base's vision tower gets
+# the stand-in for a pretrained one: seconds of training on single synthetic scenes (trainer/vision_pretrain.py).
+DEFAULT = Profile(
+    out=ROOT / "outputs" / "quickstart",
+    synth={"locations": 2000, "seed": 0, "image_size": 128, "splits": "train,val"},
+    frame_size=64,
+    base={"family": FAMILY, "vision_pretrain_steps": 600, "vision_pretrain_images": 3000},
+    recipe=RECIPES / "qlora_prune.yaml",
+)
+PROFILES = {
+    "default": DEFAULT,
+    # The same data; a 6-layer language model with a large RoPE base, trained ~8x longer: what naming the change
+    # kinds takes (docs/training.md, "A third round").
+    "long": Profile(
+        out=ROOT / "outputs" / "quickstart-long",
+        synth=DEFAULT.synth,
+        frame_size=DEFAULT.frame_size,
+        base={**DEFAULT.base, "num_layers": 6, "vision_layers": 2, "rope_theta": 1e6},
+        recipe=RECIPES / "lora_prune_deep.yaml",
+    ),
+    # The whole chain at test size, for the test suite: every artifact and round trip, no quality.
+    "ci": Profile(
+        out=ROOT / "outputs" / "quickstart-ci",
+        synth={"locations": 24, "seed": 0, "image_size": 64, "splits": "train,val", "oversize_fraction": 0},
+        frame_size=32,
+        base={"family": FAMILY, "image_size": 32, "vision_pretrain_steps": 5, "vision_pretrain_images": 20},
+        recipe=RECIPES / "qlora_prune.yaml",
+        train_overrides=("--max_steps", "6", "--dataloader_num_workers", "0", "--disable_tqdm", "true"),
+        sample_size=5,
+        eval_options={"batch_size": 8, "max_new_tokens": 8, "meteor": "false", "model_metrics": "false"},
+    ),
+}
 
 
 class Stages:
     """Runs numbered stages, timing each and skipping those whose recorded inputs did not change."""
 
-    def __init__(self, total: int, fresh: bool):
+    def __init__(self, total: int, fresh: bool, out: Path):
         self.total, self.done, self.times = total, 0, {}
-        self.state_path = OUT / "stages.json"
+        self.state_path = out / "stages.json"
         self.state = {} if fresh or not self.state_path.exists() else json.loads(self.state_path.read_text())
 
     def run(self, name: str, title: str, fn, key: dict | None = None, outputs: tuple[Path, ...] = ()):
@@ -64,12 +107,12 @@ class Stages:
         )
 
 
-def sh(*args: str | Path, env: dict | None = None, log: str | None = None) -> None:
-    """Run a console script of this project; on failure show its log and stop."""
+def sh(*args: str | Path, logs: Path, env: dict | None = None, log: str | None = None) -> None:
+    """Run a console script of this project, its output into ``logs``; on failure show its log and stop."""
     cmd = [str(a) for a in args]
     if not Path(cmd[0]).is_absolute():
         cmd[0] = str(BIN / cmd[0])
-    log_path = OUT / "logs" / f"{log or Path(cmd[0]).name}.log"
+    log_path = logs / f"{log or Path(cmd[0]).name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT)
@@ -85,12 +128,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def loopback_hub():
-    """Start `geollava-hub` on a free loopback port; yield its URL; stop it."""
+def loopback_hub(out: Path):
+    """Start `geollava-hub` on a free loopback port, storing under ``out``; yield its URL; stop it."""
     port = free_port()
-    storage = OUT / "hub"
+    storage = out / "hub"
     shutil.rmtree(storage, ignore_errors=True)
-    log = open(OUT / "logs" / "geollava-hub.log", "w")  # noqa: SIM115 - closed in the finally below
+    log = open(out / "logs" / "geollava-hub.log", "w")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [str(BIN / "geollava-hub"), "--host", "127.0.0.1", "--port", str(port), "--storage", str(storage)],
         stdout=log,
@@ -104,7 +147,7 @@ def loopback_hub():
                 break
             time.sleep(0.1)
         else:
-            sys.exit("geollava-hub did not start; see outputs/quickstart/logs/geollava-hub.log")
+            sys.exit(f"geollava-hub did not start; see {out / 'logs' / 'geollava-hub.log'}")
         yield url
     finally:
         proc.terminate()
@@ -149,37 +192,47 @@ print(json.dumps(report))
 """
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fresh", action="store_true", help="start over (delete outputs/quickstart)")
-    args = parser.parse_args()
+    parser.add_argument("--fresh", action="store_true", help="start over (delete the output folder)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default", help="what to build and train")
+    parser.add_argument("--out", type=Path, help="output folder (default: the profile's, under outputs/)")
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+    out = (args.out or profile.out).resolve()
     if args.fresh:
-        shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
     total_start = time.perf_counter()
-    stages = Stages(10, args.fresh)
-    fmow, dataset, base = OUT / "fmow", OUT / "dataset", OUT / "base"
-    adapter, eval_base, eval_trained = OUT / "adapter", OUT / "eval_base", OUT / "eval_trained"
-    cards = OUT / "cards"
+    stages = Stages(10, args.fresh, out)
+    fmow, dataset, base = out / "fmow", out / "dataset", out / "base"
+    adapter, eval_base, eval_trained = out / "adapter", out / "eval_base", out / "eval_trained"
+    cards = out / "cards"
+
+    def run(*cmd: str | Path, **kwargs) -> None:
+        sh(*cmd, logs=logs, **kwargs)
 
     print(
-        "GeoLLaVA quickstart: synthetic fMoW -> dataset -> tiny LLaVA-NeXT-Video -> LoRA + pruning -> Hub", flush=True
+        "GeoLLaVA quickstart: synthetic fMoW -> dataset -> tiny LLaVA-NeXT-Video -> LoRA + pruning -> Hub"
+        + ("" if args.profile == "default" else f" ({args.profile} profile)"),
+        flush=True,
     )
     stages.run(
         "setup", "set-up: .venv installed (make venv)", lambda: None, {"python": sys.version}, (ROOT / ".venv",)
     )
     stages.run(
         "synth",
-        f"geollava-synth: {SYNTH['locations']} synthetic fMoW locations",
-        lambda: sh("geollava-synth", "--out", fmow, *_flags(SYNTH)),
-        SYNTH,
+        f"geollava-synth: {profile.synth['locations']} synthetic fMoW locations",
+        lambda: run("geollava-synth", "--out", fmow, *_flags(profile.synth)),
+        profile.synth,
         (fmow / "groundtruth",),
     )
-    build_key = {"synth": SYNTH, "frame_size": FRAME_SIZE}
+    build_key = {"synth": profile.synth, "frame_size": profile.frame_size, "sample_size": profile.sample_size}
     stages.run(
         "build",
         "geollava-build: pairs, clips, conversations (synthetic)",
-        lambda: sh(
+        lambda: run(
             "geollava-build",
             "--fmow-root",
             fmow,
@@ -188,9 +241,9 @@ def main() -> int:
             "--annotator",
             "synthetic",
             "--frame-size",
-            FRAME_SIZE,
+            profile.frame_size,
             "--sample-size",
-            1000,
+            profile.sample_size,
             "--num-proc",
             2,
         ),
@@ -200,32 +253,41 @@ def main() -> int:
     stages.run(
         "base",
         "geollava-tiny-model: a tiny base, vision tower pretrained",
-        lambda: sh("geollava-tiny-model", "--out", base, *_flags(BASE)),
-        BASE,
+        lambda: run("geollava-tiny-model", "--out", base, *_flags(profile.base)),
+        profile.base,
         (base / "config.json",),
     )
-    eval_args = ("--dataset", dataset, "--split", "test", "--batch-size", 16, "--max-new-tokens", 96)
+    eval_args = ("--dataset", dataset, "--split", "test", *_flags(profile.eval_options))
     stages.run(
         "eval_base",
         "geollava-eval: the base model on the test split",
-        lambda: sh("geollava-eval", "--model", base, *eval_args, "--out", eval_base, log="eval_base"),
-        {**build_key, **BASE},
+        lambda: run("geollava-eval", "--model", base, *eval_args, "--out", eval_base, log="eval_base"),
+        {**build_key, **profile.base, "eval": profile.eval_options},
         (eval_base / "metrics.json",),
     )
-    recipe_key = {**build_key, **BASE, "recipe": RECIPE.read_text()}
+    recipe_key = {
+        **build_key,
+        **profile.base,
+        "recipe": profile.recipe.read_text(),
+        "overrides": profile.train_overrides,
+        "eval": profile.eval_options,
+    }
     stages.run(
         "train",
         "geollava-train: tiny recipe, LoRA/QLoRA + 5 % pruning",
-        lambda: sh(
+        lambda: run(
             "geollava-train",
             "--config",
-            RECIPE,
+            profile.recipe,
             "--model_name_or_path",
             base,
             "--dataset_name",
             dataset,
             "--output_dir",
             adapter,
+            *profile.train_overrides,
+            # A long run interrupted after a checkpoint goes on from it.
+            *(("--resume_from_checkpoint", "true") if any(adapter.glob("checkpoint-*")) else ()),
         ),
         recipe_key,
         (adapter / "adapter_config.json",),
@@ -233,7 +295,7 @@ def main() -> int:
     stages.run(
         "eval_trained",
         "geollava-eval: the trained adapter on the test split",
-        lambda: sh(
+        lambda: run(
             "geollava-eval",
             "--model",
             base,
@@ -249,8 +311,8 @@ def main() -> int:
     )
 
     def render_cards():
-        sh("geollava-card", "dataset", dataset, "--repo-id", REPOS["dataset"], log="card_dataset")
-        sh(
+        run("geollava-card", "dataset", dataset, "--repo-id", REPOS["dataset"], log="card_dataset")
+        run(
             "geollava-card",
             "model",
             adapter,
@@ -265,7 +327,7 @@ def main() -> int:
         space = cards / "space"
         shutil.rmtree(space, ignore_errors=True)
         shutil.copytree(ROOT / "spaces_demo", space, ignore=shutil.ignore_patterns("__pycache__"))
-        sh(
+        run(
             "geollava-card",
             "space",
             space,
@@ -283,12 +345,12 @@ def main() -> int:
     hub_result = {}
 
     def push_and_verify():
-        with loopback_hub() as url:
+        with loopback_hub(out) as url:
             env = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_quickstart_local_token"}
-            sh("geollava-push", "dataset", dataset, "--repo-id", REPOS["dataset"], env=env, log="push_dataset")
-            sh("geollava-push", "model", adapter, "--repo-id", REPOS["model"], env=env, log="push_model")
-            sh("geollava-push", "space", cards / "space", "--repo-id", REPOS["space"], env=env, log="push_space")
-            fresh_home = OUT / "fresh_hf_home"
+            run("geollava-push", "dataset", dataset, "--repo-id", REPOS["dataset"], env=env, log="push_dataset")
+            run("geollava-push", "model", adapter, "--repo-id", REPOS["model"], env=env, log="push_model")
+            run("geollava-push", "space", cards / "space", "--repo-id", REPOS["space"], env=env, log="push_space")
+            fresh_home = out / "fresh_hf_home"
             shutil.rmtree(fresh_home, ignore_errors=True)
             proc = subprocess.run(
                 [sys.executable, "-c", VERIFY, json.dumps(REPOS), str(dataset), str(adapter), str(base)],
@@ -297,16 +359,21 @@ def main() -> int:
                 text=True,
                 cwd=ROOT,
             )
-            (OUT / "logs" / "verify.log").write_text(proc.stdout + proc.stderr)
+            (logs / "verify.log").write_text(proc.stdout + proc.stderr)
             if proc.returncode != 0:
                 sys.exit(f"round trip failed:\n{proc.stderr[-4000:]}")
             hub_result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
 
     stages.run("hub", "geollava-hub + geollava-push, then load back (fresh cache)", push_and_verify, None, ())
-    report = write_report(stages, hub_result, time.perf_counter() - total_start)
-    stages.run("report", "report: outputs/quickstart/report.md + report.json", lambda: None, None, ())
-    print_summary(report)
+    report = write_report(out, args.profile, stages, hub_result, time.perf_counter() - total_start)
+    stages.run("report", f"report: {_shown(out / 'report.md')} + report.json", lambda: None, None, ())
+    print_summary(out, report)
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (as the README shows it), else absolute."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _flags(options: dict) -> list[str]:
@@ -316,14 +383,15 @@ def _flags(options: dict) -> list[str]:
     return flags
 
 
-def write_report(stages: Stages, hub: dict, total_seconds: float) -> dict:
+def write_report(out: Path, profile: str, stages: Stages, hub: dict, total_seconds: float) -> dict:
     """Write report.json and report.md from the stages' own output files."""
-    base_metrics = json.loads((OUT / "eval_base" / "metrics.json").read_text())
-    trained_metrics = json.loads((OUT / "eval_trained" / "metrics.json").read_text())
-    build = json.loads((OUT / "dataset" / "build_report.json").read_text())
-    pruning_path = OUT / "adapter" / "pruning.json"
+    base_metrics = json.loads((out / "eval_base" / "metrics.json").read_text())
+    trained_metrics = json.loads((out / "eval_trained" / "metrics.json").read_text())
+    build = json.loads((out / "dataset" / "build_report.json").read_text())
+    pruning_path = out / "adapter" / "pruning.json"
     pruning = json.loads(pruning_path.read_text()) if pruning_path.exists() else {}
     report = {
+        "profile": profile,
         "stage_seconds": stages.times,
         "main_job_seconds": round(total_seconds, 1),
         "rows": build.get("pairs_per_split", {}),
@@ -332,10 +400,10 @@ def write_report(stages: Stages, hub: dict, total_seconds: float) -> dict:
         "repos": REPOS,
         "hub_round_trip": hub,
     }
-    (OUT / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     keys = ["rougeL", "rouge1", "sentence_bleu2", "bertscore_f1", "grounding_f1", "cider_d", "s_m"]
     lines = [
-        "# GeoLLaVA quickstart report",
+        "# GeoLLaVA quickstart report" + ("" if profile == "default" else f" ({profile} profile)"),
         "",
         f"Main job: **{report['main_job_seconds']} s** on {os.cpu_count()} cores. Rows: {report['rows']}.",
         f"Sparsity reached: {report['sparsity']}. Repos (loopback Hub): {', '.join(REPOS.values())}.",
@@ -348,24 +416,33 @@ def write_report(stages: Stages, hub: dict, total_seconds: float) -> dict:
             lines.append(f"| {key} | {_fmt(base_metrics.get(key))} | {_fmt(trained_metrics.get(key))} |")
     lines += ["", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds} |" for name, seconds in stages.times.items()]
-    (OUT / "report.md").write_text("\n".join(lines) + "\n")
+    _write_atomic(out / "report.md", "\n".join(lines) + "\n")
     return report
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "—"
 
 
-def print_summary(report: dict) -> None:
+def print_summary(out: Path, report: dict) -> None:
     base, trained = report["metrics"]["base"], report["metrics"]["trained"]
     print()
-    print((OUT / "report.md").read_text())
+    print((out / "report.md").read_text())
     print(
         f"ROUGE-L {_fmt(base.get('rougeL'))} -> {_fmt(trained.get('rougeL'))}, "
         f"grounding F1 {_fmt(base.get('grounding_f1'))} -> {_fmt(trained.get('grounding_f1'))}"
     )
     print("\nNext:")
-    print("  make demo                      # the Space on this tiny model, in your browser")
+    if out == DEFAULT.out:
+        print("  make demo                      # the Space on this tiny model, in your browser")
+    else:
+        print(f"  BASE_MODEL_ID={_shown(out / 'base')} ADAPTER_ID={_shown(out / 'adapter')} make demo")
     print("  see README.md 'Real fMoW, real models, the real Hub' for the same commands at full scale")
 
 

@@ -1,0 +1,88 @@
+"""`make quickstart`'s chain at test size (`--profile ci`): every stage, artifact and round trip; no quality bar."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ["setup", "synth", "build", "base", "eval_base", "train", "eval_trained", "cards", "hub"]
+
+
+def _quickstart(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "scripts" / "quickstart.py"), "--profile", "ci", "--out", str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=800)
+
+
+def _stage_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("[") and "/10]" in line.split()[0]]
+
+
+@pytest.mark.slow
+def test_quickstart_chain_at_test_size_then_a_rerun_reuses_it(tmp_path):
+    out = tmp_path / "quickstart"
+    first = _quickstart(out, "--fresh")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    lines = _stage_lines(first.stdout)
+    assert [line.split()[0] for line in lines] == [f"[{i}/10]" for i in range(1, 11)]
+    assert all(line.split()[-3] == "done" and line.endswith(" s") for line in lines[1:])
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["profile"] == "ci" and list(report["stage_seconds"]) == STAGES
+    assert report["main_job_seconds"] > 0 and all(s >= 0 for s in report["stage_seconds"].values())
+    rows = report["rows"]
+    assert rows["train"] > 0 and rows["test"] > 0
+    for which in ("base", "trained"):
+        metrics = report["metrics"][which]
+        assert metrics["n_rows"] == rows["test"]
+        for key in ("rougeL", "grounding_f1", "grounding_precision", "grounding_recall", "bleu4", "cider_d"):
+            assert isinstance(metrics[key], float) and metrics[key] >= 0, (which, key)
+    assert report["sparsity"] == pytest.approx(0.05, abs=0.005)
+    assert report["repos"] == {
+        "dataset": "geollava-org/geollava",
+        "model": "geollava-org/geollava-tiny-lora",
+        "space": "geollava-org/geollava-demo",
+    }
+    # what the fresh process loaded from the loopback Hub equals what was pushed
+    round_trip = report["hub_round_trip"]
+    assert round_trip["adapter_tensors_identical"] is True and round_trip["masks"] > 0
+    assert round_trip["default"] == {"train": rows["train"], "test": rows["test"]}
+    assert round_trip["sample_10k"]["test"] == rows["test"]
+
+    files = ("metrics.json", "predictions.jsonl", "report.md", "metrics_vs_paper.png", "rougeL_per_category.png")
+    for name in ("eval_base", "eval_trained"):
+        for file in files:
+            assert (out / name / file).stat().st_size > 0, (name, file)
+    assert (out / "adapter" / "pruning_masks.safetensors").is_file()
+    assert {p.name for p in (out / "cards").iterdir()} >= {"space"}
+    md = (out / "report.md").read_text()
+    assert md.startswith("# GeoLLaVA quickstart report (ci profile)") and "| grounding_f1 |" in md
+    assert "ROUGE-L" in first.stdout and f"ADAPTER_ID={out / 'adapter'} make demo" in first.stdout
+    assert not list(out.glob("**/.*.tmp")), "no half-written file is left behind"
+
+    # a second run reuses every stage whose inputs did not change, and pushes and reports again
+    second = _quickstart(out)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    states = [line.split()[-3] for line in _stage_lines(second.stdout)]
+    assert states == ["reused"] * 7 + ["done"] * 3
+    again = json.loads((out / "report.json").read_text())
+    assert again["metrics"] == report["metrics"]
+    assert again["stage_seconds"]["train"] == report["stage_seconds"]["train"]  # a reused stage keeps its time
+
+
+def test_profiles_name_their_recipes_and_keep_the_default_contract():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import quickstart
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    default = quickstart.PROFILES["default"]
+    assert default.out == ROOT / "outputs" / "quickstart" and default.recipe.name == "qlora_prune.yaml"
+    assert quickstart.PROFILES["long"].recipe.name == "lora_prune_deep.yaml"
+    for name, profile in quickstart.PROFILES.items():
+        assert profile.recipe.is_file(), name
+        assert profile.out.parent == ROOT / "outputs", name
+    assert quickstart.PROFILES["long"].base["num_layers"] == 6
