@@ -107,6 +107,21 @@ def test_deterministic_for_a_seed(tmp_path):
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
+def test_two_dates_give_each_location_one_pair_with_one_change_or_none(tmp_path):
+    _tree(tmp_path / "two", locations=40, two_dates=True)
+    changes = []
+    for split in ("train", "val"):
+        for line in (tmp_path / "two" / "groundtruth" / f"{split}.jsonl").read_text().splitlines():
+            loc = json.loads(line)
+            folder = tmp_path / "two" / split / loc["category"] / loc["location_id"]
+            metas = [json.loads(p.read_text()) for p in folder.glob("*_rgb.json")]
+            first, last = sorted(_parse(m["timestamp"]) for m in metas)
+            assert 380 <= (last - first).days <= 1100, loc["location_id"]
+            (pair,) = loc["pairs"].values()
+            changes.append(len(pair["changes"]))
+    assert set(changes) == {0, 1}
+
+
 def test_ground_truth_is_complete_and_valid(tree):
     for split in ("train", "val"):
         for line in (tree / "groundtruth" / f"{split}.jsonl").read_text().splitlines():
@@ -246,6 +261,7 @@ def test_cli(tmp_path, capsys):
         ({"splits": " , "}, "--splits"),
         ({"oversize_fraction": 1.5}, "--oversize_fraction"),
         ({"image_size": 8}, "--image_size"),
+        ({"two_dates": True, "format": "levir-cc"}, "--two_dates"),
     ],
 )
 def test_config_names_the_bad_field(kwargs, field):
