@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PYTEST_ARGS ?=
 FRESH ?=
 LONG ?=
+# a quickstart profile by name (scripts/quickstart.py --help); LONG=1 is PROFILE=long
+PROFILE ?=
 
 .PHONY: quickstart test bench lint format demo venv clean
 
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 quickstart: $(STAMP)
-	$(BIN)/python scripts/quickstart.py $(if $(FRESH),--fresh,) $(if $(LONG),--profile long,)
+	$(BIN)/python scripts/quickstart.py $(if $(FRESH),--fresh,) $(if $(PROFILE),--profile $(PROFILE),$(if $(LONG),--profile long,))
 
 # pytest exits 5 when it collected nothing: never let that pass as green.
 test: $(STAMP)

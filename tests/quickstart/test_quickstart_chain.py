@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from dataset_builder.synth import SynthConfig
+
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["setup", "synth", "build", "base", "eval_base", "train", "eval_trained", "cards", "hub"]
@@ -86,3 +88,7 @@ def test_profiles_name_their_recipes_and_keep_the_default_contract():
         assert profile.recipe.is_file(), name
         assert profile.out.parent == ROOT / "outputs", name
     assert quickstart.PROFILES["long"].base["num_layers"] == 6
+    for name in ("simple", "long-simple"):
+        assert quickstart.PROFILES[name].synth["two_dates"] is True, name
+        SynthConfig(out="x", **quickstart.PROFILES[name].synth)  # the flags geollava-synth is given are valid
+    assert quickstart.PROFILES["long-simple"].base == quickstart.PROFILES["long"].base
