@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -72,20 +72,8 @@ PROFILES = {
     "long": LONG,
     # Simpler scenes: two dates a location, so every pair has one change or none (about as many pairs as the
     # default's); with the default model and with the long profile's (docs/training.md, "Simpler scenes").
-    "simple": Profile(
-        out=ROOT / "outputs" / "quickstart-simple",
-        synth=SIMPLE_SYNTH,
-        frame_size=DEFAULT.frame_size,
-        base=DEFAULT.base,
-        recipe=DEFAULT.recipe,
-    ),
-    "long-simple": Profile(
-        out=ROOT / "outputs" / "quickstart-long-simple",
-        synth=SIMPLE_SYNTH,
-        frame_size=DEFAULT.frame_size,
-        base=LONG.base,
-        recipe=LONG.recipe,
-    ),
+    "simple": replace(DEFAULT, out=ROOT / "outputs" / "quickstart-simple", synth=SIMPLE_SYNTH),
+    "long-simple": replace(LONG, out=ROOT / "outputs" / "quickstart-long-simple", synth=SIMPLE_SYNTH),
     # The whole chain at test size, for the test suite: every artifact and round trip, no quality.
     "ci": Profile(
         out=ROOT / "outputs" / "quickstart-ci",
