@@ -99,7 +99,7 @@ def _dates(n: int, rng: np.random.Generator, over_a_year: bool = False) -> list[
     gaps = []
     for _ in range(n - 1):
         u = rng.random()
-        if over_a_year:
+        if over_a_year:  # after the draw, as n in write_location: a seed keeps writing the measured tree
             u = 1.0
         if u < 0.25:
             days = int(rng.integers(45, 330))
