@@ -23,9 +23,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataset_builder.annotate import AnnotationRequest  # noqa: E402
-from dataset_builder.cost import estimate_cost, load_price_table, pricing_for, request_input_tokens  # noqa: E402
-from dataset_builder.openai_annotator import EXPECTED_OUTPUT_TOKENS, OpenAIAnnotator  # noqa: E402
+from dataset_builder.annotation.base import AnnotationRequest  # noqa: E402
+from dataset_builder.annotation.cost import estimate_cost, load_price_table, pricing_for, request_input_tokens  # noqa: E402
+from dataset_builder.annotation.openai_annotator import EXPECTED_OUTPUT_TOKENS, OpenAIAnnotator  # noqa: E402
 from dataset_builder.prompts import ANNOTATION_PROMPT  # noqa: E402
 from tests.annotation.fake_openai import FakeOpenAIServer, FakeState  # noqa: E402
 
@@ -133,7 +133,7 @@ def main() -> None:
         "throughput": throughput(),
         "paper_scale_gpt_4o_mini": paper_scale(),
         "expected_output_tokens": EXPECTED_OUTPUT_TOKENS,
-        "prices": "dataset_builder/openai_prices.yaml",
+        "prices": "dataset_builder/annotation/openai_prices.yaml",
     }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from dataset_builder.build import BuildConfig, build
 from dataset_builder.fmow import scan_fmow
 from dataset_builder.frames import encode_jpeg, load_frame, write_mp4
 from dataset_builder.pairs import find_pairs
-from dataset_builder.synth import SynthConfig, generate_tree
+from dataset_builder.synthetic.synth import SynthConfig, generate_tree
 
 
 RESULTS = Path(__file__).parent / "results"

@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset_builder.prompts import PROMPT_TEMPLATES  # noqa: E402
-from trainer.generation import generate_batch  # noqa: E402
-from trainer.loading import load_for_inference  # noqa: E402
-from trainer.tiny_models import build_tiny_model  # noqa: E402
+from trainer.evaluation.generation import generate_batch  # noqa: E402
+from trainer.models.loading import load_for_inference  # noqa: E402
+from trainer.tiny.models import build_tiny_model  # noqa: E402
 
 
 FAMILY = os.environ.get("BENCH_FAMILY", "llava-next-video")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from trainer import metrics  # noqa: E402
+from trainer.evaluation import metrics  # noqa: E402
 
 
 N_ROWS = int(os.environ.get("BENCH_ROWS", "6042"))

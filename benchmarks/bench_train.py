@@ -4,7 +4,8 @@
 
 1. Data path: rows with two 336 px JPEG frames in a Hub-layout Parquet folder, read with ``load_dataset``, decoded by
    ``datasets``, turned into model inputs by the real LLaVA-NeXT-Video processor settings (336 px, patch 14: 288
-   visual tokens for 2 frames, as LLaVA-NeXT-Video-7B-hf) and :class:`trainer.collator.VideoSFTCollator`, through a
+   visual tokens for 2 frames, as LLaVA-NeXT-Video-7B-hf) and :class:`trainer.training.collator.VideoSFTCollator`,
+   through a
    ``DataLoader`` in process (one torch thread) and with 2 worker processes. Goal: >= 200 samples/s on 2 cores.
 2. Training: ``geollava-train`` (in process) with ``trainer/recipes/tiny/lora.yaml`` and ``tiny/qlora_prune.yaml`` on
    the tiny LLaVA-NeXT-Video at the quickstart's 64 px: samples/s and tokens/s from the run summary, and the
@@ -31,9 +32,9 @@ from PIL import ImageDraw
 from transformers import AutoProcessor
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.collator import VideoSFTCollator
 from trainer.sft import main as train_main
-from trainer.tiny_models import build_tiny_model
+from trainer.tiny.models import build_tiny_model
+from trainer.training.collator import VideoSFTCollator
 
 
 RESULTS = Path(__file__).parent / "results"

@@ -8,8 +8,8 @@ device, materialised on the GPU in bf16 and initialised at random. Each sample i
 tokens) in ~700 tokens with the answer supervised, the GeoLLaVA planning figure (anchors-and-performance.md B4).
 
 * bf16 LoRA: r 64 / alpha 128 on the language model's attention + MLP projections (the family's regex), built with
-  ``trainer.model_loading.lora_config``; bf16 autocast like ``bf16: true`` in the trainer.
-* QLoRA: the random base is saved once and loaded through ``trainer.model_loading.load_model`` with
+  ``trainer.training.model_setup.lora_config``; bf16 autocast like ``bf16: true`` in the trainer.
+* QLoRA: the random base is saved once and loaded through ``trainer.training.model_setup.load_model`` with
   ``load_in_4bit`` (NF4, double quantization, bf16 compute, vision tower + projector unquantized): the trainer's path.
 
 The micro-batch is the largest of ``batch_sizes`` that fits (tried largest first; an out-of-memory error moves to the
@@ -286,9 +286,9 @@ def _free(device) -> None:
 def _lora_model(base, bench: GpuTrainBenchConfig):
     from peft import get_peft_model
 
-    from trainer.config import GeoModelConfig
-    from trainer.families import get_family
-    from trainer.model_loading import lora_config
+    from trainer.models.families import get_family
+    from trainer.training.config import GeoModelConfig
+    from trainer.training.model_setup import lora_config
 
     args = GeoModelConfig(
         model_name_or_path="random", family=FAMILY, use_peft=True, lora_r=bench.lora_r, lora_alpha=bench.lora_alpha
@@ -300,8 +300,8 @@ def _lora_model(base, bench: GpuTrainBenchConfig):
 
 
 def _qlora_model(saved: Path, bench: GpuTrainBenchConfig, dtype: torch.dtype):
-    from trainer.config import GeoModelConfig
-    from trainer.model_loading import load_model, match_trainable_dtype
+    from trainer.training.config import GeoModelConfig
+    from trainer.training.model_setup import load_model, match_trainable_dtype
 
     args = GeoModelConfig(
         model_name_or_path=str(saved),

@@ -13,31 +13,26 @@ ones clears the folder and starts over, so two runs never mix.
 import hashlib
 import json
 import logging
-import math
 import shutil
 import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from datasets import Features, Image, List, Value
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from dataset_builder.annotate import AnnotationRequest, get_annotator
-from dataset_builder.atomic import write_json, write_parquet
+from dataset_builder.annotation import AnnotationRequest, get_annotator
+from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
+from dataset_builder.atomic import write_json
+from dataset_builder.card import write_dataset_card
 from dataset_builder.fmow import DROP_REASONS, SKIP_REASONS, ScanResult, scan_fmow
-from dataset_builder.frames import encode_jpeg, load_frame, write_mp4
 from dataset_builder.official_json import export_official
-from dataset_builder.openai_config import OpenAIAnnotatorConfig
 from dataset_builder.pairs import Pair, find_pairs
-from dataset_builder.prompts import choose_template, human_turn
+from dataset_builder.rows import features
+from dataset_builder.shards import plan_shards, run_shards, write_sample_config
+from dataset_builder.statistics import pair_statistics
 
 
 logger = logging.getLogger(__name__)
@@ -46,10 +41,8 @@ logger = logging.getLogger(__name__)
 BUILD_FORMAT = 2
 STATE_FILE = ".geollava_build_state.json"
 CAPTIONS_FILE = ".geollava_build_captions.jsonl"
-SAMPLE_CONFIG = "sample_10k"
 #: Everything a build writes into --out (cleared before a build with another fingerprint).
 OUTPUTS = ("README.md", "build_report.json", "data", "videos", "geollava_json", CAPTIONS_FILE)
-GAP_EDGES = (365, 500, 730, 1095, 1460, 2190)
 
 
 @dataclass
@@ -98,82 +91,6 @@ class BuildConfig:
     def split_list(self) -> list[str]:
         """The fMoW splits to read."""
         return [s.strip() for s in self.splits.split(",") if s.strip()]
-
-
-def features(with_videos: bool, with_changes: bool) -> Features:
-    """The row schema (docs/CONTRACTS.md §2).
-
-    Args:
-        with_videos: Include the ``video`` column (relative mp4 path).
-        with_changes: Include the ``changes`` column (synthetic trees' ground truth).
-
-    Returns:
-        The features, in column order.
-    """
-    spec = {
-        "id": Value("string"),
-        "split": Value("string"),
-        "category": Value("string"),
-        "location_id": Value("string"),
-        "image1": Value("string"),
-        "image2": Value("string"),
-        "timestamp1": Value("string"),
-        "timestamp2": Value("string"),
-        "gap_days": Value("int32"),
-        "frames": List(Image()),
-    }
-    if with_videos:
-        spec["video"] = Value("string")
-    spec |= {
-        "conversations": List({"from": Value("string"), "value": Value("string")}),
-        "prompt_template_id": Value("int32"),
-        "gsd": Value("float32"),
-        "country_code": Value("string"),
-        "cloud_cover": Value("int32"),
-    }
-    if with_changes:
-        spec["changes"] = List({"kind": Value("string"), "location": Value("string"), "size": Value("string")})
-    return Features(spec)
-
-
-def make_row(pair: Pair, caption: str, frames_jpeg: list[bytes], video: str | None, changes: list | None) -> dict:
-    """One dataset row of a pair (pure: no file is read or written).
-
-    Args:
-        pair: The pair.
-        caption: The annotator's answer (the gpt turn).
-        frames_jpeg: The two frames' JPEG bytes, earlier first.
-        video: The clip's path inside the dataset folder, or ``None`` without clips.
-        changes: The pair's true changes (synthetic trees), or ``None``.
-
-    Returns:
-        The row, keyed as :func:`features`.
-    """
-    template_id = choose_template(pair.id)
-    row = {
-        "id": pair.id,
-        "split": pair.split,
-        "category": pair.category,
-        "location_id": pair.location_id,
-        "image1": pair.first.stem,
-        "image2": pair.second.stem,
-        "timestamp1": pair.first.timestamp_text,
-        "timestamp2": pair.second.timestamp_text,
-        "gap_days": pair.gap_days,
-        "frames": [{"bytes": data, "path": None} for data in frames_jpeg],
-    }
-    if video is not None:
-        row["video"] = video
-    row |= {
-        "conversations": [{"from": "human", "value": human_turn(template_id)}, {"from": "gpt", "value": caption}],
-        "prompt_template_id": template_id,
-        "gsd": pair.first.gsd,
-        "country_code": pair.first.country_code,
-        "cloud_cover": pair.first.cloud_cover,
-    }
-    if changes is not None:
-        row["changes"] = changes
-    return row
 
 
 def _hash_path(h, path: Path) -> None:
@@ -242,29 +159,6 @@ def _load_ground_truth(fmow_root: Path, fmow_split: str) -> dict[str, list[dict]
             except (ValueError, KeyError, TypeError, AttributeError) as err:
                 raise ValueError(f"{path} line {number}: not a ground-truth location ({err!r})") from err
     return changes
-
-
-def _write_shard(job: dict) -> dict:
-    """Make one shard: decode and encode the frames, write the clips, write Parquet under a temp name, rename."""
-    out, size, quality = Path(job["out"]), job["frame_size"], job["jpeg_quality"]
-    feats: Features = job["features"]
-    rows, failed = [], []
-    for item in job["items"]:
-        pair: Pair = item["pair"]
-        try:
-            frames = [load_frame(pair.first.path, size), load_frame(pair.second.path, size)]
-        except Exception as err:  # noqa: BLE001 - an image that does not decode drops its pair; reported
-            failed.append({"id": pair.id, "reason": f"corrupt_image: {type(err).__name__}: {err}"})
-            continue
-        video = None
-        if job["videos"]:
-            video = f"videos/{pair.split}/{pair.id}.mp4"
-            write_mp4(frames, out / video)
-        frames_jpeg = [encode_jpeg(frame, quality) for frame in frames]
-        rows.append(feats.encode_example(make_row(pair, item["caption"], frames_jpeg, video, item["changes"])))
-    table = pa.Table.from_pylist(rows, schema=feats.arrow_schema)
-    write_parquet(table, out / job["path"])
-    return {"path": job["path"], "split": job["split"], "rows": len(rows), "failed": failed}
 
 
 #: OpenAI options that change how fast or how cheaply answers come, not what they say: not part of the fingerprint,
@@ -353,155 +247,6 @@ def _annotate(cfg: BuildConfig, pairs: list[Pair], options: dict, out: Path, rep
     return captions
 
 
-def _plan_shards(cfg: BuildConfig, pairs: list[Pair], captions: dict, truth: dict, feats: Features) -> list[dict]:
-    by_split: dict[str, list[Pair]] = defaultdict(list)
-    for p in pairs:
-        by_split[p.split].append(p)
-    jobs = []
-    for split, split_pairs in by_split.items():
-        n = math.ceil(len(split_pairs) / cfg.shard_rows)
-        for i in range(n):
-            items = [
-                {
-                    "pair": p,
-                    "caption": captions[p.id],
-                    "changes": truth[p.first.split].get(p.id, []) if truth else None,
-                }
-                for p in split_pairs[i * cfg.shard_rows : (i + 1) * cfg.shard_rows]
-            ]
-            jobs.append(
-                {
-                    "path": f"data/{split}-{i:05d}-of-{n:05d}.parquet",
-                    "split": split,
-                    "items": items,
-                    "out": cfg.out,
-                    "frame_size": cfg.frame_size,
-                    "jpeg_quality": cfg.jpeg_quality,
-                    "videos": not cfg.no_videos,
-                    "features": feats,
-                }
-            )
-    return jobs
-
-
-def _run_shards(cfg: BuildConfig, jobs: list[dict], state: dict, out: Path) -> None:
-    todo = [j for j in jobs if j["path"] not in state["shards"] or not (out / j["path"]).exists()]
-    if len(todo) < len(jobs):
-        logger.info("resuming: %d of %d shards already written", len(jobs) - len(todo), len(jobs))
-    for split in {j["split"] for j in todo}:
-        if not cfg.no_videos:
-            (out / "videos" / split).mkdir(parents=True, exist_ok=True)
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", unit="shard") as bar:
-
-        def record(result: dict) -> None:
-            state["shards"][result["path"]] = result
-            write_json(out / STATE_FILE, state)
-            for failure in result["failed"]:
-                logger.warning("pair %s skipped: %s", failure["id"], failure["reason"])
-            bar.update()
-
-        if cfg.num_proc > 1 and len(todo) > 1:
-            # fork: workers inherit the loaded libraries; each holds one shard's frames at a time
-            with get_context("fork").Pool(min(cfg.num_proc, len(todo)), maxtasksperchild=8) as pool:
-                for result in pool.imap_unordered(_write_shard, todo):
-                    record(result)
-        else:
-            for job in todo:
-                record(_write_shard(job))
-
-
-def write_sample_config(out: Path, sample_size: int, seed: int, shard_rows: int) -> int:
-    """The sample_10k config: a fixed, seeded subset of the written train rows (all of train when it is smaller).
-
-    The ids of the train rows are sorted, then ``numpy.random.default_rng(seed).choice`` picks ``sample_size`` of
-    them without replacement; rows keep their order in the train shards. Streams shard by shard.
-
-    Args:
-        out: The dataset folder (its ``data/train-*.parquet`` must be written).
-        sample_size: Rows to pick (0: no sample config).
-        seed: The seed.
-        shard_rows: Rows per sample shard.
-
-    Returns:
-        The number of rows in the sample.
-    """
-    sample_dir = out / "data" / SAMPLE_CONFIG
-    shutil.rmtree(sample_dir, ignore_errors=True)
-    train_shards = sorted((out / "data").glob("train-*-of-*.parquet"))
-    if not train_shards or sample_size == 0:
-        return 0
-    ids = sorted(i for path in train_shards for i in pq.read_table(path, columns=["id"])["id"].to_pylist())
-    if not ids:
-        return 0
-    if len(ids) <= sample_size:
-        chosen = pa.array(ids)
-    else:
-        chosen = pa.array(sorted(ids[i] for i in np.random.default_rng(seed).choice(len(ids), sample_size, False)))
-    sample_dir.mkdir(parents=True)
-    n_shards, written, buffer = math.ceil(len(chosen) / shard_rows), 0, []
-
-    def flush(table: pa.Table) -> None:
-        nonlocal written
-        index = written // shard_rows
-        write_parquet(table, sample_dir / f"train-{index:05d}-of-{n_shards:05d}.parquet")
-        written += table.num_rows
-
-    for path in train_shards:
-        table = pq.read_table(path)
-        buffer.append(table.filter(pc.is_in(table["id"], value_set=chosen)))
-        pending = pa.concat_tables(buffer)
-        while pending.num_rows >= shard_rows:
-            flush(pending.slice(0, shard_rows))
-            pending = pending.slice(shard_rows)
-        buffer = [pending.combine_chunks()] if pending.num_rows else []
-    if buffer:
-        flush(pa.concat_tables(buffer))
-    return written
-
-
-def gap_histogram(gaps: list[int], edges: tuple[int, ...] = GAP_EDGES) -> dict[str, int]:
-    """Pairs per gap bucket, in days (``"365-499"``, ..., ``">=2190"``; ``"<365"`` only when such gaps exist).
-
-    Args:
-        gaps: Gaps in whole days.
-        edges: Lower bounds of the buckets, increasing.
-
-    Returns:
-        Counts per bucket label, in bucket order; they sum to ``len(gaps)``.
-    """
-    labels = [f"<{edges[0]}"] + [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)]
-    labels.append(f">={edges[-1]}")
-    counts = Counter(int(np.searchsorted(edges, gap, side="right")) for gap in gaps)
-    hist = {label: counts.get(i, 0) for i, label in enumerate(labels)}
-    if not hist[labels[0]]:
-        del hist[labels[0]]
-    return hist
-
-
-def _statistics(kept: list[Pair]) -> dict:
-    by_split: dict[str, list[Pair]] = defaultdict(list)
-    for p in kept:
-        by_split[p.split].append(p)
-    gaps = [p.gap_days for p in kept]
-    return {
-        "pairs_per_split": {s: len(ps) for s, ps in by_split.items()},
-        "pairs_per_category": {s: dict(sorted(Counter(p.category for p in ps).items())) for s, ps in by_split.items()},
-        "categories_per_split": {s: len({p.category for p in ps}) for s, ps in by_split.items()},
-        "locations_per_split": {s: len({p.location_id for p in ps}) for s, ps in by_split.items()},
-        "images_in_pairs_per_split": {
-            s: len({p.first.stem for p in ps} | {p.second.stem for p in ps}) for s, ps in by_split.items()
-        },
-        "gap_days": {
-            "min": min(gaps) if gaps else None,
-            "median": float(np.median(gaps)) if gaps else None,
-            "mean": round(float(np.mean(gaps)), 1) if gaps else None,
-            "max": max(gaps) if gaps else None,
-            "histogram": gap_histogram(gaps),
-        },
-    }
-
-
 def build(cfg: BuildConfig, openai_cfg=None) -> dict:
     """Run the whole build.
 
@@ -565,15 +310,25 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
     truth = {s: _load_ground_truth(root, s) for s in cfg.split_list}
     truth = {s: t or {} for s, t in truth.items()} if any(t is not None for t in truth.values()) else {}
     feats = features(with_videos=not cfg.no_videos, with_changes=bool(truth))
-    jobs = _plan_shards(cfg, annotated, captions, truth, feats)
-    _run_shards(cfg, jobs, state, out)
+    jobs = plan_shards(
+        annotated,
+        captions,
+        truth,
+        feats,
+        out=cfg.out,
+        shard_rows=cfg.shard_rows,
+        frame_size=cfg.frame_size,
+        jpeg_quality=cfg.jpeg_quality,
+        videos=not cfg.no_videos,
+    )
+    run_shards(jobs, state, out / STATE_FILE, num_proc=cfg.num_proc)
     failed = [f for job in jobs for f in state["shards"][job["path"]]["failed"]]
     failed_ids = {f["id"] for f in failed}
     report["pairs_failed"] = failed
     kept = [p for p in annotated if p.id not in failed_ids]
     if not kept:
         raise RuntimeError(f"every one of the {len(annotated)} pairs failed to decode, e.g. {failed[0]}")
-    report |= _statistics(kept)
+    report |= pair_statistics(kept)
     rows_written = Counter()
     for job in jobs:
         rows_written[job["split"]] += state["shards"][job["path"]]["rows"]
@@ -591,8 +346,6 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
     report["shards"] = {split: sum(j["split"] == split for j in jobs) for split in rows_written}
     report["seconds"] = round(time.perf_counter() - start, 2)
     write_json(out / "build_report.json", report)
-    from model_cards.dataset_card import write_dataset_card
-
     write_dataset_card(out)
     state["complete"] = True
     write_json(out / STATE_FILE, state)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from dataset_builder.atomic import write_json, write_parquet, write_text
+from dataset_builder.card import configs_and_info
 from dataset_builder.prompts import choose_template, human_turn
 
 
@@ -326,8 +327,6 @@ https://github.com/Chen-Yang-Liu/LEVIR-CC-Dataset; see its license before redist
 def write_levircc_card(out: Path, report: dict, repo_id: str = "<org>/levir-cc") -> Path:
     """Render ``README.md`` (YAML ``configs`` and ``dataset_info`` read from the shards) into ``out``."""
     import pyarrow.parquet as pq
-
-    from model_cards.dataset_card import configs_and_info
 
     configs, infos = configs_and_info(out)
     splits = []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 
+from dataset_builder.card import write_dataset_card
 from model_cards.cli import parse_kind_folder_args
 from model_cards.validate import validate_card, validate_card_file
 
@@ -252,8 +253,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         folder = Path(args.folder)
         if args.kind == "dataset":
-            from model_cards.dataset_card import write_dataset_card  # the dataset builder's module
-
             target = write_dataset_card(folder, repo_id=args.repo_id)
             validate_card_file(target, "dataset")
         else:

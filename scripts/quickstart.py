@@ -49,7 +49,7 @@ class Profile:
 
 
 # The embedded default: sizes chosen so the whole job fits in a few minutes on 2 cores. The base's vision tower gets
-# the stand-in for a pretrained one: seconds of training on single synthetic scenes (trainer/vision_pretrain.py).
+# the stand-in for a pretrained one: seconds of training on single synthetic scenes (trainer/tiny/vision_pretrain.py).
 DEFAULT = Profile(
     out=ROOT / "outputs" / "quickstart",
     synth={"locations": 2000, "seed": 0, "image_size": 128, "splits": "train,val"},
@@ -168,7 +168,7 @@ import torch
 from datasets import load_dataset
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
-from trainer.masks import apply_masks, load_masks
+from trainer.models.masks import apply_masks, load_masks
 from huggingface_hub import snapshot_download
 
 repos, local_dataset, local_adapter, base = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]

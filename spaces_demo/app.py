@@ -17,6 +17,8 @@ import gradio as gr
 from PIL import Image
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
+from trainer.evaluation.predict import describe_pair, read_image
+from trainer.models.loading import load_for_inference
 
 
 try:  # ZeroGPU on Hugging Face Spaces; a pass-through everywhere else.
@@ -58,8 +60,6 @@ def get_model():
     """Load (once) the base model + adapter named by ``BASE_MODEL_ID`` / ``ADAPTER_ID``."""
     with _LOCK:
         if not _MODEL:
-            from trainer.loading import load_for_inference
-
             base = os.environ.get("BASE_MODEL_ID")
             if not base:
                 raise RuntimeError("set BASE_MODEL_ID (a local path or a Hub id) to the base model")
@@ -79,8 +79,6 @@ def _name(path) -> str:
 
 def read_frame(path) -> Image.Image:
     """Read one uploaded image (JPEG, PNG or 3-band GeoTIFF), or say clearly why it cannot be used."""
-    from trainer.predict import read_image
-
     try:
         return read_image(path)
     except (ValueError, OSError) as err:
@@ -151,8 +149,6 @@ def model_view(frames: list[Image.Image], processor) -> Image.Image:
 
 @gpu
 def _generate(frames, template_id: int, max_new_tokens: int) -> str:
-    from trainer.predict import describe_pair
-
     loaded = get_model()
     return describe_pair(
         loaded["model"],

@@ -1,7 +1,7 @@
-"""Training, evaluation and prediction for GeoLLaVA-style change captioning.
+"""The model side of GeoLLaVA, one sub-package per stage.
 
-Importing the package registers CCExpert with the transformers Auto classes and the family registry, so every CLI
-(train, eval, predict) and the Space load ``ccexpert`` checkpoints with no ``trust_remote_code``.
+- ``trainer.models``: model families, loading (training and inference), pruning masks, CCExpert's model classes.
+- ``trainer.training``: configs, collator, callbacks, pruning, CCExpert's stages; ``trainer.sft`` is the entry point.
+- ``trainer.evaluation``: generation, prediction, metrics, scoring, grounding and the evaluation report.
+- ``trainer.tiny``: tiny random models and their vision pretraining, the embedded default's stand-in for real bases.
 """
-
-import trainer.ccexpert  # noqa: F401  (registers the CCExpert config/model and family)

@@ -4,8 +4,9 @@
         --dataset_name outputs/dataset --output_dir outputs/adapter
 
 Options come from a YAML recipe (``--config``) and ``--field value`` overrides, parsed by ``TrlParser`` into
-:class:`~trainer.config.GeoScriptArguments`, :class:`~trainer.config.GeoSFTConfig`,
-:class:`~trainer.config.GeoModelConfig` and :class:`~trainer.pruning.PruningConfig`. ``output_dir`` ends up holding
+:class:`~trainer.training.config.GeoScriptArguments`, :class:`~trainer.training.config.GeoSFTConfig`,
+:class:`~trainer.training.config.GeoModelConfig` and :class:`~trainer.training.pruning.PruningConfig`. ``output_dir``
+ends up holding
 the adapter, the processor, ``run_summary.json``, ``training_curves.png`` and, when pruning ran, the masks; never
 optimizer state (checkpoints, which hold it for ``--resume_from_checkpoint``, are removed at the end unless
 ``--keep_checkpoints``).
@@ -26,14 +27,15 @@ from transformers import set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer, TrlParser
 
-from trainer.callbacks import get_callbacks
-from trainer.ccexpert.stages import CCExpertStageArguments, stage_trainer_kwargs
-from trainer.collator import VideoSFTCollator
-from trainer.config import GeoModelConfig, GeoScriptArguments, GeoSFTConfig
-from trainer.model_loading import load_model, load_processor, match_trainable_dtype, resolve_family
-from trainer.pruning import PruningConfig, calibration_batches
-from trainer.run_summary import build_summary, plot_curves, write_summary
-from trainer.throughput import ThroughputCallback
+from trainer.evaluation.selection import selection_callback
+from trainer.training.callbacks import get_callbacks
+from trainer.training.ccexpert_stages import CCExpertStageArguments, stage_trainer_kwargs
+from trainer.training.collator import VideoSFTCollator
+from trainer.training.config import GeoModelConfig, GeoScriptArguments, GeoSFTConfig
+from trainer.training.model_setup import load_model, load_processor, match_trainable_dtype, resolve_family
+from trainer.training.pruning import PruningConfig, calibration_batches
+from trainer.training.run_summary import build_summary, plot_curves, write_summary
+from trainer.training.throughput import ThroughputCallback
 
 
 logger = logging.getLogger(__name__)
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ################
     throughput = ThroughputCallback()
     # CCExpert's stages choose what trains (and the vision tower's lr) and may select the best checkpoint on val.
-    stage = stage_trainer_kwargs(stage_args, loaded.model, training_args, processor, family, script_args.dataset_name)
+    stage = stage_trainer_kwargs(stage_args, loaded.model, training_args)
+    selection = selection_callback(stage_args, training_args, processor, family, script_args.dataset_name)
     trainer = SFTTrainer(
         model=loaded.model,
         args=training_args,
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         callbacks=[
             *get_callbacks(pruning_args, model_args, train_dataset, collator),
             throughput,
-            *stage.get("callbacks", []),
+            *([selection] if selection else []),
         ],
     )
     if loaded.quantization is not None:

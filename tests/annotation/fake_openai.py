@@ -3,7 +3,7 @@
 It speaks Chat Completions, Files and Batches well enough for the official ``openai`` client, counts what it is
 asked, and can be told to inject faults: 429 with ``retry-after``, 500/503, slow replies, dropped connections,
 malformed JSON, ``finish_reason="content_filter"``, refusals, empty and cut-off answers. Token usage is counted
-independently of ``dataset_builder.cost`` (decoded image sizes and gpt-4o-mini's published tile numbers).
+independently of ``dataset_builder.annotation.cost`` (decoded image sizes and gpt-4o-mini's published tile numbers).
 
 Run alone: ``python tests/annotation/fake_openai.py --port 8011 --latency 0.2 --rpm 600``.
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from datasets import load_dataset
 
-from dataset_builder.annotate_cli import main, with_answer
+from dataset_builder.annotation.cli import main, with_answer
 from tests.annotation.helpers import REPO_ROOT, SECRET, cache_lines, make_dataset, read_answers
 
 
@@ -90,7 +90,7 @@ def test_with_answer_appends_a_missing_gpt_turn():
 def _subprocess(folder, fast_options, *extra, log=None):
     env = {**os.environ, "OPENAI_API_KEY": SECRET, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "dataset_builder.annotate_cli", *cli_args(folder, fast_options, *extra)],
+        [sys.executable, "-m", "dataset_builder.annotation.cli", *cli_args(folder, fast_options, *extra)],
         cwd=REPO_ROOT,
         env=env,
         stdout=log or subprocess.PIPE,  # a run that will be killed logs to a file: a full pipe would block it

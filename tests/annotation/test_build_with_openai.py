@@ -57,7 +57,7 @@ def test_geollava_build_with_the_openai_annotator(tmp_path, server, fast_options
 def test_geollava_annotate_on_a_built_folder_updates_report_official_json_and_card(
     tmp_path, server, fast_options, api_key
 ):
-    from dataset_builder.annotate_cli import main as annotate_main
+    from dataset_builder.annotation.cli import main as annotate_main
 
     write_tree(tmp_path / "fmow")
     out = tmp_path / "out"

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dataset_builder.annotate import AnnotationRequest, get_annotator
-from dataset_builder.annotation_cache import AnnotationCache
-from dataset_builder.openai_annotator import OpenAIAnnotator
-from dataset_builder.openai_config import OpenAIAnnotatorConfig
+from dataset_builder.annotation import AnnotationRequest, get_annotator
+from dataset_builder.annotation.cache import AnnotationCache
+from dataset_builder.annotation.openai_annotator import OpenAIAnnotator
+from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
+from dataset_builder.annotation.rate_limit import backoff_delay, retry_after_seconds
 from dataset_builder.prompts import ANNOTATION_PROMPT
-from dataset_builder.rate_limit import backoff_delay, retry_after_seconds
 from tests.annotation.helpers import SECRET, cache_lines, jpeg
 
 
@@ -221,7 +221,7 @@ def test_a_cap_needs_a_known_price():
 def test_the_tpm_bucket_spaces_large_requests():
     import asyncio
 
-    from dataset_builder.rate_limit import RateLimiter
+    from dataset_builder.annotation.rate_limit import RateLimiter
 
     async def go():
         limiter = RateLimiter(rpm=0, tpm=600_000)  # 10,000 tokens/s, a bucket of one second

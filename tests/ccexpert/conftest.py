@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trainer.ccexpert.tiny import build_tiny_ccexpert
+from trainer.tiny.ccexpert import build_tiny_ccexpert
 
 
 CORPUS = [

@@ -7,7 +7,7 @@ from datasets import load_dataset
 from levircc_fixtures import CHANGED, UNCHANGED, write_levircc_tree
 from PIL import Image
 
-import trainer.ccexpert  # noqa: F401  (registers the ccexpert family)
+import trainer.models.ccexpert  # noqa: F401  (registers the ccexpert family)
 from dataset_builder.levircc import (
     LevirCCBuildConfig,
     build_levircc,
@@ -17,7 +17,7 @@ from dataset_builder.levircc import (
     main,
 )
 from dataset_builder.prompts import PROMPT_TEMPLATES, strip_visual_placeholder
-from trainer.families import build_messages
+from trainer.models.families import build_messages
 
 
 def _build(tmp_path, **tree_kwargs):

@@ -12,11 +12,11 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from trainer.ccexpert import CCExpertConfig, DifferenceAwareIntegrationModule, proportional_taps
-from trainer.ccexpert.modeling_ccexpert import sine_positions
-from trainer.ccexpert.tiny import CCEXPERT_CHAT_TEMPLATE, build_tiny_ccexpert
-from trainer.ccexpert_prompt import CCEXPERT_PROMPT
-from trainer.families import build_messages, family_of, get_family
+from trainer.models.ccexpert import CCExpertConfig, DifferenceAwareIntegrationModule, proportional_taps
+from trainer.models.ccexpert.modeling_ccexpert import sine_positions
+from trainer.models.ccexpert.template import CCEXPERT_CHAT_TEMPLATE, CCEXPERT_PROMPT
+from trainer.models.families import build_messages, family_of, get_family
+from trainer.tiny.ccexpert import build_tiny_ccexpert
 
 
 def _inputs(processor, pairs, answers=None):
@@ -211,8 +211,8 @@ def test_gate_init_zero_builds_a_model_that_starts_at_llava_onevision(tmp_path):
 
 
 def test_convert_keeps_every_llava_onevision_weight(tmp_path, random_pair):
-    from trainer.ccexpert.convert import main as convert_main
-    from trainer.tiny_models import build_tiny_model
+    from trainer.models.ccexpert.convert import main as convert_main
+    from trainer.tiny.models import build_tiny_model
 
     base = build_tiny_model("llava-onevision", tmp_path / "ov", corpus=["a road is built", "no change"] * 5)
     out = tmp_path / "cc"

@@ -11,17 +11,17 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import SFTTrainer, TrlParser
 
 from dataset_builder.levircc import LevirCCBuildConfig, build_levircc
-from trainer.ccexpert.stages import (
-    BestBySmCallback,
+from trainer.evaluation.selection import BestBySmCallback, evaluate_captions
+from trainer.training.ccexpert_stages import (
     CCExpertStageArguments,
     apply_stage,
     flatten_references,
     is_trainable_in_stage,
     stage_optimizer,
 )
-from trainer.collator import VideoSFTCollator
-from trainer.config import GeoModelConfig, GeoScriptArguments, GeoSFTConfig
-from trainer.pruning import PruningConfig
+from trainer.training.collator import VideoSFTCollator
+from trainer.training.config import GeoModelConfig, GeoScriptArguments, GeoSFTConfig
+from trainer.training.pruning import PruningConfig
 
 
 RECIPES = Path(__file__).resolve().parents[2] / "trainer" / "recipes" / "ccexpert"
@@ -119,8 +119,6 @@ def test_three_stages_train_only_their_parameters(tiny_ccexpert, levircc, tmp_pa
     assert selection["best"] == next(h for h in selection["history"] if h["s_m"] == best_value)  # earliest on ties
     # The saved best model regenerates exactly the validation captions it was chosen on.
     reloaded = AutoModelForImageTextToText.from_pretrained(best)
-    from trainer.ccexpert.stages import evaluate_captions
-
     metrics, predictions = evaluate_captions(
         reloaded, AutoProcessor.from_pretrained(best), "ccexpert", validation, max_new_tokens=8, meteor=False
     )
@@ -129,7 +127,7 @@ def test_three_stages_train_only_their_parameters(tiny_ccexpert, levircc, tmp_pa
     assert metrics["cider_d"] == pytest.approx(selection["best"]["cider_d"])
 
     # The chosen model is scored on the test split with the LEVIR-CC metrics by geollava-eval (5 references).
-    from trainer.evaluate import main as eval_main
+    from trainer.evaluation.run_eval import main as eval_main
 
     out = tmp_path / "eval"
     args = ["--model", str(best), "--dataset", str(levircc), "--split", "test", "--out", str(out)]

@@ -13,11 +13,12 @@ from fmow_fixtures import (
     write_messy_tree,
 )
 
-from dataset_builder.build import BuildConfig, build, gap_histogram, main
-from dataset_builder.describe import describe_pair
+from dataset_builder.build import BuildConfig, build, main
 from dataset_builder.frames import read_mp4
 from dataset_builder.prompts import PROMPT_TEMPLATES, choose_template, human_turn
-from dataset_builder.synth import SynthConfig, generate_tree
+from dataset_builder.statistics import gap_histogram
+from dataset_builder.synthetic.describe import describe_pair
+from dataset_builder.synthetic.synth import SynthConfig, generate_tree
 
 
 def _build(fmow, out, **kw):

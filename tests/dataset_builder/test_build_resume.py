@@ -7,7 +7,7 @@ import time
 import pytest
 
 from dataset_builder.build import STATE_FILE, BuildConfig, build
-from dataset_builder.synth import SynthConfig, generate_tree
+from dataset_builder.synthetic.synth import SynthConfig, generate_tree
 
 
 OPTIONS = {"frame_size": 32, "shard_rows": 2, "sample_size": 5}

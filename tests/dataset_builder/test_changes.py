@@ -14,7 +14,7 @@ from dataset_builder.changes import (
     size_of,
     true_kinds,
 )
-from dataset_builder.levircc_synth import UNCHANGED, references_for
+from dataset_builder.synthetic.levircc_synth import UNCHANGED, references_for
 
 
 def test_every_phrase_reads_back_as_its_kind_and_place():

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from dataset_builder.annotate import AnnotationRequest
+from dataset_builder.annotation.base import AnnotationRequest
 from dataset_builder.changes import CHANGE_KINDS, LOCATIONS, extract_change_kinds, extract_locations, true_kinds
-from dataset_builder.describe import SyntheticAnnotator, describe_corpus, describe_pair
-from dataset_builder.synth import SynthConfig, generate_tree
+from dataset_builder.synthetic.describe import SyntheticAnnotator, describe_corpus, describe_pair
+from dataset_builder.synthetic.synth import SynthConfig, generate_tree
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from PIL import Image
 
 from dataset_builder.changes import extract_change_kinds
 from dataset_builder.levircc import main as build_levircc
-from dataset_builder.synth import main as synth_main
+from dataset_builder.synthetic.synth import main as synth_main
 
 
 def test_synthetic_levircc_tree_builds_and_loads(tmp_path):

@@ -4,11 +4,12 @@ import pytest
 from datasets import load_dataset
 from fmow_fixtures import write_messy_tree
 
-from dataset_builder.annotate import AnnotationRequest
+from dataset_builder.annotation.base import AnnotationRequest
+from dataset_builder.annotation.imported import ImportAnnotator, read_official
 from dataset_builder.build import BuildConfig, build
 from dataset_builder.frames import read_mp4
-from dataset_builder.official_json import ImportAnnotator, export_official, read_official
-from dataset_builder.synth import SynthConfig, generate_tree
+from dataset_builder.official_json import export_official
+from dataset_builder.synthetic.synth import SynthConfig, generate_tree
 
 
 @pytest.fixture(scope="module")

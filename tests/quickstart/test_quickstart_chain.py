@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dataset_builder.synth import SynthConfig
+from dataset_builder.synthetic.synth import SynthConfig
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.tiny_models import build_tiny_model
+from trainer.tiny.models import build_tiny_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "The first image shows fields. A new building was built in the north-east."]
@@ -15,7 +15,7 @@ def space_model(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from trainer.families import get_family
+    from trainer.models.families import get_family
 
     root = tmp_path_factory.mktemp("space-model")
     base = build_tiny_model("llava-next-video", root / "base", image_size=32, corpus=CORPUS)

@@ -19,7 +19,7 @@ def app(space_model, monkeypatch):
 
 
 def _predict_cli(base, adapter, before, after, template_id, capsys, max_new_tokens=16):
-    from trainer.predict import main as predict_main
+    from trainer.evaluation.predict import main as predict_main
 
     predict_main(
         [

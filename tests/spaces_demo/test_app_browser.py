@@ -49,7 +49,7 @@ def browser():
 
 
 def test_upload_two_images_and_get_the_description(served, browser, space_model, pair_files, tmp_path, capsys):
-    from trainer.predict import main as predict_main
+    from trainer.evaluation.predict import main as predict_main
 
     before, after, _ = pair_files
     predict_main(

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 import trainer.sft
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.tiny_models import build_tiny_model
+from trainer.tiny.models import build_tiny_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east.", "No change.", "USER: ASSISTANT:"]

@@ -10,11 +10,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndByte
 from trl import SFTConfig, SFTTrainer
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.callbacks import CALLBACKS, PruningCallback, get_callbacks
-from trainer.families import build_messages, get_family
-from trainer.masks import MASKS_FILE, load_masks, mask_sparsity
-from trainer.pruning import PruningConfig, collect_targets, prune_before_quantization
-from trainer.tiny_models import build_tiny_model
+from trainer.models.families import build_messages, get_family
+from trainer.models.masks import MASKS_FILE, load_masks, mask_sparsity
+from trainer.tiny.models import build_tiny_model
+from trainer.training.callbacks import CALLBACKS, PruningCallback, get_callbacks
+from trainer.training.pruning import PruningConfig, collect_targets, prune_before_quantization
 
 
 FAMILY = "llava-next-video"
@@ -185,7 +185,7 @@ def test_lora_training_with_pruning_saves_masks_that_reload_exactly(tiny_path, d
     with torch.no_grad():
         expected = model(**inputs).logits
         fresh = _load(tiny_path)
-        from trainer.masks import apply_masks
+        from trainer.models.masks import apply_masks
 
         apply_masks(fresh, load_masks(tmp_path))
         reloaded = PeftModel.from_pretrained(fresh, tmp_path).eval()

@@ -6,9 +6,9 @@ import torch
 from transformers import AutoProcessor
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.collator import IGNORE_INDEX, OverlongSampleError, VideoSFTCollator
-from trainer.families import FAMILIES
-from trainer.tiny_models import build_tiny_model
+from trainer.models.families import FAMILIES
+from trainer.tiny.models import build_tiny_model
+from trainer.training.collator import IGNORE_INDEX, OverlongSampleError, VideoSFTCollator
 
 
 CAPTIONS = [

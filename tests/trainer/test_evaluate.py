@@ -9,8 +9,8 @@ from datasets import Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 
 from dataset_builder.prompts import PROMPT_TEMPLATES, human_turn
-from trainer.evaluate import main, row_prompt_and_references
-from trainer.tiny_models import build_tiny_model
+from trainer.evaluation.run_eval import main, row_prompt_and_references
+from trainer.tiny.models import build_tiny_model
 
 
 CAPTIONS = [
@@ -38,7 +38,7 @@ def tiny_run(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from trainer.families import get_family
+    from trainer.models.families import get_family
 
     root = tmp_path_factory.mktemp("eval")
     base = build_tiny_model("llava-next-video", root / "base", image_size=32, corpus=CORPUS)

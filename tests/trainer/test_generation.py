@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.families import FAMILIES
-from trainer.generation import encode_batch, generate_batch
-from trainer.loading import load_for_inference
-from trainer.tiny_models import build_tiny_model
+from trainer.evaluation.generation import encode_batch, generate_batch
+from trainer.models.families import FAMILIES
+from trainer.models.loading import load_for_inference
+from trainer.tiny.models import build_tiny_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east. Nothing changed. A road was widened."]

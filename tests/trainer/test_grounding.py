@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainer.grounding import grounding_scores, true_kinds
+from trainer.evaluation.grounding import grounding_scores, true_kinds
 
 
 WORDS = {"road": "road_built", "building": "building_built", "forest": "forest_cleared", "lake": "water_expanded"}

@@ -8,10 +8,18 @@ from safetensors import safe_open
 from transformers import AutoModelForImageTextToText
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.families import get_family
-from trainer.masks import MASKS_FILE, REPORT_FILE, apply_masks, canonical_name, load_masks, mask_sparsity, save_masks
-from trainer.pruning import PruningConfig, collect_targets, compute_masks
-from trainer.tiny_models import build_tiny_model
+from trainer.models.families import get_family
+from trainer.models.masks import (
+    MASKS_FILE,
+    REPORT_FILE,
+    apply_masks,
+    canonical_name,
+    load_masks,
+    mask_sparsity,
+    save_masks,
+)
+from trainer.tiny.models import build_tiny_model
+from trainer.training.pruning import PruningConfig, collect_targets, compute_masks
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east.", "A road was widened in the south."]

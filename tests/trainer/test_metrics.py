@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from trainer import metrics
+from trainer.evaluation import metrics
 
 
 def test_rouge_uses_the_porter_stemmer_and_equals_rouge_score():

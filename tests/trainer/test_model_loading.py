@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.config import GeoModelConfig
-from trainer.families import get_family
-from trainer.model_loading import full_modules, load_model, quantization_config
-from trainer.pruning import PruningConfig
-from trainer.tiny_models import build_tiny_model
+from trainer.models.families import get_family
+from trainer.tiny.models import build_tiny_model
+from trainer.training.config import GeoModelConfig
+from trainer.training.model_setup import full_modules, load_model, quantization_config
+from trainer.training.pruning import PruningConfig
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built.", "USER: ASSISTANT:"]

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.loading import load_for_inference
-from trainer.predict import describe_pair, main, read_image
-from trainer.tiny_models import build_tiny_model
+from trainer.evaluation.predict import describe_pair, main, read_image
+from trainer.models.loading import load_for_inference
+from trainer.tiny.models import build_tiny_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east. Nothing changed."]
@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from trainer.families import get_family
+    from trainer.models.families import get_family
 
     root = tmp_path_factory.mktemp("predict")
     base = build_tiny_model("video-llava", root / "base", image_size=32, corpus=CORPUS)
@@ -127,7 +127,7 @@ def test_batch_csv_skips_bad_rows_and_describes_the_rest(tiny, images, tmp_path,
 def test_pruning_masks_are_reapplied_on_load(tiny, tmp_path):
     import shutil
 
-    from trainer.masks import save_masks
+    from trainer.models.masks import save_masks
 
     base, adapter = tiny
     pruned = tmp_path / "adapter"
@@ -149,7 +149,7 @@ def test_4bit_load_quantizes_the_masked_language_model_only(tiny, images, tmp_pa
     import bitsandbytes as bnb
     import bitsandbytes.functional as bnbf
 
-    from trainer.masks import save_masks
+    from trainer.models.masks import save_masks
 
     base, adapter = tiny
     pruned = tmp_path / "adapter"

@@ -8,9 +8,10 @@ from torch import nn
 from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.families import get_family
-from trainer.masks import apply_masks, load_masks, mask_sparsity
-from trainer.pruning import (
+from trainer.models.families import get_family
+from trainer.models.masks import apply_masks, load_masks, mask_sparsity
+from trainer.tiny.models import build_tiny_model
+from trainer.training.pruning import (
     PruningConfig,
     collect_input_norms,
     collect_targets,
@@ -21,7 +22,6 @@ from trainer.pruning import (
     sampled_threshold,
     wanda_masks,
 )
-from trainer.tiny_models import build_tiny_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east.", "A road was widened in the south."]
@@ -170,7 +170,7 @@ def test_exact_threshold_widens_a_missed_bracket(big_weights, caplog):
     small = dict(list(big_weights.items())[:2])
     everything = torch.cat([w.abs().reshape(-1) for w in small.values()])
     reference = float(everything.kthvalue(round(0.05 * everything.numel())).values)
-    with caplog.at_level(logging.WARNING, logger="trainer.pruning"):
+    with caplog.at_level(logging.WARNING, logger="trainer.training.pruning"):
         # No safety margin: with this seed the first bracket misses the 5 % quantile and must widen (twice).
         found = exact_threshold(small, 0.05, sample_size=2000, seed=2, sigmas=0.0)
     assert found == reference

@@ -9,9 +9,15 @@ import torch
 from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.masks import apply_masks, load_masks
-from trainer.pruning import PruningConfig, collect_targets, exact_threshold, magnitude_masks, prune_before_quantization
-from trainer.tiny_models import build_tiny_model
+from trainer.models.masks import apply_masks, load_masks
+from trainer.tiny.models import build_tiny_model
+from trainer.training.pruning import (
+    PruningConfig,
+    collect_targets,
+    exact_threshold,
+    magnitude_masks,
+    prune_before_quantization,
+)
 
 
 pytestmark = [

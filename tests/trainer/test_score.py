@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from trainer import metrics
-from trainer.score import main
+from trainer.evaluation import metrics
+from trainer.evaluation.score import main
 
 
 ROWS = [

@@ -12,14 +12,14 @@ from transformers import AutoProcessor
 from trl import SFTTrainer
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.collator import VideoSFTCollator
-from trainer.config import GeoModelConfig, GeoSFTConfig
-from trainer.families import FAMILIES
-from trainer.loading import load_for_inference
-from trainer.masks import load_masks
-from trainer.model_loading import load_model
+from trainer.models.families import FAMILIES
+from trainer.models.loading import load_for_inference
+from trainer.models.masks import load_masks
 from trainer.sft import main
-from trainer.tiny_models import build_tiny_model
+from trainer.tiny.models import build_tiny_model
+from trainer.training.collator import VideoSFTCollator
+from trainer.training.config import GeoModelConfig, GeoSFTConfig
+from trainer.training.model_setup import load_model
 
 
 CAPTIONS = [

@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.families import FAMILIES, build_messages, family_of, get_family
-from trainer.tiny_models import build_tiny_model, build_tokenizer, main, tokenizer_corpus
+from trainer.models.families import FAMILIES, build_messages, family_of, get_family
+from trainer.tiny.models import build_tiny_model, build_tokenizer, main, tokenizer_corpus
 
 
 CORPUS = [

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from dataset_builder.scenes import PIXEL_CLASSES, apply_change, random_scene, render, render_with_labels
-from trainer.tiny_models import build_tiny_model, main
-from trainer.vision_pretrain import TOWERS, patch_targets, pretrain_vision_tower, scene_images
+from dataset_builder.synthetic.scenes import PIXEL_CLASSES, apply_change, random_scene, render, render_with_labels
+from trainer.tiny.models import build_tiny_model, main
+from trainer.tiny.vision_pretrain import TOWERS, patch_targets, pretrain_vision_tower, scene_images
 
 
 CORPUS = ["The first image shows farmland. The second image shows farmland with a road."]

@@ -16,7 +16,7 @@ from huggingface_hub import HfApi, ModelCard, snapshot_download
 
 from dataset_builder.build import BuildConfig, build
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from dataset_builder.synth import SynthConfig, generate_tree
+from dataset_builder.synthetic.synth import SynthConfig, generate_tree
 from model_cards.render import main as card_main
 from model_cards.render import validate_card
 from upload.push import main as push_main
@@ -44,9 +44,9 @@ def adapter_dir(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from trainer.families import get_family
-    from trainer.masks import apply_masks, save_masks
-    from trainer.tiny_models import build_tiny_model
+    from trainer.models.families import get_family
+    from trainer.models.masks import apply_masks, save_masks
+    from trainer.tiny.models import build_tiny_model
 
     root = tmp_path_factory.mktemp("adapter")
     base = build_tiny_model("llava-next-video", root / "base", image_size=32, corpus=list(PROMPT_TEMPLATES))
@@ -61,7 +61,7 @@ def adapter_dir(tmp_path_factory):
     out = root / "adapter"
     peft.save_pretrained(out)
     save_masks(masks, out, {"method": "magnitude", "target_sparsity": 0.5})
-    from trainer.run_summary import build_summary, write_summary
+    from trainer.training.run_summary import build_summary, write_summary
 
     summary = build_summary(
         recipe=None,
@@ -109,7 +109,7 @@ def test_adapter_push_and_peft_load_is_bit_identical(hub_server, adapter_dir, tm
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from trainer.masks import apply_masks, load_masks
+    from trainer.models.masks import apply_masks, load_masks
 
     base, adapter, trained = adapter_dir
     staged = {str(p) for p in staged_files("model", adapter)}

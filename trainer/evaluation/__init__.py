@@ -1,0 +1,1 @@
+"""Evaluation and inference: generation, prediction, metrics, scoring, grounding, the report, checkpoint selection."""

@@ -1,0 +1,94 @@
+"""Batched generation with left padding: the same prompt format as training, greedy by default.
+
+With left padding every row's last prompt token sits at the end of the batch, so a batch generates exactly what each
+row would alone under greedy decoding (training-stack.md §6); right padding would not.
+"""
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from trainer.models.families import Family, build_messages
+
+
+logger = logging.getLogger(__name__)
+
+
+def encode_batch(processor, family: Family | str, questions: Sequence[str], frames: Sequence[Sequence]) -> dict:
+    """Chat-template a batch of (question, two frames) into left-padded model inputs.
+
+    Args:
+        processor: The model's processor.
+        family: The model family (how it takes the two frames).
+        questions: Question text of each row, without visual placeholders.
+        frames: The two frames (earlier, later) of each row.
+
+    Returns:
+        The processor's ``BatchFeature`` (``input_ids``, ``attention_mask``, pixel values, ...).
+    """
+    if len(questions) != len(frames):
+        raise ValueError(f"{len(questions)} questions but {len(frames)} frame pairs")
+    conversations = [build_messages(family, q, f) for q, f in zip(questions, frames, strict=True)]
+    return processor.apply_chat_template(
+        conversations,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True, "padding_side": "left"},
+    )
+
+
+def _to_model(inputs, model) -> dict:
+    device = next(model.parameters()).device
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    out = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            if value.is_floating_point() and dtype in (torch.float16, torch.bfloat16, torch.float32):
+                value = value.to(dtype)
+        out[key] = value
+    return out
+
+
+@torch.inference_mode()
+def generate_batch(
+    model,
+    processor,
+    family: Family | str,
+    questions: Sequence[str],
+    frames: Sequence[Sequence],
+    max_new_tokens: int = 128,
+    do_sample: bool = False,
+    **generate_kwargs,
+) -> list[str]:
+    """Generate one answer per (question, frames) row, all rows in one left-padded batch.
+
+    Args:
+        model: The loaded model (base or PEFT-wrapped).
+        processor: Its processor.
+        family: The model family.
+        questions: Question text of each row.
+        frames: The two frames of each row.
+        max_new_tokens: Generation budget per row.
+        do_sample: Sample instead of greedy decoding (greedy by default, as the paper's evaluation).
+        **generate_kwargs: Passed to ``model.generate`` (e.g. ``num_beams``, ``top_p``).
+
+    Returns:
+        The decoded answers (special tokens removed, whitespace stripped), in input order.
+    """
+    if not questions:
+        return []
+    inputs = _to_model(encode_batch(processor, family, questions, frames), model)
+    tokenizer = processor.tokenizer
+    output = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=tokenizer.pad_token_id,
+        **generate_kwargs,
+    )
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

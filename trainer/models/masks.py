@@ -1,0 +1,195 @@
+"""Pruning-mask IO: bit-packed safetensors beside the adapter, a JSON report, and re-applying masks to a model.
+
+A mask is a ``torch.bool`` tensor shaped like the weight it belongs to: ``True`` keeps a weight, ``False`` prunes it
+(the convention of ``torch.nn.utils.prune``'s ``weight_mask``). Keys are *canonical* in-memory module names, the same
+with and without PEFT, e.g. ``model.language_model.layers.0.self_attn.q_proj`` (see :func:`canonical_name`).
+
+Files written by :func:`save_masks` into a folder (an adapter folder, a ``checkpoint-N`` folder or a pruned copy):
+
+* ``pruning_masks.safetensors``: one ``uint8`` tensor per module, ``np.packbits`` of the flattened mask (8 weights
+  per byte, about 0.8 GB for a 7B language model); the shapes and the run metadata are in the safetensors metadata.
+* ``pruning.json``: method, target sparsity, sparsity reached, per-module sparsity, threshold, and the rest of the
+  metadata the caller passed.
+"""
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+
+logger = logging.getLogger(__name__)
+
+MASKS_FILE = "pruning_masks.safetensors"
+REPORT_FILE = "pruning.json"
+FORMAT = "geollava-pruning-masks/1"
+
+_PEFT_PREFIX = "base_model.model."
+
+
+def canonical_name(name: str) -> str:
+    """The module name a mask is keyed by: the in-memory name without PEFT's prefix and ``.base_layer``.
+
+    ``base_model.model.model.language_model.layers.0.self_attn.q_proj.base_layer`` (a LoRA-wrapped layer) and
+    ``model.language_model.layers.0.self_attn.q_proj`` (the plain model) both give the latter.
+    """
+    return name.removeprefix(_PEFT_PREFIX).replace(".base_layer", "")
+
+
+def check_full_precision(name: str, weight: torch.Tensor) -> None:
+    """Refuse a quantized weight: pruning ranks and zeroes real values, never packed 4-bit or int8 bytes.
+
+    Raises:
+        TypeError: If ``weight`` is a bitsandbytes ``Params4bit``/``Int8Params`` or any non-floating tensor.
+    """
+    kind = type(weight).__name__
+    if kind in ("Params4bit", "Int8Params") or not weight.dtype.is_floating_point:
+        raise TypeError(
+            f"{name}: the weight is a quantized {kind} of dtype {weight.dtype}, not full-precision values. "
+            "Pruning packed 4-bit/8-bit bytes would silently corrupt the model (NF4 byte 0 is -absmax, not 0). "
+            "Prune the full-precision model first with trainer.training.pruning.prune_before_quantization(...), "
+            "then load that pruned copy in 4-bit/8-bit."
+        )
+
+
+def mask_sparsity(masks: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+    """The fraction of pruned weights, over all masks and per module.
+
+    Returns:
+        ``(overall, per_module)``; ``overall`` weights each module by its size.
+    """
+    pruned = total = 0
+    per_module = {}
+    for name, mask in masks.items():
+        n_pruned = int(mask.numel() - mask.count_nonzero())
+        per_module[name] = n_pruned / mask.numel()
+        pruned += n_pruned
+        total += mask.numel()
+    return (pruned / total if total else 0.0), per_module
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_masks(masks: dict[str, torch.Tensor], out_dir: str | Path, metadata: dict) -> None:
+    """Write ``pruning_masks.safetensors`` (bit-packed) and ``pruning.json`` into ``out_dir`` (atomic writes).
+
+    Args:
+        masks: Canonical module name -> boolean mask (``True`` = kept).
+        out_dir: Folder to write into; created if missing.
+        metadata: JSON-serialisable run facts (``method``, ``target_sparsity``, ``threshold``, ...); the sparsity
+            reached and the per-module sparsity are computed here from the masks, so they always match the file.
+
+    Raises:
+        ValueError: If a mask is not a boolean tensor.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    packed, shapes = {}, {}
+    for name, mask in masks.items():
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask {name!r} has dtype {mask.dtype}; masks must be torch.bool (True = kept)")
+        flat = mask.detach().reshape(-1).cpu().numpy()
+        packed[name] = torch.from_numpy(np.packbits(flat))
+        shapes[name] = list(mask.shape)
+    overall, per_module = mask_sparsity(masks)
+    report = {
+        **metadata,
+        "sparsity_reached": overall,
+        "n_weights": sum(m.numel() for m in masks.values()),
+        "n_pruned": sum(int(m.numel() - m.count_nonzero()) for m in masks.values()),
+        "per_module_sparsity": per_module,
+    }
+    st_metadata = {"format": FORMAT, "shapes": json.dumps(shapes), "metadata": json.dumps(report, default=str)}
+    _atomic_write_bytes(out / MASKS_FILE, lambda tmp: save_file(packed, tmp, metadata=st_metadata))
+    _atomic_write_bytes(out / REPORT_FILE, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    logger.info("saved %d pruning masks (sparsity %.4f) to %s", len(masks), overall, out)
+
+
+def load_masks(directory: str | Path) -> dict[str, torch.Tensor] | None:
+    """Read the masks that :func:`save_masks` wrote into ``directory``.
+
+    Returns:
+        Canonical module name -> boolean mask on the CPU, or ``None`` if the folder holds no masks file.
+
+    Raises:
+        ValueError: If the file is not a masks file of this format or a packed mask does not fit its shape.
+    """
+    path = Path(directory) / MASKS_FILE
+    if not path.is_file():
+        return None
+    masks = {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+        shapes = json.loads(meta["shapes"])
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            if name not in shapes:
+                raise ValueError(f"{path}: tensor {name!r} has no shape in the metadata")
+            shape = shapes[name]
+            numel = int(np.prod(shape))
+            bits = f.get_tensor(name).numpy()
+            if bits.size != (numel + 7) // 8:
+                raise ValueError(f"{path}: {name!r} holds {bits.size} bytes, shape {shape} needs {(numel + 7) // 8}")
+            masks[name] = torch.from_numpy(np.unpackbits(bits, count=numel).astype(bool)).reshape(shape)
+    return masks
+
+
+def mask_targets(model: nn.Module, names) -> dict[str, nn.Parameter]:
+    """The weights that masks keyed by ``names`` apply to, resolving PEFT's ``.base_layer``.
+
+    Raises:
+        ValueError: If a name matches no module with a weight.
+    """
+    wanted = set(names)
+    found = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "base_layer") or ".lora_" in name or "modules_to_save" in name:
+            continue  # the frozen weight of a PEFT-wrapped layer is its base_layer child
+        key = canonical_name(name)
+        if key in wanted and isinstance(getattr(module, "weight", None), torch.Tensor):
+            found[key] = module.weight
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise ValueError(
+            f"{len(missing)} mask(s) match no module of this {type(model).__name__}, e.g. {missing[0]!r}; mask keys "
+            "are in-memory module names without PEFT prefixes (were the masks made for another model?)"
+        )
+    return found
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the pruned weights in place, on a plain model or a ``PeftModel``.
+
+    Args:
+        model: The model (its weights must be full precision: apply masks before quantizing).
+        masks: Canonical module name -> boolean mask (``True`` = kept), e.g. from :func:`load_masks`.
+
+    Raises:
+        TypeError: If a target weight is quantized (bitsandbytes 4-bit/8-bit).
+        ValueError: If a mask matches no module or its shape differs from the weight's.
+    """
+    targets = mask_targets(model, masks)
+    for name, weight in targets.items():
+        check_full_precision(name, weight)
+        mask = masks[name]
+        if tuple(mask.shape) != tuple(weight.shape):
+            raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, the weight has {tuple(weight.shape)}")
+        weight.masked_fill_(~mask.to(weight.device), 0)
