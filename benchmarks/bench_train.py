@@ -31,6 +31,7 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 from transformers import AutoProcessor
 
+from dataset_builder.atomic import write_text
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.sft import main as train_main
 from trainer.tiny.models import build_tiny_model
@@ -187,12 +188,6 @@ def bench_training(work: Path) -> dict:
     return results
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main() -> int:
     """Run both benchmarks and write the results."""
     logging.basicConfig(level=logging.WARNING)
@@ -214,7 +209,7 @@ def main() -> int:
         "training": training,
     }
     RESULTS.mkdir(exist_ok=True)
-    _write(RESULTS / "train.json", json.dumps(result, indent=2) + "\n")
+    write_text(RESULTS / "train.json", json.dumps(result, indent=2) + "\n")
     d = data_path
     lines = [
         "# Training benchmark (CPU)",
@@ -248,7 +243,7 @@ def main() -> int:
             f"| tiny/{name}.yaml | {r['batch']} | {r['samples_per_s']} | {r['tokens_per_s']} | {r['peak_memory_mb']} "
             f"| {r['first_loss']:.3f} -> {r['final_loss']:.3f} | {r['recipe_200_steps_estimate_s']} |"
         )
-    _write(RESULTS / "train.md", "\n".join(lines) + "\n")
+    write_text(RESULTS / "train.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

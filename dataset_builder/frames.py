@@ -6,12 +6,13 @@ same site, so both frames end up the same size and aligned on the centre.
 """
 
 import io
-import os
 from pathlib import Path
 
 import av
 import numpy as np
 from PIL import Image
+
+from dataset_builder.atomic import atomic_path
 
 
 def load_frame(path: Path | str, size: int) -> Image.Image:
@@ -50,9 +51,7 @@ def write_mp4(frames: list[Image.Image], path: Path | str, fps: int = 1) -> None
         path: The ``.mp4`` to write.
         fps: Frames per second.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: an orphaned worker never shares it
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames[0].width // 2 * 2, frames[0].height // 2 * 2
         stream.pix_fmt = "yuv420p"
@@ -63,7 +62,6 @@ def write_mp4(frames: list[Image.Image], path: Path | str, fps: int = 1) -> None
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
 
 
 def read_mp4(path: Path | str) -> list[Image.Image]:

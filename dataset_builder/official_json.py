@@ -9,7 +9,6 @@
 import io
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dataset_builder.atomic import atomic_path
 from dataset_builder.frames import write_mp4
 
 
@@ -66,9 +66,8 @@ def export_official(dataset_dir: Path | str, out_dir: Path | str, videos: bool =
         if videos:
             video_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / "geollava_json" / f"{split}.json"
-        tmp = target.with_name(f".{target.name}.tmp")
         n = 0
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             fh.write("[")
             for path in tqdm(files, desc=f"official json ({split})", unit="shard", disable=len(files) < 2):
                 columns = ["id", "conversations"]
@@ -82,7 +81,6 @@ def export_official(dataset_dir: Path | str, out_dir: Path | str, videos: bool =
                         if videos:
                             _export_clip(row, dataset_dir, video_dir / f"{row['id']}.mp4")
             fh.write("\n]\n")
-        os.replace(tmp, target)
         counts[split] = n
     return counts
 
@@ -93,9 +91,8 @@ def _export_clip(row: dict, dataset_dir: Path, target: Path) -> None:
         if not source.exists():
             raise FileNotFoundError(f"{source}: the clip of row {row['id']!r} is missing from the dataset")
         if source.resolve() != target.resolve():
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
         return
     frames = [Image.open(io.BytesIO(frame["bytes"])).convert("RGB") for frame in row["frames"]]
     write_mp4(frames, target)

@@ -10,7 +10,6 @@ offline (its YAML parses back into the Hub's card-data classes) before it is wri
 
 import json
 import logging
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
 
+from dataset_builder.atomic import write_text
 from dataset_builder.card import write_dataset_card
 from model_cards.cli import parse_kind_folder_args
 from model_cards.validate import validate_card, validate_card_file
@@ -95,11 +95,7 @@ def _hub_id(value) -> str | None:
 
 
 def _write(folder: Path, text: str) -> Path:
-    target = folder / "README.md"
-    tmp = folder / ".README.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return write_text(folder / "README.md", text)
 
 
 def render_model_card(

@@ -10,18 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from upload.loopback import free_port
+
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "outputs" / "quickstart"
 
 
-def free_port(preferred: int = 7860) -> int:
+def demo_port(preferred: int = 7860) -> int:
+    """Gradio's usual port when it is free, else any free one."""
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", preferred)) != 0:
             return preferred
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def main() -> int:
@@ -35,7 +36,7 @@ def main() -> int:
                 f"{key}={value} does not exist: run `make quickstart` first, or set {key} to a model path or Hub id."
             )
             return 1
-    port = int(env.get("GRADIO_SERVER_PORT") or free_port())
+    port = int(env.get("GRADIO_SERVER_PORT") or demo_port())
     env["GRADIO_SERVER_PORT"] = str(port)
     env.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     print(f"GeoLLaVA demo on http://127.0.0.1:{port}  (base: {env['BASE_MODEL_ID']}, adapter: {env['ADAPTER_ID']})")

@@ -12,18 +12,18 @@ under outputs/quickstart/. The last stage pushes the dataset, the adapter and th
 """
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from dataset_builder.atomic import write_json, write_text
+from upload.loopback import serve_hub
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,46 +128,14 @@ def sh(*args: str | Path, logs: Path, env: dict | None = None, log: str | None =
         sys.exit(f"\nstage failed: {' '.join(cmd)}\n--- last lines of {log_path} ---\n{tail}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def loopback_hub(out: Path):
-    """Start `geollava-hub` on a free loopback port, storing under ``out``; yield its URL; stop it."""
-    port = free_port()
-    storage = out / "hub"
-    shutil.rmtree(storage, ignore_errors=True)
-    log = open(out / "logs" / "geollava-hub.log", "w")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(
-        [str(BIN / "geollava-hub"), "--host", "127.0.0.1", "--port", str(port), "--storage", str(storage)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{url}/api/whoami-v2", timeout=1)
-                break
-            time.sleep(0.1)
-        else:
-            sys.exit(f"geollava-hub did not start; see {out / 'logs' / 'geollava-hub.log'}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-
-
 VERIFY = r"""
 import json, sys
 import torch
 from datasets import load_dataset
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
+from dataset_builder.atomic import write_json, write_text
+from upload.loopback import serve_hub
 from trainer.models.masks import apply_masks, load_masks
 from huggingface_hub import snapshot_download
 
@@ -352,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     hub_result = {}
 
     def push_and_verify():
-        with loopback_hub(out) as url:
+        shutil.rmtree(out / "hub", ignore_errors=True)
+        with serve_hub(out / "hub", log_path=logs / "geollava-hub.log") as url:
             env = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_quickstart_local_token"}
             run("geollava-push", "dataset", dataset, "--repo-id", REPOS["dataset"], env=env, log="push_dataset")
             run("geollava-push", "model", adapter, "--repo-id", REPOS["model"], env=env, log="push_model")
@@ -407,7 +376,7 @@ def write_report(out: Path, profile: str, stages: Stages, hub: dict, total_secon
         "repos": REPOS,
         "hub_round_trip": hub,
     }
-    _write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_json(out / "report.json", report, indent=2)
     keys = ["rougeL", "rouge1", "sentence_bleu2", "bertscore_f1", "grounding_f1", "cider_d", "s_m"]
     lines = [
         "# GeoLLaVA quickstart report" + ("" if profile == "default" else f" ({profile} profile)"),
@@ -423,14 +392,8 @@ def write_report(out: Path, profile: str, stages: Stages, hub: dict, total_secon
             lines.append(f"| {key} | {_fmt(base_metrics.get(key))} | {_fmt(trained_metrics.get(key))} |")
     lines += ["", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds} |" for name, seconds in stages.times.items()]
-    _write_atomic(out / "report.md", "\n".join(lines) + "\n")
+    write_text(out / "report.md", "\n".join(lines) + "\n")
     return report
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fmt(value) -> str:

@@ -6,21 +6,17 @@ set here, at the top of the root conftest, on a free loopback port that the ``hu
 
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Only the launcher: it imports neither huggingface_hub nor datasets, so HF_ENDPOINT below still comes first.
+from upload.loopback import free_port, serve_hub
 
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="geollava-tests-"))
-HUB_PORT = _free_port()
+HUB_PORT = free_port()
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HOME"] = str(_SESSION_DIR / "hf_home")
@@ -49,43 +45,6 @@ def session_dir() -> Path:
 @pytest.fixture(scope="session")
 def hub_server(session_dir):
     """`geollava-hub` on the loopback port HF_ENDPOINT points at; yields its URL."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    url = os.environ["HF_ENDPOINT"]
-    log = open(session_dir / "hub.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "upload.hub_server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(HUB_PORT),
-            "--storage",
-            str(session_dir / "hub-storage"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=Path(__file__).resolve().parents[1],  # `-m upload.hub_server` from the repo root, whatever pytest's cwd
-    )
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/whoami-v2", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"geollava-hub did not start: {(session_dir / 'hub.log').read_text()}") from None
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    with serve_hub(session_dir / "hub-storage", port=HUB_PORT, log_path=session_dir / "hub.log") as url:
+        assert url == os.environ["HF_ENDPOINT"]
+        yield url

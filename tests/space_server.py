@@ -1,19 +1,11 @@
 """Serve a Space's ``app.py`` on a free loopback port (the browser tests and the Hub round trip both start one)."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from upload.loopback import free_port, wait_until_up
 
 
 def serve(app_path: Path, base, adapter, log_path: Path):
@@ -30,14 +22,9 @@ def serve(app_path: Path, base, adapter, log_path: Path):
     log = open(log_path, "w")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen([sys.executable, str(app_path)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited early:\n{log_path.read_text()}")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"the app did not answer in time:\n{log_path.read_text()}")
+    try:
+        wait_until_up(url, proc, log_path, timeout_s=120)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, url

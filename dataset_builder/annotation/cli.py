@@ -13,7 +13,6 @@ finish; cached answers are not paid again), or on an error.
 
 import json
 import logging
-import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,7 @@ from transformers import HfArgumentParser
 from dataset_builder.annotation.base import AnnotationRequest
 from dataset_builder.annotation.openai_annotator import OpenAIAnnotator, summary_line
 from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
+from dataset_builder.atomic import write_json, write_parquet
 from dataset_builder.card import write_dataset_card
 from dataset_builder.official_json import export_official
 
@@ -122,11 +122,7 @@ def rewrite_shard(path: Path, answers: dict[str, str]) -> int:
         return 0
     column_field = table.schema.field(index)
     table = table.set_column(index, column_field, pa.array(conversations, type=column_field.type))
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, row_group_size=row_group_rows)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_parquet(table, path, row_group_size=row_group_rows, fsync=True)
     return changed
 
 
@@ -142,9 +138,7 @@ def _update_folder(dataset_dir: Path, annotator, problems: dict[str, list]) -> N
             "not_annotated": problems,
             "report": "annotation_report.json",
         }
-        tmp = report_path.with_name(f".{report_path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, report_path)
+        write_json(report_path, report, indent=2, ensure_ascii=False)
     if (dataset_dir / "geollava_json").is_dir():
         export_official(dataset_dir, dataset_dir, videos=(dataset_dir / "videos").is_dir())
     if report_path.exists():
@@ -179,7 +173,7 @@ def annotate_folder(args: AnnotateArguments, config: OpenAIAnnotatorConfig) -> d
         print(f"{sum(len(r) for _, r in plan)} pair(s) to annotate, {cached} already cached; {estimate.summary()}")
         if config.dry_run:
             report = annotator.report() | {"estimate": vars(estimate), "cached_before": cached}
-            _write_json(Path(config.report_path), report)
+            write_json(config.report_path, report, indent=2, sort_keys=True)
             return report
         answers: dict[str, str] = {}
         problems: dict[str, list] = defaultdict(list)
@@ -198,16 +192,10 @@ def annotate_folder(args: AnnotateArguments, config: OpenAIAnnotatorConfig) -> d
                 logger.info("%s: %d row(s) answered", path.relative_to(dataset_dir), changed)
         _update_folder(dataset_dir, annotator, dict(problems))
         report = annotator.report() | {"estimate": vars(estimate), "cached_before": cached}
-        _write_json(Path(config.report_path), report)
+        write_json(config.report_path, report, indent=2, sort_keys=True)
         return report
     finally:
         annotator.close()
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,7 @@ from dataset_builder.annotation.openai_batch import run_batch
 from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
 from dataset_builder.annotation.openai_requests import PlannedRequest, classify_completion, mime_type, scaled_size
 from dataset_builder.annotation.rate_limit import RateLimiter, backoff_delay, retry_after_seconds
+from dataset_builder.atomic import write_json
 from dataset_builder.prompts import ANNOTATION_PROMPT
 
 
@@ -432,12 +433,7 @@ class OpenAIAnnotator:
 
     def write_report(self) -> Path:
         """Write ``annotation_report.json`` atomically; returns its path."""
-        path = self.config.resolved_report_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.report(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_json(self.config.resolved_report_path, self.report(), indent=2, sort_keys=True)
 
     def close(self) -> None:
         """Close the cache file."""

@@ -22,6 +22,7 @@ from dataset_builder.annotation.base import AnnotationRequest, AnnotationResult
 from dataset_builder.annotation.cache import sha256_hex
 from dataset_builder.annotation.openai_requests import PlannedRequest, classify_completion
 from dataset_builder.annotation.rate_limit import backoff_delay
+from dataset_builder.atomic import write_json
 
 
 logger = logging.getLogger(__name__)
@@ -42,12 +43,7 @@ def _load_state(path: Path) -> dict:
 
 
 def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_json(path, state, indent=None, fsync=True)
 
 
 def custom_id(key: str) -> str:

@@ -10,12 +10,11 @@ changeflag}]}``, each ``raw`` lowercase with a leading space and a space before 
 ``images/{train,val,test}/{A,B}/{split}_NNNNNN.png`` at 256 x 256. About half of the pairs are unchanged.
 """
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from dataset_builder.atomic import atomic_path, write_json
 from dataset_builder.synthetic.scenes import apply_change, possible_changes, random_scene, render
 
 
@@ -112,9 +111,8 @@ def generate_levircc(root: Path, pairs: int, seed: int = 0, size: int = 256) -> 
                 after = scene
             for side, state in (("A", scene), ("B", after)):
                 target = root / "images" / split / side / filename
-                tmp = target.with_name(f".{target.name}.tmp")
-                render(state, size, size, rng).save(tmp, format="PNG")
-                os.replace(tmp, target)
+                with atomic_path(target) as tmp:
+                    render(state, size, size, rng).save(tmp, format="PNG")
             sentences = [
                 {"tokens": raw.split(), "raw": raw, "imgid": imgid, "sentid": sentid + i}
                 for i, raw in enumerate(references_for(change, rng))
@@ -133,6 +131,5 @@ def generate_levircc(root: Path, pairs: int, seed: int = 0, size: int = 256) -> 
             imgid += 1
             sentid += len(sentences)
     target = root / "LevirCCcaptions.json"
-    target.with_name(".LevirCCcaptions.json.tmp").write_text(json.dumps({"images": images}))
-    os.replace(target.with_name(".LevirCCcaptions.json.tmp"), target)
+    write_json(target, {"images": images}, indent=None)
     return plan

@@ -12,7 +12,6 @@ truth is written beside the tree, never inside the fMoW files: ``groundtruth/{sp
 import io
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -23,6 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from dataset_builder.atomic import write_bytes
 from dataset_builder.categories import FMOW_CATEGORIES
 from dataset_builder.synthetic.levircc_synth import generate_levircc
 from dataset_builder.synthetic.scenes import (
@@ -149,12 +149,6 @@ def _oversize(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image
         scale *= 1.25
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_location(
     root: Path, split: str, category: str, loc: int, cfg: SynthConfig, rng: np.random.Generator
 ) -> dict:
@@ -212,8 +206,8 @@ def write_location(
             "approximate_wavelengths": [661, 545, 477],
             "bounding_boxes": [{"ID": int(rng.integers(1, 10**6)), "box": [bw, bh, bw, bh], "category": category}],
         }
-        _write(folder / f"{stem}_rgb.jpg", data)
-        _write(folder / f"{stem}_rgb.json", json.dumps(meta, indent=1).encode())
+        write_bytes(folder / f"{stem}_rgb.jpg", data)
+        write_bytes(folder / f"{stem}_rgb.json", json.dumps(meta, indent=1).encode())
         images[stem] = {"timestamp": timestamp, "objects": describe_objects(scene)}
     pairs = {}
     for i in range(n):
@@ -250,7 +244,7 @@ def generate_tree(cfg: SynthConfig) -> dict:
                 counts["images"] += len(record["images"])
                 counts["pairs"] += len(record["pairs"])
                 bar.update()
-            _write(root / "groundtruth" / f"{split}.jsonl", ("\n".join(lines) + "\n").encode())
+            write_bytes(root / "groundtruth" / f"{split}.jsonl", ("\n".join(lines) + "\n").encode())
             counts["locations"][split] = n
     return counts
 

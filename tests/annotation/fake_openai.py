@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import math
-import socket
 import threading
 import time
 import uuid
@@ -26,6 +25,8 @@ import uvicorn
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
+
+from upload.loopback import free_port
 
 
 FAULTS = ("429", "500", "503", "slow", "drop", "malformed", "content_filter", "refusal", "empty", "length")
@@ -332,13 +333,6 @@ def _finish_batch(batch: dict, state: FakeState) -> None:
             batch[name] = fid
     batch["status"] = "completed"
     batch["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
-
-
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeOpenAIServer:

@@ -6,7 +6,6 @@ Run as a script by ``accelerate launch``, this file is the worker: it runs the r
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 import trainer.sft
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.tiny.models import build_tiny_model
+from upload.loopback import free_port
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east.", "No change.", "USER: ASSISTANT:"]
@@ -72,12 +72,6 @@ def _rows(n: int) -> Dataset:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_accelerate_configs_load(path):
     from accelerate.commands.config.config_args import load_config_from_file
@@ -121,7 +115,7 @@ def test_two_process_cpu_run_agrees(tmp_path):
         "--main_process_ip",
         "127.0.0.1",
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
         __file__,
         "--config",
         "trainer/recipes/tiny/lora.yaml",

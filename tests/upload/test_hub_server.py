@@ -1,15 +1,13 @@
 """geollava-hub on its own: the Hub's error shapes, Range, branches, private repos, faults, persistence on disk."""
 
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+from upload.loopback import free_port, serve_hub
 
 
 PAYLOAD = bytes(range(256)) * 40  # binary -> an LFS file
@@ -94,56 +92,24 @@ def test_injected_lfs_fault_fails_the_upload_and_leaves_no_commit(hub_server, tm
     assert "w.bin" in api.list_repo_files("geo-org/faulty")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(storage, port, log):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "upload.hub_server", "--port", str(port), "--storage", str(storage)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            httpx.get(f"{url}/api/whoami-v2", timeout=1)
-            return proc, url
-        except httpx.HTTPError:
-            assert proc.poll() is None and time.time() < deadline, "geollava-hub did not start"
-            time.sleep(0.2)
-
-
 def test_repos_survive_a_restart(tmp_path):
-    storage, port = tmp_path / "storage", _free_port()
-    with open(tmp_path / "hub.log", "w") as log:
-        proc, url = _start(storage, port, log)
-        try:
-            api = HfApi(endpoint=url)
-            api.create_repo("geo-org/kept", repo_type="dataset")
-            api.create_branch("geo-org/kept", branch="v1", repo_type="dataset")
-            api.upload_file(
-                path_or_fileobj=PAYLOAD, path_in_repo="data/x.bin", repo_id="geo-org/kept", repo_type="dataset"
-            )
-            before = api.list_repo_commits("geo-org/kept", repo_type="dataset")
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-        proc, url = _start(storage, port, log)
-        try:
-            api = HfApi(endpoint=url)
-            assert [c.commit_id for c in api.list_repo_commits("geo-org/kept", repo_type="dataset")] == [
-                c.commit_id for c in before
-            ]
-            assert {b.name for b in api.list_repo_refs("geo-org/kept", repo_type="dataset").branches} == {"main", "v1"}
-            path = hf_hub_download(
-                "geo-org/kept", "data/x.bin", repo_type="dataset", endpoint=url, cache_dir=tmp_path / "c"
-            )
-            with open(path, "rb") as fh:
-                assert fh.read() == PAYLOAD
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    storage, port = tmp_path / "storage", free_port()
+    with serve_hub(storage, port=port) as url:
+        api = HfApi(endpoint=url)
+        api.create_repo("geo-org/kept", repo_type="dataset")
+        api.create_branch("geo-org/kept", branch="v1", repo_type="dataset")
+        api.upload_file(
+            path_or_fileobj=PAYLOAD, path_in_repo="data/x.bin", repo_id="geo-org/kept", repo_type="dataset"
+        )
+        before = api.list_repo_commits("geo-org/kept", repo_type="dataset")
+    with serve_hub(storage, port=port) as url:
+        api = HfApi(endpoint=url)
+        assert [c.commit_id for c in api.list_repo_commits("geo-org/kept", repo_type="dataset")] == [
+            c.commit_id for c in before
+        ]
+        assert {b.name for b in api.list_repo_refs("geo-org/kept", repo_type="dataset").branches} == {"main", "v1"}
+        path = hf_hub_download(
+            "geo-org/kept", "data/x.bin", repo_type="dataset", endpoint=url, cache_dir=tmp_path / "c"
+        )
+        with open(path, "rb") as fh:
+            assert fh.read() == PAYLOAD

@@ -6,8 +6,6 @@ them) and from CCExpert's LEVIR-CC table (given x100 there, stored raw here).
 
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless backend
+
+from dataset_builder.atomic import atomic_path, write_text
 
 
 logger = logging.getLogger(__name__)
@@ -59,11 +59,9 @@ def _fmt(value) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -232,10 +230,7 @@ def write_report(out_dir: str | Path, metrics: dict, records: list[dict]) -> lis
         plot_lengths(records, out / PLOTS["lengths"]),
     ]
     text = render_markdown(metrics, records, {name: path.name for name, path in zip(PLOTS, written, strict=True)})
-    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".md", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, out / "report.md")
+    write_text(out / "report.md", text)
     written.append(out / "report.md")
     logger.info("report and %d plots in %s", len(written) - 1, out)
     return written

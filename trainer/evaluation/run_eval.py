@@ -10,9 +10,7 @@ there), then writes ``metrics.json`` (``geollava-score``'s keys plus the run set
 
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,6 +19,7 @@ from datasets import load_dataset
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from dataset_builder.atomic import write_lines
 from dataset_builder.prompts import strip_visual_placeholder
 from trainer.evaluation.generation import generate_batch
 from trainer.evaluation.report import write_report
@@ -136,15 +135,8 @@ def read_predictions(path: Path) -> list[dict]:
             bad += 1
     if bad:
         logger.warning("%s: dropped %d unreadable line(s) left by an interrupted run", path, bad)
-        _write_lines_atomic(path, [json.dumps(r, ensure_ascii=False) for r in records])
+        write_lines(path, [json.dumps(r, ensure_ascii=False) for r in records])
     return records
-
-
-def _write_lines_atomic(path: Path, lines: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
 
 
 def check_same_generation(out: Path, config: EvalConfig, resuming: bool) -> None:

@@ -11,9 +11,7 @@ reported by line and id, and counted in the output; nothing is dropped silently.
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -22,6 +20,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from dataset_builder.atomic import write_json
 from trainer.evaluation import metrics
 from trainer.evaluation.grounding import grounding_scores
 
@@ -310,18 +309,7 @@ def _json_safe(value):
 
 def write_json_atomic(obj, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(obj), f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, _json_safe(obj), indent=2, ensure_ascii=False)
 
 
 def score_file(config: ScoreConfig) -> dict:

@@ -7,14 +7,13 @@ chose on the test split, which leaks the test set into model selection.
 import json
 import logging
 import math
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from datasets import load_dataset
 from transformers import TrainerCallback
 
+from dataset_builder.atomic import atomic_dir, write_json, write_lines
 from dataset_builder.prompts import strip_visual_placeholder
 from trainer.evaluation.generation import generate_batch
 from trainer.evaluation.metrics import coco_caption_metrics
@@ -129,18 +128,14 @@ class BestBySmCallback(TrainerCallback):
             self._write_selection()
 
     def _save(self, model, record: dict, predictions: list[str]) -> None:
-        tmp = self.best_dir.with_name(self.best_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        self.processor.save_pretrained(tmp)
-        with open(tmp / "val_predictions.jsonl", "w", encoding="utf-8") as fh:
-            for row, prediction in zip(self.rows, predictions, strict=True):
-                fh.write(json.dumps({"id": row.get("id"), "prediction": prediction}) + "\n")
-        old = self.best_dir.with_name(self.best_dir.name + ".old")
-        if self.best_dir.exists():
-            os.replace(self.best_dir, old)
-        os.replace(tmp, self.best_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(self.best_dir) as tmp:
+            model.save_pretrained(tmp)
+            self.processor.save_pretrained(tmp)
+            lines = (
+                json.dumps({"id": row.get("id"), "prediction": p})
+                for row, p in zip(self.rows, predictions, strict=True)
+            )
+            write_lines(tmp / "val_predictions.jsonl", lines)
         self.best_record = record
         self._write_selection()
 
@@ -153,9 +148,7 @@ class BestBySmCallback(TrainerCallback):
             "best": self.best_record,
             "history": self.history,
         }
-        tmp = self.best_dir / ".selection.json.tmp"
-        tmp.write_text(json.dumps(selection, indent=1) + "\n")
-        os.replace(tmp, self.best_dir / "selection.json")
+        write_json(self.best_dir / "selection.json", selection)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         """Evaluate every ``every_steps`` optimizer steps when set."""

@@ -14,8 +14,6 @@ Files written by :func:`save_masks` into a folder (an adapter folder, a ``checkp
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from dataset_builder.atomic import atomic_path, write_json
 
 
 logger = logging.getLogger(__name__)
@@ -75,17 +75,6 @@ def mask_sparsity(masks: dict[str, torch.Tensor]) -> tuple[float, dict[str, floa
     return (pruned / total if total else 0.0), per_module
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_masks(masks: dict[str, torch.Tensor], out_dir: str | Path, metadata: dict) -> None:
     """Write ``pruning_masks.safetensors`` (bit-packed) and ``pruning.json`` into ``out_dir`` (atomic writes).
 
@@ -116,8 +105,9 @@ def save_masks(masks: dict[str, torch.Tensor], out_dir: str | Path, metadata: di
         "per_module_sparsity": per_module,
     }
     st_metadata = {"format": FORMAT, "shapes": json.dumps(shapes), "metadata": json.dumps(report, default=str)}
-    _atomic_write_bytes(out / MASKS_FILE, lambda tmp: save_file(packed, tmp, metadata=st_metadata))
-    _atomic_write_bytes(out / REPORT_FILE, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    with atomic_path(out / MASKS_FILE) as tmp:
+        save_file(packed, tmp, metadata=st_metadata)
+    write_json(out / REPORT_FILE, report, indent=2)
     logger.info("saved %d pruning masks (sparsity %.4f) to %s", len(masks), overall, out)
 
 

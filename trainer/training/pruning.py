@@ -19,8 +19,6 @@ Pure functions compute boolean masks (``True`` = kept) keyed by canonical module
 import json
 import logging
 import math
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dataset_builder.atomic import atomic_dir
 from trainer.models.families import Family, family_of
 from trainer.models.masks import (
     REPORT_FILE,
@@ -449,15 +448,9 @@ def prune_before_quantization(
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
     masks, metadata = compute_masks(model, config, calibration)
     apply_masks(model, masks)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         AutoProcessor.from_pretrained(model_path).save_pretrained(tmp)
         save_masks(masks, tmp, {**metadata, "source": str(model_path), "dtype": str(dtype)})
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("saved the pruned full-precision copy of %s to %s", model_path, out)
     return out

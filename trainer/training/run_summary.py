@@ -5,11 +5,10 @@ The card renderer reads the summary; its top-level keys are fixed: ``recipe``, `
 """
 
 import importlib.metadata
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
+
+from dataset_builder.atomic import atomic_path, write_json
 
 
 logger = logging.getLogger(__name__)
@@ -112,21 +111,9 @@ def build_summary(
     }
 
 
-def _json_default(value):
-    return str(value)
-
-
 def write_summary(summary: dict, out_dir: str | Path) -> Path:
     """Write ``run_summary.json`` into ``out_dir`` atomically (temporary name, then rename)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / SUMMARY_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{SUMMARY_FILE}.", dir=out)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(summary, handle, indent=2, default=_json_default)
-        handle.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(out_dir) / SUMMARY_FILE, summary, indent=2)
 
 
 def plot_curves(log_history: list[dict], out_dir: str | Path) -> Path | None:
@@ -162,12 +149,8 @@ def plot_curves(log_history: list[dict], out_dir: str | Path) -> Path | None:
         token_axis.set_ylabel("tokens/s", color="tab:orange")
     right.set_xlabel("optimizer step")
     right.set_title("Throughput")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / CURVES_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{CURVES_FILE}.", suffix=".png", dir=out)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    path = Path(out_dir) / CURVES_FILE
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
