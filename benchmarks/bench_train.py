@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, Features, Image, List, Value, load_dataset
+from datasets import Dataset, load_dataset
 from PIL import Image as PILImage
 from PIL import ImageDraw
 from transformers import AutoProcessor
 
 from dataset_builder.atomic import write_text
 from dataset_builder.prompts import PROMPT_TEMPLATES
+from dataset_builder.rows import features
 from trainer.sft import main as train_main
 from trainer.tiny.models import build_tiny_model
 from trainer.training.collator import VideoSFTCollator
@@ -50,13 +51,7 @@ CAPTIONS = [
     "No change is visible between the two images.",
 ]
 CARD = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n"
-FEATURES = Features(
-    {
-        "id": Value("string"),
-        "frames": List(Image()),
-        "conversations": List({"from": Value("string"), "value": Value("string")}),
-    }
-)
+FEATURES = features(columns=("id", "frames", "conversations"))
 
 
 def _scene(rng: np.random.Generator, size: int) -> bytes:

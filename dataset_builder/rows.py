@@ -6,15 +6,19 @@ from dataset_builder.pairs import Pair
 from dataset_builder.prompts import choose_template, human_turn
 
 
-def features(with_videos: bool, with_changes: bool) -> Features:
+def features(with_videos: bool = True, with_changes: bool = False, columns: tuple[str, ...] | None = None) -> Features:
     """The row schema (docs/CONTRACTS.md §2).
 
     Args:
         with_videos: Include the ``video`` column (relative mp4 path).
         with_changes: Include the ``changes`` column (synthetic trees' ground truth).
+        columns: Only these columns, in this order (what a consumer that reads a subset, or a test, needs).
 
     Returns:
         The features, in column order.
+
+    Raises:
+        KeyError: If ``columns`` names a column the schema does not have.
     """
     spec = {
         "id": Value("string"),
@@ -37,8 +41,10 @@ def features(with_videos: bool, with_changes: bool) -> Features:
         "country_code": Value("string"),
         "cloud_cover": Value("int32"),
     }
-    if with_changes:
+    if with_changes or (columns and "changes" in columns):
         spec["changes"] = List({"kind": Value("string"), "location": Value("string"), "size": Value("string")})
+    if columns is not None:
+        spec = {name: spec[name] for name in columns}
     return Features(spec)
 
 

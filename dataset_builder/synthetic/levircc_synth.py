@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from dataset_builder.atomic import atomic_path, write_json
-from dataset_builder.synthetic.scenes import apply_change, possible_changes, random_scene, render
+from dataset_builder.synthetic.render import render
+from dataset_builder.synthetic.scenes import apply_change, possible_changes, random_scene
 
 
 SPLITS = {"train": 0.7, "val": 0.15, "test": 0.15}

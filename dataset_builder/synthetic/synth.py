@@ -25,13 +25,13 @@ from transformers import HfArgumentParser
 from dataset_builder.atomic import write_bytes
 from dataset_builder.categories import FMOW_CATEGORIES
 from dataset_builder.synthetic.levircc_synth import generate_levircc
+from dataset_builder.synthetic.render import render
 from dataset_builder.synthetic.scenes import (
     apply_change,
     describe_objects,
     diff_scenes,
     possible_changes,
     random_scene,
-    render,
 )
 
 

@@ -5,8 +5,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset
 from PIL import Image as PILImage
+
+from dataset_builder.rows import features
 
 
 SECRET = "sk-test-SECRET-never-logged-0123456789abcdef"
@@ -20,17 +22,7 @@ def jpeg(seed: int, size=(48, 40)) -> bytes:
     return buf.getvalue()
 
 
-FEATURES = Features(
-    {
-        "id": Value("string"),
-        "split": Value("string"),
-        "image1": Value("string"),
-        "image2": Value("string"),
-        "frames": List(Image()),
-        "conversations": List({"from": Value("string"), "value": Value("string")}),
-        "prompt_template_id": Value("int32"),
-    }
-)
+FEATURES = features(columns=("id", "split", "image1", "image2", "frames", "conversations", "prompt_template_id"))
 
 
 def _rows(split: str, start: int, n: int, answered: int = 0) -> dict:

@@ -10,7 +10,8 @@ from PIL import Image
 
 from dataset_builder.categories import FMOW_CATEGORIES
 from dataset_builder.changes import CHANGE_KINDS, LOCATIONS, SIZES
-from dataset_builder.synthetic.scenes import apply_change, diff_scenes, possible_changes, random_scene, render
+from dataset_builder.synthetic.render import render
+from dataset_builder.synthetic.scenes import apply_change, diff_scenes, possible_changes, random_scene
 from dataset_builder.synthetic.synth import SynthConfig, generate_tree, main
 
 

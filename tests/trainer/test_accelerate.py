@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset
 from safetensors.torch import load_file, save_file
 
 import trainer.sft
 from dataset_builder.prompts import PROMPT_TEMPLATES
+from dataset_builder.rows import features
 from trainer.tiny.models import build_tiny_model
 from upload.loopback import free_port
 
@@ -62,13 +63,7 @@ def _rows(n: int) -> Dataset:
                 for i in range(n)
             ],
         },
-        features=Features(
-            {
-                "id": Value("string"),
-                "frames": List(Image()),
-                "conversations": List({"from": Value("string"), "value": Value("string")}),
-            }
-        ),
+        features=features(columns=("id", "frames", "conversations")),
     )
 
 

@@ -4,12 +4,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
+from dataset_builder.rows import features
 from trainer.models.families import build_messages, get_family
 from trainer.models.masks import MASKS_FILE, load_masks, mask_sparsity
 from trainer.tiny.models import build_tiny_model
@@ -44,10 +45,7 @@ def dataset():
                 {"from": "gpt", "value": CAPTIONS[i % len(CAPTIONS)]},
             ]
         )
-    features = Features(
-        {"frames": List(Image()), "conversations": List({"from": Value("string"), "value": Value("string")})}
-    )
-    return Dataset.from_dict(rows, features=features)
+    return Dataset.from_dict(rows, features=features(columns=("frames", "conversations")))
 
 
 class Collator:

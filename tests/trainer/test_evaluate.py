@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset
 from PIL import Image as PILImage
 
 from dataset_builder.prompts import PROMPT_TEMPLATES, human_turn
+from dataset_builder.rows import features
 from trainer.evaluation.run_eval import main, row_prompt_and_references
 from trainer.tiny.models import build_tiny_model
 
@@ -48,15 +49,6 @@ def tiny_run(tmp_path_factory):
 
     rng = np.random.default_rng(0)
     n = len(CAPTIONS)
-    features = Features(
-        {
-            "id": Value("string"),
-            "category": Value("string"),
-            "frames": List(Image()),
-            "conversations": List({"from": Value("string"), "value": Value("string")}),
-            "changes": List({"kind": Value("string"), "location": Value("string"), "size": Value("string")}),
-        }
-    )
     rows = {
         "id": [f"farm_{i}_0-farm_{i}_1" for i in range(n)],
         "category": ["farm", "forest", "farm", "lake", "forest"],
@@ -71,7 +63,9 @@ def tiny_run(tmp_path_factory):
     }
     data = root / "dataset"
     (data / "data" / "default").mkdir(parents=True)
-    Dataset.from_dict(rows, features=features).to_parquet(data / "data" / "default" / "test-00000-of-00001.parquet")
+    Dataset.from_dict(
+        rows, features=features(columns=("id", "category", "frames", "conversations", "changes"))
+    ).to_parquet(data / "data" / "default" / "test-00000-of-00001.parquet")
     (data / "README.md").write_text(
         "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: test\n"
         "    path: data/default/test-*.parquet\n---\n# tiny\n"

@@ -6,12 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, Features, Image, List, Value, load_dataset
+from datasets import Dataset, load_dataset
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 from trl import SFTTrainer
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
+from dataset_builder.rows import features
 from trainer.models.families import FAMILIES
 from trainer.models.loading import load_for_inference
 from trainer.models.masks import load_masks
@@ -29,13 +30,7 @@ CAPTIONS = [
     "No change is visible between the two images.",
 ]
 CORPUS = [*PROMPT_TEMPLATES, *CAPTIONS, "USER: ASSISTANT:", "user assistant system"]
-FEATURES = Features(
-    {
-        "id": Value("string"),
-        "frames": List(Image()),
-        "conversations": List({"from": Value("string"), "value": Value("string")}),
-    }
-)
+FEATURES = features(columns=("id", "frames", "conversations"))
 CARD = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n"
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "run_summary.json", "training_curves.png"}
 

@@ -4,7 +4,7 @@ LLaVA-NeXT-Video-7B's vision tower already tells a roof from a lake before anyon
 from a config has random weights, and with them even a probe on both frames' features names the change kind poorly
 (docs/training.md). ``geollava-tiny-model --vision_pretrain_steps N`` gives the tiny tower what the real one brings:
 N steps of training on single synthetic scenes, fresh ones drawn here (not the dataset's), to say what covers each
-patch, as fractions of :data:`~dataset_builder.synthetic.scenes.PIXEL_CLASSES`. No pair, caption or change is ever
+patch, as fractions of :data:`~dataset_builder.synthetic.render.PIXEL_CLASSES`. No pair, caption or change is ever
 shown; the projector and the language model stay random, so the base still describes nothing.
 """
 
@@ -16,13 +16,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dataset_builder.synthetic.scenes import (
-    PIXEL_CLASSES,
-    SEASONS,
-    apply_random_changes,
-    random_scene,
-    render_with_labels,
-)
+from dataset_builder.synthetic.render import PIXEL_CLASSES, SEASONS, render_with_labels
+from dataset_builder.synthetic.scenes import apply_random_changes, random_scene
 
 
 logger = logging.getLogger(__name__)
