@@ -27,6 +27,7 @@ from dataset_builder.annotation import AnnotationRequest, get_annotator
 from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
 from dataset_builder.atomic import write_json
 from dataset_builder.card import write_dataset_card
+from dataset_builder.changes import load_ground_truth
 from dataset_builder.fmow import DROP_REASONS, SKIP_REASONS, ScanResult, scan_fmow
 from dataset_builder.official_json import export_official
 from dataset_builder.pairs import Pair, find_pairs
@@ -146,21 +147,6 @@ def _prepare_out(out: Path, fingerprint: str) -> dict:
     return state
 
 
-def _load_ground_truth(fmow_root: Path, fmow_split: str) -> dict[str, list[dict]] | None:
-    path = fmow_root / "groundtruth" / f"{fmow_split}.jsonl"
-    if not path.exists():
-        return None
-    changes = {}
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            try:
-                for pair_id, pair in json.loads(line)["pairs"].items():
-                    changes[pair_id] = pair["changes"]
-            except (ValueError, KeyError, TypeError, AttributeError) as err:
-                raise ValueError(f"{path} line {number}: not a ground-truth location ({err!r})") from err
-    return changes
-
-
 #: OpenAI options that change how fast or how cheaply answers come, not what they say: not part of the fingerprint,
 #: so changing them on a rerun resumes instead of starting over.
 OPERATIONAL_OPTIONS = frozenset(
@@ -266,23 +252,7 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
     root, out = Path(cfg.fmow_root), Path(cfg.out)
     # 1. scan: usable images per location, everything else with its reason
     scan = scan_fmow(root, cfg.split_list, cfg.max_image_bytes)
-    for reason, paths in {**scan.dropped, **scan.skipped}.items():
-        logger.warning("skipped %d file(s): %s, e.g. %s", len(paths), reason, paths[0])
-    report = {
-        "fmow_root": str(root.resolve()),
-        "synthetic": (root / "groundtruth").is_dir(),
-        "splits": cfg.split_list,
-        "options": {k: v for k, v in asdict(cfg).items() if k not in ("out", "fmow_root")},
-        "images_seen": scan.images_seen,
-        "images_usable": scan.images_usable,
-        "images_dropped": {reason: len(scan.dropped.get(reason, [])) for reason in DROP_REASONS},
-        "files_skipped": {reason: len(scan.skipped.get(reason, [])) for reason in SKIP_REASONS},
-        "msrgb_ignored": scan.msrgb_ignored,
-        "locations_seen": len(scan.locations) + len(scan.empty_locations),
-        "empty_locations": scan.empty_locations,
-        "dropped_paths": scan.dropped,
-        "skipped_paths": scan.skipped,
-    }
+    report = _scan_report(cfg, root, scan)
     # 2. pairs: the paper's rule, per location
     pairs = [p for key in sorted(scan.locations) for p in find_pairs(scan.locations[key], cfg.min_gap_days)]
     if not pairs:
@@ -307,14 +277,56 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
     if not annotated:
         raise RuntimeError(f"the {cfg.annotator} annotator answered none of the {len(pairs)} pairs: nothing to write")
     # 4. shards: frames, clips, Parquet (resumable)
-    truth = {s: _load_ground_truth(root, s) for s in cfg.split_list}
+    shards = _write_shards(cfg, annotated, captions, state, report)
+    # 5. the sample config, the official form, the report, the card (last: a folder with a README is complete)
+    report["sample_10k_rows"] = write_sample_config(out, cfg.sample_size, cfg.sample_seed, cfg.shard_rows)
+    report["official_json"] = export_official(out, out, videos=not cfg.no_videos)
+    report["shards"] = shards
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    write_json(out / "build_report.json", report)
+    write_dataset_card(out)
+    state["complete"] = True
+    write_json(out / STATE_FILE, state)
+    return report
+
+
+def _scan_report(cfg: BuildConfig, root: Path, scan: ScanResult) -> dict:
+    """The report's opening: the options and what the scan kept, dropped and skipped (each skip logged once)."""
+    for reason, paths in {**scan.dropped, **scan.skipped}.items():
+        logger.warning("skipped %d file(s): %s, e.g. %s", len(paths), reason, paths[0])
+    return {
+        "fmow_root": str(root.resolve()),
+        "synthetic": (root / "groundtruth").is_dir(),
+        "splits": cfg.split_list,
+        "options": {k: v for k, v in asdict(cfg).items() if k not in ("out", "fmow_root")},
+        "images_seen": scan.images_seen,
+        "images_usable": scan.images_usable,
+        "images_dropped": {reason: len(scan.dropped.get(reason, [])) for reason in DROP_REASONS},
+        "files_skipped": {reason: len(scan.skipped.get(reason, [])) for reason in SKIP_REASONS},
+        "msrgb_ignored": scan.msrgb_ignored,
+        "locations_seen": len(scan.locations) + len(scan.empty_locations),
+        "empty_locations": scan.empty_locations,
+        "dropped_paths": scan.dropped,
+        "skipped_paths": scan.skipped,
+    }
+
+
+def _write_shards(
+    cfg: BuildConfig, annotated: list[Pair], captions: dict[str, str], state: dict, report: dict
+) -> dict:
+    """Write (or resume) the shards, add the kept pairs' statistics to ``report``; returns shards per split.
+
+    Raises:
+        RuntimeError: If every pair failed to decode, or the rows written disagree with the pairs kept.
+    """
+    root, out = Path(cfg.fmow_root), Path(cfg.out)
+    truth = {s: load_ground_truth(root, s) for s in cfg.split_list}
     truth = {s: t or {} for s, t in truth.items()} if any(t is not None for t in truth.values()) else {}
-    feats = features(with_videos=not cfg.no_videos, with_changes=bool(truth))
     jobs = plan_shards(
         annotated,
         captions,
         truth,
-        feats,
+        features(with_videos=not cfg.no_videos, with_changes=bool(truth)),
         out=cfg.out,
         shard_rows=cfg.shard_rows,
         frame_size=cfg.frame_size,
@@ -340,16 +352,7 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
         del rows_written[split]
     if dict(rows_written) != report["pairs_per_split"]:
         raise RuntimeError(f"rows written {dict(rows_written)} != pairs kept {report['pairs_per_split']}")
-    # 5. the sample config, the official form, the report, the card (last: a folder with a README is complete)
-    report["sample_10k_rows"] = write_sample_config(out, cfg.sample_size, cfg.sample_seed, cfg.shard_rows)
-    report["official_json"] = export_official(out, out, videos=not cfg.no_videos)
-    report["shards"] = {split: sum(j["split"] == split for j in jobs) for split in rows_written}
-    report["seconds"] = round(time.perf_counter() - start, 2)
-    write_json(out / "build_report.json", report)
-    write_dataset_card(out)
-    state["complete"] = True
-    write_json(out / STATE_FILE, state)
-    return report
+    return {split: sum(j["split"] == split for j in jobs) for split in rows_written}
 
 
 def _parser() -> HfArgumentParser:

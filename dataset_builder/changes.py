@@ -7,7 +7,9 @@ short present-tense LEVIR-CC style ("many houses are built in the north ."), and
 clause ("no new buildings").
 """
 
+import json
 import re
+from pathlib import Path
 
 
 CHANGE_KINDS: tuple[str, ...] = (
@@ -265,3 +267,23 @@ def true_kinds(changes: list[dict] | None) -> set[str]:
     """The kinds of a ground-truth change list (``{"no_change"}`` for an empty list)."""
     kinds = {change["kind"] for change in changes or []}
     return kinds or {NO_CHANGE}
+
+
+def load_ground_truth(fmow_root: Path, fmow_split: str) -> dict[str, list[dict]] | None:
+    """The true changes per pair id that ``geollava-synth`` wrote beside a tree (``None`` for a real fMoW tree).
+
+    Raises:
+        ValueError: If a line of ``groundtruth/{split}.jsonl`` is not a location (naming the file and line).
+    """
+    path = fmow_root / "groundtruth" / f"{fmow_split}.jsonl"
+    if not path.exists():
+        return None
+    changes = {}
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            try:
+                for pair_id, pair in json.loads(line)["pairs"].items():
+                    changes[pair_id] = pair["changes"]
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise ValueError(f"{path} line {number}: not a ground-truth location ({err!r})") from err
+    return changes
