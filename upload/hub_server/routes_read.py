@@ -10,6 +10,7 @@ from upload.hub_server.state import TYPES, HubState
 
 
 router = APIRouter()
+TREE_PAGE, TREE_PAGE_EXPANDED = 1000, 50
 
 
 def hub(request: Request) -> HubState:
@@ -95,8 +96,17 @@ async def tree(rtypes: str, org: str, name: str, rev: str, request: Request, pat
         return hub_error("EntryNotFound", f"{path} is a file, not a folder")
     if path and not any(p.startswith(path + "/") for p in files):
         return hub_error("EntryNotFound", f"{path} does not exist on {rev}")
-    recursive = request.query_params.get("recursive", "false").lower() in ("1", "true")
-    return tree_entries(files, path, recursive)
+    query = request.query_params
+    recursive = query.get("recursive", "false").lower() in ("1", "true")
+    entries = hub(request).listing((oid, path, recursive), lambda: tree_entries(files, path, recursive))
+    # Pages as on the Hub: 1,000 entries (50 with expand), the next page's URL in a `Link` header.
+    size = TREE_PAGE_EXPANDED if query.get("expand", "false").lower() in ("1", "true") else TREE_PAGE
+    start = int(query.get("cursor", "0") or 0)
+    page = entries[start : start + size]
+    if start + size >= len(entries):
+        return page
+    url = request.url.include_query_params(cursor=str(start + size))
+    return JSONResponse(page, headers={"Link": f'<{url}>; rel="next"'})
 
 
 @router.post("/api/{rtypes}/{org}/{name}/paths-info/{rev:path}")

@@ -8,7 +8,7 @@ from upload.hub_server.routes_read import hub
 router = APIRouter()
 
 #: The faults ``POST /_faults`` can arm (see :class:`upload.hub_server.state.HubState`).
-FAULTS = ("fail_lfs_put_after",)
+FAULTS = ("fail_lfs_put_after", "fail_commit_after")
 
 
 @router.get("/_log")

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from upload.hub_server.payloads import CARD_FRONT_MATTER, base_url, hub_error
 from upload.hub_server.routes_read import find_repo, hub
 from upload.hub_server.state import PREFIX, TYPES
-from upload.hub_server.store import lfs_entry, regular_entry
+from upload.hub_server.store import HubStore, lfs_entry, regular_entry
 
 
 router = APIRouter()
@@ -95,14 +95,9 @@ async def preupload(rtypes: str, org: str, name: str, rev: str, request: Request
         sample = base64.b64decode(f["sample"])
         lfs = bool(LFS_EXT.search(f["path"])) or f["size"] > 10 * 1024 * 1024 or b"\0" in sample
         cur = files.get(f["path"])
-        out.append(
-            {
-                "path": f["path"],
-                "uploadMode": "lfs" if lfs else "regular",
-                "shouldIgnore": False,
-                "oid": cur["git_oid"] if cur else None,
-            }
-        )
+        # The id the client compares with its own to drop unchanged files: sha256 for LFS files, as on the Hub.
+        oid = cur and (cur["sha256"] if cur["lfs"] else cur["git_oid"])
+        out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
     return {"files": out, "commitOid": head}
 
 
@@ -143,9 +138,9 @@ async def lfs_put(oid: str, request: Request):
     state.store.put_blob(data)
     repo_path = request.query_params.get("repo", "")
     rtype = next((t for t, prefix in PREFIX.items() if prefix and repo_path.startswith(prefix)), "model")
-    repo = state.store.get_repo(rtype, repo_path.removeprefix(PREFIX[rtype]))
-    if repo is not None:
-        state.store.add_lfs_object(repo, oid)
+    repo_id = repo_path.removeprefix(PREFIX[rtype])
+    if state.store.get_repo(rtype, repo_id) is not None:
+        state.store.add_lfs_object(rtype, repo_id, oid)
     return Response(status_code=200)
 
 
@@ -159,33 +154,36 @@ async def lfs_verify(request: Request):
     return {}
 
 
-def apply_operations(store, files: dict, operations: list[dict]) -> JSONResponse | None:
-    """Apply a commit's ``file`` / ``lfsFile`` / ``deletedFile`` / ``deletedFolder`` operations to ``files``.
+def commit_changes(store: HubStore, files: dict, operations: list[dict]) -> tuple[dict, JSONResponse | None]:
+    """The changes (``{path: entry, or None if deleted}``) a commit's operations make to ``files``.
 
     Returns:
-        ``None``, or the error that refuses the whole commit (nothing is applied to the repo then).
+        ``(changes, None)``, or ``({}, error)`` with the error that refuses the whole commit.
     """
+    changes: dict[str, dict | None] = {}
     for item in operations:
         key, value = item["key"], item["value"]
         if key == "file":
             encoded = value.get("encoding") == "base64"
             data = base64.b64decode(value["content"]) if encoded else value["content"].encode()
-            files[value["path"]] = regular_entry(data, store.put_blob(data))
+            changes[value["path"]] = regular_entry(data, store.put_blob(data))
         elif key == "lfsFile":
             if not store.has_blob(value["oid"]):
-                return JSONResponse({"error": f"LFS object {value['oid']} not uploaded"}, status_code=400)
+                return {}, JSONResponse({"error": f"LFS object {value['oid']} not uploaded"}, status_code=400)
             size = value.get("size") or store.blob_path(value["oid"]).stat().st_size
-            files[value["path"]] = lfs_entry(value["oid"], size)
+            changes[value["path"]] = lfs_entry(value["oid"], size)
         elif key == "deletedFile":
-            if files.pop(value["path"], None) is None:
-                return hub_error("EntryNotFound", f"{value['path']} not found")
+            path = value["path"]
+            exists = changes[path] is not None if path in changes else path in files
+            if not exists:
+                return {}, hub_error("EntryNotFound", f"{path} not found")
+            changes[path] = None
         elif key == "deletedFolder":
             folder = value["path"].rstrip("/") + "/"
-            for path in [p for p in files if p.startswith(folder)]:
-                del files[path]
+            changes.update({p: None for p in [*files, *changes] if p.startswith(folder)})
         else:
-            return JSONResponse({"error": f"unsupported commit op {key}"}, status_code=400)
-    return None
+            return {}, JSONResponse({"error": f"unsupported commit op {key}"}, status_code=400)
+    return changes, None
 
 
 @router.post("/api/{rtypes}/{org}/{name}/commit/{rev:path}")
@@ -195,7 +193,8 @@ async def commit(rtypes: str, org: str, name: str, rev: str, request: Request):
     repo, error = find_repo(request, rtype, f"{org}/{name}")
     if error:
         return error
-    store = hub(request).store
+    state = hub(request)
+    store = state.store
     branch = unquote(rev).removeprefix("refs/heads/")
     head = store.branches(repo).get(branch)
     if head is None:
@@ -204,11 +203,12 @@ async def commit(rtypes: str, org: str, name: str, rev: str, request: Request):
     header = lines[0]["value"]
     if header.get("parentCommit") and header["parentCommit"] != head:
         return JSONResponse({"error": "parent commit is not the head of the branch"}, status_code=412)
-    files = dict(store.files_at(repo, head))
-    error = apply_operations(store, files, lines[1:])
+    changes, error = commit_changes(store, store.files_at(repo, head), lines[1:])
     if error:
         return error
-    oid = store.new_commit(repo, files, header.get("summary", ""), branch)
+    if state.take_fault("fail_commit_after"):
+        return JSONResponse({"error": "injected fault: commit refused"}, status_code=507)
+    oid = store.new_commit(repo, changes, header.get("summary", ""), branch)
     return {
         "commitUrl": f"{base_url(request)}/{PREFIX[rtype]}{org}/{name}/commit/{oid}",
         "commitOid": oid,
