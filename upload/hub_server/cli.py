@@ -5,6 +5,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from upload.hub_server.validation import is_loopback
+from upload.loopback import TOKEN_ENV
+
 
 #: The modules of the ``hub`` extra (``pip install 'geollava[hub]'``): the server's own dependencies.
 SERVER_MODULES = ("fastapi", "uvicorn", "starlette", "multipart", "python_multipart")
@@ -22,7 +25,25 @@ class HubArguments:
         metadata={"help": "Folder for blobs and the repo index (repos persist across restarts)."},
     )
 
+    token: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Require this token on every request (default: ${TOKEN_ENV}, which keeps it out of the process "
+            "list). Needed to bind anything but loopback."
+        },
+    )
+    allow_hostile_trees: bool = field(
+        default=False,
+        metadata={"help": "TEST ONLY: accept POST /_hostile (commits paths the Hub refuses) and serve such trees."},
+    )
+
     def __post_init__(self):
+        self.token = self.token or os.environ.get(TOKEN_ENV) or None
+        if not is_loopback(self.host) and not self.token:
+            raise ValueError(
+                f"host: {self.host!r} is not a loopback address; refusing to serve without a token "
+                f"(--token or ${TOKEN_ENV}); every request must then carry it (clients: HF_TOKEN)"
+            )
         if not 0 < self.port < 65536:
             raise ValueError(f"port: {self.port} is not a TCP port (1-65535)")
         if os.path.exists(self.storage) and not os.path.isdir(self.storage):
@@ -64,10 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     store = HubStore(args.storage)
     store.root.mkdir(parents=True, exist_ok=True)
     store.load_index()
+    guard = "a token required on every request" if args.token else "no token"
+    hostile = "; TEST ONLY: hostile trees allowed" if args.allow_hostile_trees else ""
     print(
         f"geollava-hub: serving http://{args.host}:{args.port} from {store.root} "
-        f"({len(store.repos)} repos; a stand-in for tests and offline staging, not a Hub)",
+        f"({len(store.repos)} repos; {guard}{hostile}; a stand-in for tests and offline staging, not a Hub)",
         flush=True,
     )
-    uvicorn.run(create_app(HubState(store)), host=args.host, port=args.port, log_level="warning")
+    state = HubState(store, token=args.token, hostile_trees=args.allow_hostile_trees)
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")
     return 0

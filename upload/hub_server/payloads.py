@@ -13,11 +13,16 @@ from upload.hub_server.store import HubStore, lfs_pointer
 CARD_FRONT_MATTER = re.compile(r"^---\s*\n(.*?)\n---\s*\n", re.S)
 
 
-def hub_error(code: str, message: str, status: int = 404) -> JSONResponse:
-    """A Hub-shaped error: the status, ``X-Error-Code`` / ``X-Error-Message`` headers and ``{"error": ...}``."""
-    return JSONResponse(
-        {"error": message}, status_code=status, headers={"X-Error-Code": code, "X-Error-Message": message}
-    )
+def hub_error(code: str, message: str, status: int = 404, detail: str | None = None) -> JSONResponse:
+    """A Hub-shaped error: the status, ``X-Error-Code`` / ``X-Error-Message`` headers, ``{"error": detail}``."""
+    # Header values are Latin-1 and one line: anything else (a hostile path's bytes) is escaped.
+    headers = {"X-Error-Code": code, "X-Error-Message": message.encode("ascii", "backslashreplace").decode()}
+    return JSONResponse({"error": detail or message}, status_code=status, headers=headers)
+
+
+def bad_request(code: str, message: str) -> JSONResponse:
+    """A 400 with the Hub's headers, for what the Hub refuses (an invalid repo id, path, branch or object id)."""
+    return hub_error(code, message, 400)
 
 
 def base_url(request: Request) -> str:

@@ -1,12 +1,20 @@
 """Read routes: whoami, repo info, refs, commits, tree, paths-info, and file downloads (resolve)."""
 
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
-from upload.hub_server.payloads import file_entry, folder_entry, hub_error, repo_info_payload, tree_entries
+from upload.hub_server.payloads import (
+    bad_request,
+    file_entry,
+    folder_entry,
+    hub_error,
+    repo_info_payload,
+    tree_entries,
+)
 from upload.hub_server.state import TYPES, HubState
+from upload.hub_server.validation import path_problem, repo_id_problem
 
 
 router = APIRouter()
@@ -19,9 +27,18 @@ def hub(request: Request) -> HubState:
 
 
 def find_repo(request: Request, rtype: str | None, repo_id: str) -> tuple[dict | None, JSONResponse | None]:
-    """``(repo, None)``, or ``(None, error)`` with the Hub's RepoNotFound."""
+    """``(repo, None)``, or ``(None, error)``: 400 for an invalid repo id, the Hub's RepoNotFound for a missing one."""
+    problem = repo_id_problem(repo_id)
+    if problem:
+        return None, bad_request("InvalidRepoId", problem)
     repo = hub(request).store.get_repo(rtype, repo_id)
     return (repo, None) if repo else (None, hub_error("RepoNotFound", "Repository not found"))
+
+
+def refused_path(request: Request, path: str) -> JSONResponse | None:
+    """The 400 for a path the Hub refuses (``None`` when it is good, or when the server serves hostile trees)."""
+    problem = None if hub(request).hostile_trees else path_problem(path)
+    return bad_request("InvalidPath", problem) if problem else None
 
 
 def repo_at(request: Request, rtype: str | None, repo_id: str, rev: str):
@@ -90,8 +107,11 @@ async def tree(rtypes: str, org: str, name: str, rev: str, request: Request, pat
     repo, oid, error = repo_at(request, TYPES.get(rtypes), f"{org}/{name}", rev)
     if error:
         return error
+    path = path.strip("/")
+    refused = path and refused_path(request, path)
+    if refused:
+        return refused
     files = hub(request).store.files_at(repo, oid)
-    path = unquote(path).strip("/")
     if path and path in files:
         return hub_error("EntryNotFound", f"{path} is a file, not a folder")
     if path and not any(p.startswith(path + "/") for p in files):
@@ -119,9 +139,13 @@ async def paths_info(rtypes: str, org: str, name: str, rev: str, request: Reques
         paths = (await request.json()).get("paths", [])
     else:
         paths = parse_qs((await request.body()).decode()).get("paths", [])
+    paths = [p.strip("/") for p in paths]
+    refused = next(filter(None, (refused_path(request, p) for p in paths if p)), None)
+    if refused:
+        return refused
     files = hub(request).store.files_at(repo, oid)
     out = []
-    for p in (p.strip("/") for p in paths):
+    for p in paths:
         if p in files:
             out.append(file_entry(p, files[p]))
         elif p == "" or any(f.startswith(p + "/") for f in files):
@@ -134,8 +158,10 @@ async def resolve(rtype: str, org: str, name: str, rev: str, path: str, request:
     repo, oid, error = repo_at(request, rtype, f"{org}/{name}", rev)
     if error:
         return error
+    refused = refused_path(request, path)
+    if refused:
+        return refused
     store = hub(request).store
-    path = unquote(path)
     f = store.files_at(repo, oid).get(path)
     if f is None:
         return hub_error("EntryNotFound", f"Entry not found: {path}")

@@ -10,10 +10,17 @@ import yaml
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from upload.hub_server.payloads import CARD_FRONT_MATTER, base_url, hub_error
+from upload.hub_server.payloads import CARD_FRONT_MATTER, bad_request, base_url, hub_error
 from upload.hub_server.routes_read import find_repo, hub
 from upload.hub_server.state import PREFIX, TYPES
 from upload.hub_server.store import HubStore, lfs_entry, regular_entry
+from upload.hub_server.validation import (
+    branch_problem,
+    oid_problem,
+    path_problem,
+    repo_id_problem,
+    upload_signature,
+)
 
 
 router = APIRouter()
@@ -26,15 +33,23 @@ LFS_EXT = re.compile(
 )
 
 
-def _repo_id(body: dict) -> str:
-    return f"{body['organization']}/{body['name']}" if body.get("organization") else f"tester/{body['name']}"
+def repo_from_body(body) -> tuple[str, str, JSONResponse | None]:
+    """``(type, repo id, None)`` of a create/delete request, or ``("", "", error)`` when it names no valid repo."""
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        return "", "", bad_request("InvalidRepoId", "Invalid request: expected a JSON object with a 'name'")
+    rtype, org = body.get("type") or "model", body.get("organization") or "tester"
+    repo_id = f"{org}/{body['name']}" if isinstance(org, str) else str(org)
+    problem = repo_id_problem(repo_id) or (None if rtype in PREFIX else f"Invalid repo type {ascii(rtype)}")
+    return (rtype, repo_id, None) if problem is None else ("", "", bad_request("InvalidRepoId", problem))
 
 
 @router.post("/api/repos/create")
 async def create_repo(request: Request):
     """Create a model, dataset or Space repo; 409 when it exists (``exist_ok`` clients accept that)."""
     body = await request.json()
-    rtype, repo_id = body.get("type") or "model", _repo_id(body)
+    rtype, repo_id, error = repo_from_body(body)
+    if error:
+        return error
     url = f"{base_url(request)}/{PREFIX[rtype]}{repo_id}"
     private = body.get("visibility") == "private" or bool(body.get("private"))
     if not hub(request).store.create_repo(rtype, repo_id, private=private, sdk=body.get("sdk")):
@@ -45,8 +60,10 @@ async def create_repo(request: Request):
 @router.delete("/api/repos/delete")
 async def delete_repo(request: Request):
     """Delete a repo."""
-    body = await request.json()
-    if not hub(request).store.delete_repo(body.get("type") or "model", _repo_id(body)):
+    rtype, repo_id, error = repo_from_body(await request.json())
+    if error:
+        return error
+    if not hub(request).store.delete_repo(rtype, repo_id):
         return hub_error("RepoNotFound", "Repository not found")
     return {}
 
@@ -70,6 +87,9 @@ async def create_branch(rtypes: str, org: str, name: str, branch: str, request: 
     repo, error = find_repo(request, TYPES.get(rtypes), f"{org}/{name}")
     if error:
         return error
+    problem = branch_problem(branch)
+    if problem:
+        return bad_request("InvalidBranch", problem)
     store = hub(request).store
     if branch in store.branches(repo):
         return JSONResponse({"error": f"Reference already exists: refs/heads/{branch}"}, status_code=409)
@@ -90,8 +110,12 @@ async def preupload(rtypes: str, org: str, name: str, rev: str, request: Request
     store = hub(request).store
     head = store.resolve_rev(repo, rev) or repo["main"]
     files = store.files_at(repo, head)
+    wanted = (await request.json())["files"]
+    problem = next(filter(None, (path_problem(f["path"]) for f in wanted)), None)
+    if problem:
+        return bad_request("InvalidPath", problem)
     out = []
-    for f in (await request.json())["files"]:
+    for f in wanted:
         sample = base64.b64decode(f["sample"])
         lfs = bool(LFS_EXT.search(f["path"])) or f["size"] > 10 * 1024 * 1024 or b"\0" in sample
         cur = files.get(f["path"])
@@ -109,14 +133,22 @@ async def lfs_batch(request: Request, p1: str, p2: str, p0: str = ""):
     repo, error = find_repo(request, rtype, f"{p1}/{p2}")
     if error:
         return error
-    store, base = hub(request).store, base_url(request)
+    state, base = hub(request), base_url(request)
+    wanted = (await request.json()).get("objects", [])
+    problem = next(filter(None, (oid_problem(o.get("oid")) for o in wanted)), None)
+    if problem:
+        return bad_request("InvalidOid", problem)
     objects = []
-    for o in (await request.json()).get("objects", []):
-        if store.owns_lfs_object(repo, o["oid"]):
+    for o in wanted:
+        if state.store.owns_lfs_object(repo, o["oid"]):
             objects.append({"oid": o["oid"], "size": o["size"]})  # no actions: nothing to send
             continue
+        repo_path = f"{PREFIX[rtype]}{p1}/{p2}"
+        href = f"{base}/_lfs/{o['oid']}?repo={repo_path}"
+        if state.token:
+            href += f"&sig={upload_signature(state.token, repo_path, o['oid'])}"
         actions = {
-            "upload": {"href": f"{base}/_lfs/{o['oid']}?repo={PREFIX[rtype]}{p1}/{p2}", "header": {}},
+            "upload": {"href": href, "header": {}},
             "verify": {"href": f"{base}/_lfs/verify", "header": {}},
         }
         objects.append({"oid": o["oid"], "size": o["size"], "authenticated": True, "actions": actions})
@@ -128,6 +160,8 @@ async def lfs_batch(request: Request, p1: str, p2: str, p0: str = ""):
 @router.put("/_lfs/{oid}")
 async def lfs_put(oid: str, request: Request):
     """Receive one LFS object (the ``upload`` action's href); it then belongs to the repo named in the href."""
+    if oid_problem(oid):
+        return bad_request("InvalidOid", oid_problem(oid))
     state = hub(request)
     data = await request.body()
     if state.take_fault("fail_lfs_put_after"):
@@ -148,10 +182,39 @@ async def lfs_put(oid: str, request: Request):
 async def lfs_verify(request: Request):
     """Git LFS verify: the object is stored with the announced size."""
     body = await request.json()
+    if oid_problem(body.get("oid")):
+        return bad_request("InvalidOid", oid_problem(body.get("oid")))
     path = hub(request).store.blob_path(body["oid"])
     if not path.exists() or path.stat().st_size != body["size"]:
         return JSONResponse({"error": "object missing"}, status_code=404)
     return {}
+
+
+def operation_problem(item) -> JSONResponse | None:
+    """The 400 for a commit operation the Hub refuses (malformed, a bad path or object id), or ``None``."""
+    value = item.get("value") if isinstance(item, dict) else None
+    if not isinstance(value, dict) or not isinstance(value.get("path"), str):
+        shown = ascii(item)[:200]
+        return bad_request("InvalidCommit", f"Invalid commit operation {shown}: expected a key and a value.path")
+    path = value["path"].rstrip("/") if item.get("key") == "deletedFolder" else value["path"]
+    if path_problem(path):
+        return bad_request("InvalidPath", path_problem(path))
+    if item.get("key") == "lfsFile" and oid_problem(value.get("oid")):
+        return bad_request("InvalidOid", oid_problem(value.get("oid")))
+    return None
+
+
+def parse_commit(raw: bytes) -> tuple[dict, list[dict], JSONResponse | None]:
+    """The header and operations of an NDJSON commit, or the 400 that refuses it."""
+    try:
+        lines = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return {}, [], bad_request("InvalidCommit", f"Invalid commit payload: not NDJSON ({err})")
+    header = lines[0].get("value") if lines and isinstance(lines[0], dict) else None
+    if not isinstance(header, dict) or lines[0].get("key") != "header":
+        return {}, [], bad_request("InvalidCommit", "Invalid commit payload: the first line must be the header")
+    refused = next(filter(None, (operation_problem(item) for item in lines[1:])), None)
+    return header, lines[1:], refused
 
 
 def commit_changes(store: HubStore, files: dict, operations: list[dict]) -> tuple[dict, JSONResponse | None]:
@@ -199,11 +262,12 @@ async def commit(rtypes: str, org: str, name: str, rev: str, request: Request):
     head = store.branches(repo).get(branch)
     if head is None:
         return hub_error("RevisionNotFound", f"Invalid rev id: {rev} (commits go to a branch; create it first)")
-    lines = [json.loads(line) for line in (await request.body()).decode().splitlines() if line.strip()]
-    header = lines[0]["value"]
+    header, operations, error = parse_commit(await request.body())
+    if error:
+        return error
     if header.get("parentCommit") and header["parentCommit"] != head:
         return JSONResponse({"error": "parent commit is not the head of the branch"}, status_code=412)
-    changes, error = commit_changes(store, store.files_at(repo, head), lines[1:])
+    changes, error = commit_changes(store, store.files_at(repo, head), operations)
     if error:
         return error
     if state.take_fault("fail_commit_after"):

@@ -17,6 +17,10 @@ class HubState:
     """The server's state, reachable from every handler as ``request.app.state.hub``."""
 
     store: HubStore
+    #: When set, every request must carry it (``Authorization: Bearer``; LFS upload URLs are signed with it instead).
+    token: str | None = None
+    #: TEST ONLY: accept ``POST /_hostile``, which commits paths the Hub refuses, and serve such trees as they are.
+    hostile_trees: bool = False
     #: Every request served so far, one ``METHOD path -> status`` line each (tests count them).
     log: list[str] = field(default_factory=list)
     #: Faults armed by tests through ``POST /_faults``: ``{"fail_lfs_put_after": N}`` lets N more LFS uploads
