@@ -130,38 +130,43 @@ def push(
     plan["total_bytes"] = sum(f["bytes"] for f in plan["files"])
     large = len(files) > large_folder_files or plan["total_bytes"] > large_folder_bytes
     plan["files_per_commit"] = files_per_commit if large else None
-    if dry_run:
-        return plan
+    return plan if dry_run else send(plan, folder, private=private)
+
+
+def send(plan: dict, folder: Path, *, private: bool = False) -> dict:
+    """Create the repo (and branch) of ``plan`` and push its files: one commit, or parts when it says so.
+
+    Returns:
+        ``plan`` with ``commit`` (and ``parts``, ``resumed_files`` for a push in parts).
+    """
+    kind, repo_id, paths = plan["kind"], plan["repo_id"], [f["path"] for f in plan["files"]]
+    revision = None if plan["revision"] == "main" else plan["revision"]
     api = HfApi()
     api.create_repo(
         repo_id, repo_type=kind, private=private, exist_ok=True, space_sdk="gradio" if kind == "space" else None
     )
-    if revision and revision != "main":
+    if revision:
         api.create_branch(repo_id, branch=revision, repo_type=kind, exist_ok=True)
-    message = f"Upload {kind} with geollava-push ({len(files)} files)"
-    paths = [f["path"] for f in plan["files"]]
-    if large:
-        plan.update(
-            push_in_parts(
-                api,
-                folder,
-                paths,
-                repo_id=repo_id,
-                kind=kind,
-                revision=revision,
-                files_per_commit=files_per_commit,
-                message=message,
-            )
+    message = f"Upload {kind} with geollava-push ({len(paths)} files)"
+    if plan["files_per_commit"]:
+        parts = push_in_parts(
+            api,
+            folder,
+            paths,
+            repo_id=repo_id,
+            kind=kind,
+            revision=revision,
+            files_per_commit=plan["files_per_commit"],
+            message=message,
         )
-        return plan
+        return plan | parts
     # create_commit, not upload_folder: upload_folder matches every file against every allow pattern (quadratic in
     # files), and with hf_xet installed it splits a folder into several commits on its own.
     operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in paths]
     commit = api.create_commit(
         repo_id, operations=operations, commit_message=message, repo_type=kind, revision=revision
     )
-    plan["commit"] = getattr(commit, "oid", None)
-    return plan
+    return plan | {"commit": getattr(commit, "oid", None)}
 
 
 def parse_args(argv: list[str] | None = None) -> PushArguments:
