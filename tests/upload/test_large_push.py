@@ -13,8 +13,6 @@ import httpx
 import pytest
 from huggingface_hub import HfApi
 
-from dataset_builder.build import BuildConfig, build
-from dataset_builder.synthetic.synth import SynthConfig, generate_tree
 from upload.large_push import JOURNAL_DIR
 from upload.push import main as push_main
 from upload.staging import staged_files
@@ -37,15 +35,8 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("large")
-    generate_tree(SynthConfig(out=str(root / "fmow"), locations=16, seed=11, image_size=64, oversize_fraction=0))
-    build(
-        BuildConfig(
-            fmow_root=str(root / "fmow"), out=str(root / "dataset"), frame_size=32, shard_rows=6, sample_size=5
-        )
-    )
-    return root / "dataset"
+def dataset_dir(build_small_dataset):
+    return build_small_dataset("large")
 
 
 def _log(url: str) -> list[str]:

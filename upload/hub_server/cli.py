@@ -1,4 +1,10 @@
-"""``geollava-hub``: parse the flags, check the ``hub`` extra is installed, load the storage and serve."""
+"""A small Hugging Face Hub-compatible server on loopback: a stand-in for tests and offline staging, not a Hub.
+
+    geollava-hub --host 127.0.0.1 --port 18900 --storage outputs/hub
+
+The command: parse the flags, refuse a non-loopback address without a token, check that the ``hub`` extra is
+installed (naming ``pip install 'geollava[hub]'`` otherwise), load the storage and serve.
+"""
 
 import logging
 import os
