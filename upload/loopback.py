@@ -8,6 +8,7 @@ dependencies (the ``hub`` extra); the child does.
 """
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+
+#: The environment variable `geollava-hub` reads its token from (as ``--token`` would give it).
+TOKEN_ENV = "GEOLLAVA_HUB_TOKEN"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -56,6 +61,8 @@ def serve_hub(
     port: int | None = None,
     host: str = "127.0.0.1",
     log_path: str | Path | None = None,
+    token: str | None = None,
+    hostile_trees: bool = False,
 ) -> Iterator[str]:
     """Run ``geollava-hub`` on ``host:port`` (a free port by default), storing repos under ``storage``.
 
@@ -64,6 +71,9 @@ def serve_hub(
         port: The port; a free one when ``None``.
         host: The address to bind (loopback).
         log_path: Where the server's output goes (default: ``storage/../hub.log``).
+        token: Require this token on every request (passed through the environment, never the command line);
+            ``None``: no token, whatever ``GEOLLAVA_HUB_TOKEN`` says in this process.
+        hostile_trees: TEST ONLY: let ``POST /_hostile`` commit paths the Hub refuses (``--allow-hostile-trees``).
 
     Yields:
         The server's URL, ``http://host:port``; the server is stopped when the block ends.
@@ -83,10 +93,13 @@ def serve_hub(
         str(port),
         "--storage",
         str(storage),
+        *(["--allow-hostile-trees"] if hostile_trees else []),
     ]
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV} | ({TOKEN_ENV: token} if token else {})
     with open(log_path, "w") as log:
         # The repo root as cwd: `-m upload.hub_server` finds this checkout's package whatever the caller's cwd.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
+        root = Path(__file__).parents[1]
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
         try:
             wait_until_up(f"{url}/api/whoami-v2", process, log_path)
             yield url

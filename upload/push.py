@@ -1,11 +1,13 @@
-"""Push a dataset folder, an adapter folder or the Space to the Hub as ONE commit.
+"""Push a dataset folder, an adapter folder or the Space to the Hub as ONE commit (a large folder: resumable parts).
 
     geollava-push dataset outputs/quickstart/dataset --repo-id my-org/geollava [--revision BRANCH] [--dry-run]
 
 Creates the repo if needed, stages exactly what belongs to the artifact (``upload.staging``: never checkpoints or
 optimizer state) and uploads it with one ``upload_folder`` commit; LFS blobs go up before the commit, so a push cut
-midway leaves no commit and a rerun sends only what is missing. The endpoint comes from ``HF_ENDPOINT``
-(huggingface.co by default) and the token from ``HF_TOKEN`` or the login cache; the token is never printed.
+midway leaves no commit and a rerun sends only what is missing. A folder of more than ``--large-folder-files`` files
+or ``--large-folder-bytes`` bytes (a full-scale dataset: 100K clips) is pushed in commits of ``--files-per-commit``
+files instead, which a rerun resumes where the last one stopped (``upload.large_push``). The endpoint comes from
+``HF_ENDPOINT`` (huggingface.co by default) and the token from ``HF_TOKEN`` or the login cache; never printed.
 """
 
 import logging
@@ -14,7 +16,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub import CommitOperationAdd, HfApi, constants
+
 from model_cards.cli import parse_kind_folder_args
+from upload.large_push import push_in_parts
 from upload.staging import ALLOW, KINDS, staged_files
 
 
@@ -23,7 +28,14 @@ __all__ = ["PushArguments", "main", "push", "repo_url", "staged_files"]
 logger = logging.getLogger(__name__)
 
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-USAGE = "geollava-push {dataset,model,space} FOLDER --repo-id ORG/NAME [--private] [--revision BRANCH] [--dry-run]"
+USAGE = (
+    "geollava-push {dataset,model,space} FOLDER --repo-id ORG/NAME [--private] [--revision BRANCH] [--dry-run]\n"
+    "       [--large-folder-files N] [--large-folder-bytes B] [--files-per-commit K]"
+)
+#: Above either, a push is cut into resumable commits: one commit of thousands of files is slow and can time out.
+LARGE_FOLDER_FILES, LARGE_FOLDER_BYTES = 1000, 5_000_000_000
+#: The Hub recommends under 100 files a commit (hub docs, "Repository limitations and recommendations").
+FILES_PER_COMMIT = 100
 
 
 @dataclass
@@ -36,6 +48,16 @@ class PushArguments:
     private: bool = field(default=False, metadata={"help": "Create the repo private (an existing repo is unchanged)."})
     revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created from main if needed)."})
     dry_run: bool = field(default=False, metadata={"help": "Print the plan (files, sizes, URL) and send nothing."})
+    large_folder_files: int = field(
+        default=LARGE_FOLDER_FILES,
+        metadata={"help": "Above this many files, push in resumable commits of --files-per-commit files."},
+    )
+    large_folder_bytes: int = field(
+        default=LARGE_FOLDER_BYTES, metadata={"help": "Above this many bytes, push in resumable commits too."}
+    )
+    files_per_commit: int = field(
+        default=FILES_PER_COMMIT, metadata={"help": "Files per commit of a large push (the Hub advises under 100)."}
+    )
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -46,12 +68,13 @@ class PushArguments:
             raise ValueError(f"folder: {self.folder!r} is not a folder")
         if self.revision is not None and not self.revision.strip():
             raise ValueError(f"revision: {self.revision!r} is empty")
+        for name in ("large_folder_files", "large_folder_bytes", "files_per_commit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: {getattr(self, name)} must be at least 1")
 
 
 def repo_url(kind: str, repo_id: str) -> str:
     """The repo's URL on the configured endpoint (``HF_ENDPOINT``)."""
-    from huggingface_hub import constants
-
     prefix = {"dataset": "datasets/", "space": "spaces/", "model": ""}[kind]
     return f"{constants.ENDPOINT}/{prefix}{repo_id}"
 
@@ -64,8 +87,11 @@ def push(
     private: bool = False,
     revision: str | None = None,
     dry_run: bool = False,
+    large_folder_files: int = LARGE_FOLDER_FILES,
+    large_folder_bytes: int = LARGE_FOLDER_BYTES,
+    files_per_commit: int = FILES_PER_COMMIT,
 ) -> dict:
-    """Push ``folder`` as one commit.
+    """Push ``folder`` as one commit, or in resumable commits when it is large.
 
     Args:
         kind: ``dataset``, ``model`` or ``space``.
@@ -74,10 +100,14 @@ def push(
         private: Create the repo private.
         revision: Branch to commit to; created from ``main`` when missing.
         dry_run: Return the plan and send nothing.
+        large_folder_files: Above this many files, push in parts (``upload.large_push``).
+        large_folder_bytes: Above this many bytes, push in parts.
+        files_per_commit: Files per commit of a push in parts.
 
     Returns:
-        The plan: ``kind``, ``repo_id``, ``url``, ``revision``, ``files`` (path + bytes), ``total_bytes``, and
-        ``commit`` (the commit id; ``None`` when nothing changed) unless ``dry_run``.
+        The plan: ``kind``, ``repo_id``, ``url``, ``revision``, ``files`` (path + bytes), ``total_bytes``,
+        ``files_per_commit`` (``None``: one commit), and unless ``dry_run`` ``commit`` (the commit id; ``None`` when
+        nothing changed), plus ``parts`` and ``resumed_files`` for a push in parts.
 
     Raises:
         FileNotFoundError: The folder is missing or holds nothing that belongs to a ``kind``.
@@ -98,26 +128,45 @@ def push(
         "files": [{"path": f.as_posix(), "bytes": (folder / f).stat().st_size} for f in files],
     }
     plan["total_bytes"] = sum(f["bytes"] for f in plan["files"])
-    if dry_run:
-        return plan
-    from huggingface_hub import HfApi
+    large = len(files) > large_folder_files or plan["total_bytes"] > large_folder_bytes
+    plan["files_per_commit"] = files_per_commit if large else None
+    return plan if dry_run else send(plan, folder, private=private)
 
+
+def send(plan: dict, folder: Path, *, private: bool = False) -> dict:
+    """Create the repo (and branch) of ``plan`` and push its files: one commit, or parts when it says so.
+
+    Returns:
+        ``plan`` with ``commit`` (and ``parts``, ``resumed_files`` for a push in parts).
+    """
+    kind, repo_id, paths = plan["kind"], plan["repo_id"], [f["path"] for f in plan["files"]]
+    revision = None if plan["revision"] == "main" else plan["revision"]
     api = HfApi()
     api.create_repo(
         repo_id, repo_type=kind, private=private, exist_ok=True, space_sdk="gradio" if kind == "space" else None
     )
-    if revision and revision != "main":
+    if revision:
         api.create_branch(repo_id, branch=revision, repo_type=kind, exist_ok=True)
-    commit = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type=kind,
-        revision=revision,
-        allow_patterns=[f["path"] for f in plan["files"]],
-        commit_message=f"Upload {kind} with geollava-push ({len(files)} files)",
+    message = f"Upload {kind} with geollava-push ({len(paths)} files)"
+    if plan["files_per_commit"]:
+        parts = push_in_parts(
+            api,
+            folder,
+            paths,
+            repo_id=repo_id,
+            kind=kind,
+            revision=revision,
+            files_per_commit=plan["files_per_commit"],
+            message=message,
+        )
+        return plan | parts
+    # create_commit, not upload_folder: upload_folder matches every file against every allow pattern (quadratic in
+    # files), and with hf_xet installed it splits a folder into several commits on its own.
+    operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in paths]
+    commit = api.create_commit(
+        repo_id, operations=operations, commit_message=message, repo_type=kind, revision=revision
     )
-    plan["commit"] = getattr(commit, "oid", None)
-    return plan
+    return plan | {"commit": getattr(commit, "oid", None)}
 
 
 def parse_args(argv: list[str] | None = None) -> PushArguments:
@@ -133,7 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         plan = push(
-            args.kind, args.folder, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run
+            args.kind,
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            dry_run=args.dry_run,
+            large_folder_files=args.large_folder_files,
+            large_folder_bytes=args.large_folder_bytes,
+            files_per_commit=args.files_per_commit,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"geollava-push: {err}", file=sys.stderr)
@@ -146,6 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {f['bytes']:>12,d}  {f['path']}")
     tail = "; nothing sent (dry run)" if args.dry_run else f"; commit {plan.get('commit')}"
     print(f"  {plan['total_bytes']:>12,d}  bytes in {len(plan['files'])} files{tail}")
+    if plan["files_per_commit"] is None:
+        print("  as one commit")
+    elif args.dry_run:
+        print(f"  in resumable commits of {plan['files_per_commit']} files (a large folder)")
+    else:
+        print(
+            f"  in resumable commits of {plan['files_per_commit']} files: {plan['parts']} parts pushed by this run, "
+            f"{plan['resumed_files']} files committed by an earlier run"
+        )
     return 0
 
 

@@ -14,9 +14,7 @@ import torch
 from datasets import load_dataset
 from huggingface_hub import HfApi, ModelCard, snapshot_download
 
-from dataset_builder.build import BuildConfig, build
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from dataset_builder.synthetic.synth import SynthConfig, generate_tree
 from model_cards.render import main as card_main
 from model_cards.render import validate_card
 from upload.push import main as push_main
@@ -28,15 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("release")
-    generate_tree(SynthConfig(out=str(root / "fmow"), locations=16, seed=11, image_size=64, oversize_fraction=0))
-    build(
-        BuildConfig(
-            fmow_root=str(root / "fmow"), out=str(root / "dataset"), frame_size=32, shard_rows=6, sample_size=5
-        )
-    )
-    return root / "dataset"
+def dataset_dir(build_small_dataset):
+    return build_small_dataset("release")
 
 
 @pytest.fixture(scope="module")

@@ -113,3 +113,24 @@ def test_repos_survive_a_restart(tmp_path):
         )
         with open(path, "rb") as fh:
             assert fh.read() == PAYLOAD
+
+
+def test_tree_pages_like_the_hub(hub_server):
+    from huggingface_hub import CommitOperationAdd
+
+    api = HfApi()
+    api.create_repo("geo-org/many-files", repo_type="dataset", exist_ok=True)
+    operations = [CommitOperationAdd(f"videos/{i:05d}.txt", f"{i}\n".encode()) for i in range(1005)]
+    api.create_commit("geo-org/many-files", operations=operations, commit_message="1005", repo_type="dataset")
+    start = len(httpx.get(f"{hub_server}/_log").json())
+    files = api.list_repo_files("geo-org/many-files", repo_type="dataset")
+    assert len(files) == len(set(files)) == 1005 + 1  # + .gitattributes
+    pages = [line for line in httpx.get(f"{hub_server}/_log").json()[start:] if "/tree/" in line]
+    assert len(pages) == 2 and "cursor=1000" in pages[1]
+
+
+def test_unchanged_lfs_files_are_not_committed_again(hub_server, repo):
+    api = HfApi()
+    before = len(api.list_repo_commits(repo))
+    api.upload_file(path_or_fileobj=PAYLOAD, path_in_repo="weights.bin", repo_id=repo)  # same bytes again
+    assert len(api.list_repo_commits(repo)) == before
