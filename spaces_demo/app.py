@@ -16,6 +16,8 @@ import av
 import gradio as gr
 from PIL import Image
 
+from dataset_builder.frames import clip_ends
+from dataset_builder.images import ImageTooLarge
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.evaluation.predict import describe_pair, read_image
 from trainer.models.loading import load_for_inference
@@ -88,15 +90,14 @@ def read_frame(path) -> Image.Image:
 def read_clip(path) -> list[Image.Image]:
     """The first and last frame of an uploaded clip (as the official GeoLLaVA reader takes them)."""
     try:
-        with av.open(str(path)) as container:
-            frames = [frame.to_image() for frame in container.decode(video=0)]
-    except (av.error.FFmpegError, IndexError, ValueError) as err:
+        frames, n = clip_ends(path)  # only two frames kept; the pixel and byte limits of dataset_builder.images
+    except ImageTooLarge as err:
+        raise InputError(f"Could not use '{_name(path)}': {err}") from err
+    except (av.error.FFmpegError, IndexError, ValueError, OSError) as err:
         raise InputError(f"Could not read '{_name(path)}' as a video clip: {err}") from err
-    if len(frames) < 2:
-        raise InputError(
-            f"The clip '{_name(path)}' has {len(frames)} frame(s); it needs at least 2 (before and after)."
-        )
-    return [frames[0], frames[-1]]
+    if n < 2:
+        raise InputError(f"The clip '{_name(path)}' has {n} frame(s); it needs at least 2 (before and after).")
+    return frames
 
 
 def limit_size(image: Image.Image, label: str) -> tuple[Image.Image, str | None]:

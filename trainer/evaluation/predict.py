@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from dataset_builder.images import check_tiff, open_image
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.evaluation.generation import generate_batch
 from trainer.models.loading import load_for_inference
@@ -74,7 +75,8 @@ def read_image(path: str | Path) -> Image.Image:
     """Read a JPEG, PNG or 3-band GeoTIFF as an RGB image.
 
     Raises:
-        ValueError: Naming the file, for a missing, unreadable or unsupported file, or a GeoTIFF without 3 bands.
+        ValueError: Naming the file, for a missing, unreadable or unsupported file, or a GeoTIFF without 3 bands;
+            :class:`dataset_builder.images.ImageTooLarge` (a ``ValueError``) over the pixel or byte limit.
     """
     path = Path(path)
     if not path.is_file():
@@ -82,9 +84,10 @@ def read_image(path: str | Path) -> Image.Image:
     with open(path, "rb") as f:
         head = f.read(4)
     if head in _TIFF_MAGIC:
+        check_tiff(path)  # the pixel and byte limits (dataset_builder.images), from the tags
         return _read_tiff(path)
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             kind = image.format
             if kind not in ("JPEG", "PNG"):
                 raise ValueError(f"{path}: {kind} images are not supported; use JPEG, PNG or a 3-band GeoTIFF")
