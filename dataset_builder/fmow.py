@@ -243,8 +243,8 @@ def _read_image(split, category, folder: Path, path: Path, files, limits) -> tup
         meta = json.loads(json_path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict):
             raise ValueError(f"{json_path.name} is not a JSON object")
-    except (OSError, ValueError) as err:
-        return None, "malformed_json", str(err)
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser goes
+        return None, "malformed_json", str(err) or type(err).__name__
     try:
         timestamp = parse_timestamp(meta.get("timestamp"))
     except (ValueError, TypeError) as err:

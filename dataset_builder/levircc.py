@@ -261,8 +261,37 @@ def _prepare_out(out: Path) -> None:
     (out / MARKER).write_text(FORMAT + "\n")
 
 
-def _write_shard(out: Path, name: str, rows: list[dict], feats: Features) -> None:
-    write_parquet(Dataset.from_list(rows, features=feats).data.table, out / "data" / name)
+def _write_split(cfg: LevirCCBuildConfig, split: str, entries: list[dict], progress, skipped: list[dict]) -> list:
+    """Write one split's shards (as they fill: memory holds one shard of PNG bytes); returns the report's columns.
+
+    A split whose every pair is skipped leaves no shard (``load_dataset`` would find an empty split).
+    """
+    root, out, feats = Path(cfg.root), Path(cfg.out), features()
+    entries = sorted(entries, key=lambda e: (-1 if e.get("imgid") is None else _as_int(e["imgid"]), e["filename"]))
+    n = -(-len(entries) // cfg.shard_rows)
+    kept, written = [], []
+    for i in range(n):
+        rows = []
+        for entry in entries[i * cfg.shard_rows : (i + 1) * cfg.shard_rows]:
+            progress.update()
+            try:
+                rows.append(make_row(entry, root))
+            except (FileNotFoundError, ValueError) as err:
+                if not cfg.skip_missing:
+                    raise
+                where = {"filename": entry["filename"], "split": entry["split"]}
+                skipped.append(where | {"reason": str(err), "kind": _kind(err)})
+                logger.warning("skipped: %s", err)
+        table = Dataset.from_list(rows, features=feats).data.table if rows else feats.arrow_schema.empty_table()
+        written.append(write_parquet(table, out / "data" / f"{SPLITS[split]}-{i:05d}-of-{n:05d}.parquet"))
+        # Only the columns the report needs are kept.
+        kept += [{k: r[k] for k in ("references", "changeflag", "changeflag_inferred")} for r in rows]
+    if not kept:
+        for path in written:
+            path.unlink()
+        if entries:
+            logger.warning("split %s: every pair was skipped; no shards for it", split)
+    return kept
 
 
 def build_levircc(cfg: LevirCCBuildConfig) -> dict:
@@ -279,37 +308,16 @@ def build_levircc(cfg: LevirCCBuildConfig) -> dict:
         raise FileNotFoundError(f"{captions_path}: no captions file (--root must hold {cfg.captions_file})")
     entries = [e for e in read_captions(captions_path) if e["split"] in cfg.split_list]
     _prepare_out(out)
-    feats = features()
-    by_split: dict[str, list[dict]] = {s: [] for s in cfg.split_list}
-    for entry in entries:
-        by_split[entry["split"]].append(entry)
-    rows_by_split: dict[str, list[dict]] = {SPLITS[s]: [] for s in cfg.split_list}
     skipped: list[dict] = []
     progress = tqdm(total=len(entries), desc="reading LEVIR-CC", unit="pair")
-    for split, split_entries in by_split.items():
-        split_entries.sort(key=lambda e: (-1 if e.get("imgid") is None else _as_int(e["imgid"]), e["filename"]))
-        n = -(-len(split_entries) // cfg.shard_rows)
-        # Shards are written as they fill, so memory holds one shard of PNG bytes, not the dataset.
-        for i in range(n):
-            rows = []
-            for entry in split_entries[i * cfg.shard_rows : (i + 1) * cfg.shard_rows]:
-                progress.update()
-                try:
-                    rows.append(make_row(entry, root))
-                except (FileNotFoundError, ValueError) as err:
-                    if not cfg.skip_missing:
-                        raise
-                    where = {"filename": entry["filename"], "split": entry["split"]}
-                    skipped.append(where | {"reason": str(err), "kind": _kind(err)})
-                    logger.warning("skipped: %s", err)
-            _write_shard(out, f"{SPLITS[split]}-{i:05d}-of-{n:05d}.parquet", rows, feats)
-            # Only the columns the report needs are kept.
-            rows_by_split[SPLITS[split]] += [
-                {k: r[k] for k in ("references", "changeflag", "changeflag_inferred")} for r in rows
-            ]
+    rows_by_split = {
+        SPLITS[split]: _write_split(cfg, split, [e for e in entries if e["split"] == split], progress, skipped)
+        for split in cfg.split_list
+    }
     progress.close()
     if not any(rows_by_split.values()):
-        raise ValueError(f"{captions_path}: no pairs in splits {cfg.split_list}")
+        why = f" ({len(skipped)} skipped, e.g. {skipped[0]['reason']})" if skipped else ""
+        raise ValueError(f"{captions_path}: no pairs in splits {cfg.split_list}{why}")
     listed = {(e["split"], e["filename"]) for e in entries}
     unlisted = {
         split: sorted(p.name for p in (root / "images" / split / "A").glob("*.png") if (split, p.name) not in listed)

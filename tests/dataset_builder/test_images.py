@@ -5,6 +5,7 @@ The bomb of issue 23: a 48 KB PNG of 20,000 x 20,000 pixels (400 M), through eac
 
 import json
 import re
+import warnings
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,7 +21,7 @@ from dataset_builder.images import (
     open_image,
     tiff_pixels,
 )
-from tests.fuzz.hostile import clip_bytes, jpeg_bomb, png_bomb, png_bytes, tiff_bomb, tiff_bytes
+from tests.fuzz.hostile import clip_bytes, jpeg_bomb, png_bomb, png_bytes, png_header_bomb, tiff_bomb, tiff_bytes
 
 
 LIMIT_TEXT = f"{DEFAULT_MAX_PIXELS:,}"
@@ -71,6 +72,19 @@ def test_open_image_refuses_the_bomb_from_its_header_and_names_file_and_limit(bo
     monkeypatch.setenv("GEOLLAVA_MAX_IMAGE_PIXELS", "399999999")
     with pytest.raises(ImageTooLarge, match="400,000,000 pixels > 399,999,999"):
         open_image(bomb)
+
+
+def test_pillows_bomb_warning_never_reaches_the_user(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's default: it warns past this
+    data = png_header_bomb(10_000, 10_000)  # 100 M pixels: under our limit, over Pillow's warning threshold
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with open_image(data) as im:
+            assert im.size == (10_000, 10_000)
+        with pytest.raises(ImageTooLarge, match="10000 x 10000 = 100,000,000 pixels > 50,000,000"):
+            open_image(data, limits=ImageLimits(max_pixels=50_000_000))
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS  # raised to ours, so Pillow never speaks first
 
 
 @pytest.mark.parametrize("make", [png_bytes, jpeg_bytes])

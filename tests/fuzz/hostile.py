@@ -90,3 +90,11 @@ def clip_bytes(n_frames: int = 3, size: int = 32) -> bytes:
         for packet in stream.encode():
             container.mux(packet)
     return buf.getvalue()
+
+
+def png_header_bomb(width: int, height: int) -> bytes:
+    """A small 8-bit RGB PNG whose header (IHDR, CRC fixed) declares ``width`` x ``height``; its data stays tiny."""
+    data = png_bytes(0, (4, 4))
+    ihdr = data.index(b"IHDR")
+    fields = struct.pack(">II", width, height) + data[ihdr + 12 : ihdr + 17]
+    return data[: ihdr - 4] + _png_chunk(b"IHDR", fields) + data[ihdr + 21 :]
