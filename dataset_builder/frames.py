@@ -95,8 +95,10 @@ def clip_ends(path: Path | str, limits: ImageLimits | None = None) -> tuple[list
         if not container.streams.video:
             raise ValueError(f"{name}: no video stream")
         stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        check_pixels(width, height, name, limits, frames=max(1, stream.frames))
+        context = stream.codec_context  # None where FFmpeg has no decoder for the stream
+        if context is None:
+            raise ValueError(f"{name}: FFmpeg has no decoder for its video stream")
+        check_pixels(context.width, context.height, name, limits, frames=max(1, stream.frames))
         first = last = None
         n = pixels = 0
         for frame in container.decode(stream):

@@ -66,14 +66,18 @@ def _non_blank_lines(data: bytes) -> int:
 
 
 @fuzz_settings(PARSER, "collect_rows", max_examples=200, deadline_ms=5000)
-@given(data=FILES)
-def test_collect_rows(data):
+@given(data=FILES, references=st.none() | FILES | MOSTLY_GOOD)
+def test_collect_rows(data, references):
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "predictions.jsonl"
+        path, refs_path = Path(tmp) / "predictions.jsonl", Path(tmp) / "references.jsonl"
         path.write_bytes(data)
-        rows, skipped, n_empty = collect_rows(path)
-    assert len(rows) + len(skipped) == _non_blank_lines(data)
-    assert all(isinstance(s["line"], int) and s["reason"] and s["file"] == str(path) for s in skipped)
+        if references is not None:
+            refs_path.write_bytes(references)
+        rows, skipped, n_empty = collect_rows(path, refs_path if references is not None else None)
+    own = [s for s in skipped if s["file"] == str(path)]
+    assert len(rows) + len(own) == _non_blank_lines(data)
+    assert all(s["file"] in (str(path), str(refs_path)) and s["reason"] for s in skipped)
+    assert all(isinstance(s["line"], int) for s in own)
     for row in rows:
         assert isinstance(row.id, str) and isinstance(row.prediction, str)
         assert row.references and all(isinstance(r, str) and r.strip() for r in row.references)

@@ -40,7 +40,10 @@ UPLOADS = st.one_of(
     st.tuples(SIDES.filter(lambda s: s < 65536), SIDES.filter(lambda s: s < 65536)).map(lambda wh: tiff_bomb(*wh)),
     st.none(),
 )
-CLIPS = st.sampled_from([clip_bytes(3), clip_bytes(1), clip_bytes(2, 48)]).flatmap(mutated)
+#: clips, and what else a user may drop on the clip field (an image, a GeoTIFF)
+CLIPS = st.sampled_from([clip_bytes(3), clip_bytes(1), clip_bytes(2, 48), SEEDS[0], SEEDS[3], SEEDS[4]]).flatmap(
+    mutated
+)
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from dataset_builder.images import check_tiff, open_image
+from dataset_builder.images import ImageTooLarge, check_tiff, open_image
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.evaluation.generation import generate_batch
 from trainer.models.loading import load_for_inference
@@ -93,11 +93,13 @@ def read_image(path: str | Path) -> Image.Image:
     try:
         with open_image(path) as image:
             kind = image.format
-            if kind not in ("JPEG", "PNG"):
-                raise ValueError(f"{path}: {kind} images are not supported; use JPEG, PNG or a 3-band GeoTIFF")
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+            if kind in ("JPEG", "PNG"):
+                return image.convert("RGB")
+    except ImageTooLarge:
+        raise
+    except Exception as err:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, ... for a corrupt file
         raise ValueError(f"{path}: not a readable image (JPEG, PNG or 3-band GeoTIFF expected)") from err
+    raise ValueError(f"{path}: {kind} images are not supported; use JPEG, PNG or a 3-band GeoTIFF")
 
 
 def _as_image(value) -> Image.Image:
