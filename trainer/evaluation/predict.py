@@ -187,7 +187,7 @@ def _csv_rows(path, f) -> Iterator[dict]:
 
     Raises:
         ValueError: Naming the file, if it has no ``before``/``after`` columns or is not a readable UTF-8 CSV (bad
-            bytes, a NUL, a field over ``csv``'s limit).
+            bytes, a field over ``csv``'s limit).
     """
     reader = csv.DictReader(f)
     try:
