@@ -193,8 +193,13 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="GeoLLaVA: what changed here?") as demo:
         gr.Markdown("# 🛰️ GeoLLaVA — what changed here?\nUpload two satellite images of one place, earlier first.")
         with gr.Row():
-            before = gr.Image(type="filepath", label="Before (earlier)", elem_id="before", sources=["upload"])
-            after = gr.Image(type="filepath", label="After (later)", elem_id="after", sources=["upload"])
+            # image_mode=None: Gradio hands over the uploaded file after reading its header, never decoding it
+            before = gr.Image(
+                type="filepath", label="Before (earlier)", elem_id="before", sources=["upload"], image_mode=None
+            )
+            after = gr.Image(
+                type="filepath", label="After (later)", elem_id="after", sources=["upload"], image_mode=None
+            )
         with gr.Accordion("Other inputs: a GeoTIFF, any file, or one 2-frame clip", open=False), gr.Row():
             before_file = gr.File(label="Before (JPEG, PNG or 3-band GeoTIFF)", elem_id="before_file")
             after_file = gr.File(label="After (JPEG, PNG or 3-band GeoTIFF)", elem_id="after_file")
@@ -227,6 +232,9 @@ def build_demo() -> gr.Blocks:
 def main() -> None:
     """Start the app (``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` choose where)."""
     logging.basicConfig(level=logging.INFO)
+    # Gradio opens each upload (header only, see build_demo) before read_frame checks it: with Pillow's own bomb
+    # check off here, the pixel limit of dataset_builder.images is the one check, and its message the one shown.
+    Image.MAX_IMAGE_PIXELS = None
     demo = build_demo()
     try:
         get_model()

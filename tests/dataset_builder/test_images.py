@@ -163,6 +163,20 @@ def test_the_space_refuses_bomb_images_geotiffs_and_clips(bomb, tmp_path, monkey
         gather_frames(None, None, str(tmp_path / "c.mp4"))
 
 
+def test_the_spaces_image_boxes_hand_the_bomb_over_undecoded(bomb, monkeypatch):
+    import gradio as gr
+    from gradio.components.image import ImageData
+
+    from spaces_demo import app
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # as app.main() sets it: Gradio reads the header only
+    boxes = {b.elem_id: b for b in app.build_demo().blocks.values() if isinstance(b, gr.Image)}
+    path = boxes["before"].preprocess(ImageData(path=str(bomb), orig_name="bomb.png"))
+    assert path == str(bomb)  # the upload itself, neither decoded nor converted by Gradio
+    text, view, status = app.describe(path, str(bomb), None, app.PROMPT_TEMPLATES[0], 8)
+    assert (text, view) == ("", None) and f"400,000,000 pixels > {LIMIT_TEXT}" in status
+
+
 def test_geollava_build_drops_the_bomb_with_its_own_reason(tmp_path, capsys):
     from dataset_builder.build import main
 

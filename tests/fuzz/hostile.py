@@ -1,9 +1,13 @@
 """Hostile inputs made in a few milliseconds: decompression bombs (a header that declares a huge image) and the
 small valid files that the fuzz tests corrupt."""
 
+import contextlib
 import io
 import struct
+import tempfile
 import zlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import av
 import numpy as np
@@ -98,3 +102,12 @@ def png_header_bomb(width: int, height: int) -> bytes:
     ihdr = data.index(b"IHDR")
     fields = struct.pack(">II", width, height) + data[ihdr + 12 : ihdr + 17]
     return data[: ihdr - 4] + _png_chunk(b"IHDR", fields) + data[ihdr + 21 :]
+
+
+@contextlib.contextmanager
+def file_with(data: bytes, name: str) -> Iterator[Path]:
+    """A file ``name`` holding ``data`` in a fresh temporary folder, removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        yield path

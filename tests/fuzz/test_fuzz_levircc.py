@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dataset_builder.levircc import SKIP_KINDS, main, read_captions
-from tests.fuzz.hostile import png_bytes, png_header_bomb
+from tests.fuzz.hostile import file_with, png_bytes, png_header_bomb
 from tests.fuzz.outcomes import fuzz_settings, record
 from tests.fuzz.strategies import hostile_json, json_values, mutated
 
@@ -51,9 +51,7 @@ CAPTIONS = st.one_of(
 @fuzz_settings(PARSER, "read_captions", max_examples=200, deadline_ms=5000)
 @given(data=CAPTIONS)
 def test_read_captions(data):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "LevirCCcaptions.json"
-        path.write_bytes(data)
+    with file_with(data, "LevirCCcaptions.json") as path:
         try:
             entries = read_captions(path)
         except ValueError as err:

@@ -1,13 +1,11 @@
 """The official GeoLLaVA JSON (``--annotator import:PATH``), fuzzed: answers and per-entry problems naming the file
 and the entry, or one ValueError naming the file; never another exception."""
 
-import tempfile
-from pathlib import Path
-
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dataset_builder.annotation.imported import read_official
+from tests.fuzz.hostile import file_with
 from tests.fuzz.outcomes import fuzz_settings, record
 from tests.fuzz.strategies import hostile_json, json_values
 
@@ -30,9 +28,7 @@ FILES = hostile_json(st.lists(ENTRY | json_values(), max_size=6))
 @fuzz_settings(PARSER, "file", max_examples=200, deadline_ms=5000)
 @given(data=FILES)
 def test_official_json(data):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "test.json"
-        path.write_bytes(data)
+    with file_with(data, "test.json") as path:
         try:
             answers, problems = read_official(path)
         except ValueError as err:
