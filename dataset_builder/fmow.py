@@ -1,5 +1,9 @@
 """Reading an fMoW-rgb tree: which images are usable, their metadata, and why the others were dropped.
 
+Images are opened through :mod:`dataset_builder.images`: one over the pixel limit (``GEOLLAVA_MAX_IMAGE_PIXELS``,
+read from the JPEG header) is dropped as ``too_many_pixels`` before anything is decoded; the byte limit of a build is
+its ``max_image_bytes`` (reason ``oversize``).
+
 Accounting (the build report relies on it): every ``*_rgb.jpg`` found is *seen*; each seen image is either usable or
 dropped for exactly one reason in :data:`DROP_REASONS`, so ``images_seen == images_usable + sum(dropped)``. Files that
 are not rgb images (a stray file, a JSON with no image) are *skipped* and counted apart, in :data:`SKIP_REASONS`;
@@ -14,8 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from PIL import Image
 from tqdm.auto import tqdm
+
+from dataset_builder.images import ImageLimits, ImageTooLarge, open_image
 
 
 logger = logging.getLogger(__name__)
@@ -27,6 +32,7 @@ DROP_REASONS = (
     "oversize",
     "malformed_json",
     "bad_timestamp",
+    "too_many_pixels",
     "corrupt_image",
 )
 
@@ -123,24 +129,31 @@ class ScanResult:
         return sum(len(images) for images in self.locations.values())
 
 
-def jpeg_ok(path: Path) -> bool:
+def jpeg_ok(path: Path, limits: ImageLimits | None = None) -> bool:
     """Cheap integrity check of a JPEG: PIL reads its header and the file ends with the end-of-image marker.
 
     A truncated download (the common fMoW defect) fails the marker check without decoding the whole image.
+
+    Raises:
+        ImageTooLarge: Over the pixel or byte limit (from the header; nothing decoded).
     """
     try:
-        with Image.open(path) as im:
+        with open_image(path, limits=limits) as im:
             if im.format != "JPEG":
                 return False
             im.verify()
         with open(path, "rb") as fh:
             fh.seek(-2, 2)
             return fh.read(2) == b"\xff\xd9"
+    except ImageTooLarge:
+        raise
     except Exception:  # noqa: BLE001 - any failure to read means the image is unusable
         return False
 
 
-def scan_fmow(root: Path | str, splits: list[str], max_image_bytes: int) -> ScanResult:
+def scan_fmow(
+    root: Path | str, splits: list[str], max_image_bytes: int, limits: ImageLimits | None = None
+) -> ScanResult:
     """Walk ``{root}/{split}/{category}/{category}_{loc}/`` and keep the usable ``*_rgb.jpg`` + ``*_rgb.json`` images.
 
     Images over ``max_image_bytes`` are dropped here, before pairing (the paper's rule). Every file that is not used
@@ -150,6 +163,7 @@ def scan_fmow(root: Path | str, splits: list[str], max_image_bytes: int) -> Scan
         root: The fMoW-rgb root (holding ``train/``, ``val/``, ...).
         splits: fMoW split folders to read; those absent are logged and skipped.
         max_image_bytes: Largest usable JPEG, in bytes.
+        limits: The pixel limit (default: :meth:`ImageLimits.from_env`); ``max_image_bytes`` is the byte limit.
 
     Returns:
         The scan result.
@@ -158,6 +172,7 @@ def scan_fmow(root: Path | str, splits: list[str], max_image_bytes: int) -> Scan
         FileNotFoundError: If none of the splits exists under ``root`` (naming what was expected).
     """
     root = Path(root)
+    limits = ImageLimits(max_pixels=(limits or ImageLimits.from_env()).max_pixels, max_bytes=max_image_bytes)
     present = [s for s in splits if (root / s).is_dir()]
     if not present:
         raise FileNotFoundError(
@@ -181,7 +196,7 @@ def scan_fmow(root: Path | str, splits: list[str], max_image_bytes: int) -> Scan
                     result.skipped["stray_file"].append(str(location_dir))
         for location_dir in tqdm(location_dirs, desc=f"scanning {split}", unit="location", mininterval=2):
             category = location_dir.parent.name
-            images = _scan_location(split, category, location_dir, max_image_bytes, result)
+            images = _scan_location(split, category, location_dir, limits, result)
             if images:
                 result.locations[(split, location_dir.name)] = images
             else:
@@ -191,7 +206,7 @@ def scan_fmow(root: Path | str, splits: list[str], max_image_bytes: int) -> Scan
     return result
 
 
-def _scan_location(split: str, category: str, folder: Path, max_bytes: int, result: ScanResult) -> list[FmowImage]:
+def _scan_location(split: str, category: str, folder: Path, limits, result: ScanResult) -> list[FmowImage]:
     files = {p.name: p for p in folder.iterdir()}
     images = []
     for name, path in sorted(files.items()):
@@ -204,7 +219,7 @@ def _scan_location(split: str, category: str, folder: Path, max_bytes: int, resu
             result.skipped["stray_file"].append(str(path))
         else:
             result.images_seen += 1
-            image, reason, detail = _read_image(split, category, folder, path, files, max_bytes)
+            image, reason, detail = _read_image(split, category, folder, path, files, limits)
             if image is None:
                 result.dropped[reason].append(f"{path} ({detail})" if detail else str(path))
             else:
@@ -212,7 +227,7 @@ def _scan_location(split: str, category: str, folder: Path, max_bytes: int, resu
     return images
 
 
-def _read_image(split, category, folder: Path, path: Path, files, max_bytes) -> tuple[FmowImage | None, str, str]:
+def _read_image(split, category, folder: Path, path: Path, files, limits) -> tuple[FmowImage | None, str, str]:
     """One seen image: ``(image, "", "")`` when usable, else ``(None, reason, detail)``."""
     stem = path.name.removesuffix("_rgb.jpg")
     match = _STEM.match(stem)
@@ -222,19 +237,23 @@ def _read_image(split, category, folder: Path, path: Path, files, max_bytes) -> 
     if json_path is None:
         return None, "missing_json", f"no {stem}_rgb.json"
     size = path.stat().st_size
-    if size > max_bytes:
-        return None, "oversize", f"{size} > {max_bytes} bytes"
+    if size > limits.max_bytes:
+        return None, "oversize", f"{size} > {limits.max_bytes} bytes"
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict):
             raise ValueError(f"{json_path.name} is not a JSON object")
-    except (OSError, ValueError) as err:
-        return None, "malformed_json", str(err)
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser goes
+        return None, "malformed_json", str(err) or type(err).__name__
     try:
         timestamp = parse_timestamp(meta.get("timestamp"))
     except (ValueError, TypeError) as err:
         return None, "bad_timestamp", str(err)
-    if not jpeg_ok(path):
+    try:
+        usable = jpeg_ok(path, limits)
+    except ImageTooLarge as err:
+        return None, "too_many_pixels", err.detail
+    if not usable:
         return None, "corrupt_image", "unreadable or truncated JPEG"
     country = meta.get("country_code")
     image = FmowImage(

@@ -23,13 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datasets import Dataset, Features, Image, List, Value
-from huggingface_hub import DatasetCard, DatasetCardData
-from PIL import Image as PILImage
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from dataset_builder.atomic import write_json, write_parquet, write_text
-from dataset_builder.card import configs_and_info
+from dataset_builder.atomic import write_json, write_parquet
+from dataset_builder.images import ImageTooLarge, open_image
+from dataset_builder.levircc_card import write_levircc_card
 from dataset_builder.prompts import choose_template, human_turn
 
 
@@ -62,7 +61,7 @@ class LevirCCBuildConfig:
     shard_rows: int = field(default=1000, metadata={"help": "Rows per Parquet shard."})
     skip_missing: bool = field(
         default=False,
-        metadata={"help": "Skip (and report) pairs with a missing or unreadable image instead of failing."},
+        metadata={"help": "Skip (and report) pairs with a missing, unreadable or too large image instead of failing."},
     )
 
     def __post_init__(self):
@@ -126,38 +125,81 @@ def infer_changeflag(references: list[str]) -> int:
 
 
 def read_captions(path: Path) -> list[dict]:
-    """The ``images`` entries of the captions JSON, checked for the fields the build needs.
+    """The ``images`` entries of the captions JSON, checked for the fields and types the build needs.
 
     Raises:
-        ValueError: Naming the entry and the field, if an entry is malformed.
+        ValueError: Naming the file (not JSON, no ``images`` list) or the entry and the field (a malformed entry).
     """
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))["images"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a LEVIR-CC captions file (expected {{'images': [...]}}): {err}") from err
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: not a LEVIR-CC captions file (not readable JSON: {err})") from err
+    entries = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: not a LEVIR-CC captions file (expected {{'images': [...]}})")
     for i, entry in enumerate(entries):
-        for key in ("filename", "split", "sentences"):
-            if key not in entry:
-                raise ValueError(f"{path}: images[{i}] ({entry.get('filename', '?')}) has no {key!r} field")
-        if entry["split"] not in SPLITS:
-            raise ValueError(f"{path}: images[{i}] ({entry['filename']}) has split {entry['split']!r}")
+        problem = _entry_problem(entry)
+        if problem:
+            name = entry.get("filename") if isinstance(entry, dict) and isinstance(entry.get("filename"), str) else "?"
+            raise ValueError(f"{path}: images[{i}] ({name}) {problem}")
     return entries
 
 
-def _check_image(path: Path) -> None:
-    with PILImage.open(path) as image:
-        image.verify()
+def _entry_problem(entry) -> str | None:
+    """What is wrong with one captions entry, or ``None``."""
+    if not isinstance(entry, dict):
+        return f"is a {type(entry).__name__}, not an object"
+    for key in ("filename", "split", "sentences"):
+        if key not in entry:
+            return f"has no {key!r} field"
+    filename, split, sentences = entry["filename"], entry["split"], entry["sentences"]
+    # a plain file name: the entry names a file under images/{split}/{A,B}/, never a path out of the tree
+    if not isinstance(filename, str) or not filename or Path(filename).name != filename or filename in (".", ".."):
+        return f"has filename {filename!r}: expected a plain file name"
+    if not isinstance(split, str) or split not in SPLITS:
+        return f"has split {split!r}"
+    if not isinstance(sentences, list) or not all(
+        isinstance(s, str) or (isinstance(s, dict) and isinstance(s.get("raw"), str)) for s in sentences
+    ):
+        return "has 'sentences' that are not a list of strings or of {'raw': str} objects"
+    imgid, changeflag = entry.get("imgid"), entry.get("changeflag")
+    if imgid is not None and (_as_int(imgid) is None or abs(_as_int(imgid)) >= 2**31):
+        return f"has imgid {imgid!r}: expected an integer"
+    if changeflag is not None and _as_int(changeflag) not in (0, 1):
+        return f"has changeflag {changeflag!r}: expected 0 or 1"
+    return None
+
+
+def _as_int(value) -> int | None:
+    """An integer written as a JSON number or as decimal digits (``"1"``), else ``None``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
+        return int(value)
+    return None
+
+
+def _check_image(path: Path, name: str) -> None:
+    try:
+        with open_image(path, name=name) as image:
+            image.verify()
+    except ImageTooLarge:
+        raise
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for a bad file
+        raise ValueError(f"{name} is not a readable image: {err}") from err
 
 
 def make_row(entry: dict, root: Path) -> dict:
-    """One dataset row from one captions entry; reads the two PNGs (bytes kept as they are).
+    """One dataset row from one checked captions entry (:func:`read_captions`); reads the two PNGs (bytes as they are).
 
     Raises:
         FileNotFoundError: Naming the pair and the missing file.
-        ValueError: Naming the pair, for an unreadable image or a pair without captions.
+        ValueError: Naming the pair, for an unreadable image or a pair without captions;
+            :class:`dataset_builder.images.ImageTooLarge` for an image over the pixel or byte limit.
     """
     split, filename = entry["split"], entry["filename"]
-    pair = f"pair {Path(filename).stem} (split {split}, imgid {entry.get('imgid', '?')})"
+    imgid = entry.get("imgid")
+    pair = f"pair {Path(filename).stem} (split {split}, imgid {'?' if imgid is None else imgid})"
     references = [clean_caption(s["raw"] if isinstance(s, dict) else s) for s in entry["sentences"]]
     references = [r for r in references if r]
     if not references:
@@ -167,16 +209,11 @@ def make_row(entry: dict, root: Path) -> dict:
         path = root / "images" / split / side / filename
         if not path.is_file():
             raise FileNotFoundError(f"{pair}: missing image {side} ({path})")
-        try:
-            _check_image(path)
-        except Exception as err:  # noqa: BLE001 - PIL raises many types for a bad file
-            raise ValueError(f"{pair}: image {side} ({path}) is not a readable image: {err}") from err
+        _check_image(path, f"{pair}: image {side} ({path})")
         frames.append({"bytes": path.read_bytes(), "path": None})
     row_id = Path(filename).stem
-    inferred = "changeflag" not in entry or entry["changeflag"] is None
-    changeflag = infer_changeflag(references) if inferred else int(entry["changeflag"])
-    if changeflag not in (0, 1):
-        raise ValueError(f"{pair}: changeflag {entry['changeflag']!r} is not 0 or 1")
+    inferred = entry.get("changeflag") is None
+    changeflag = infer_changeflag(references) if inferred else _as_int(entry["changeflag"])
     template_id = choose_template(row_id)
     return {
         "id": row_id,
@@ -192,9 +229,21 @@ def make_row(entry: dict, root: Path) -> dict:
         "references": references,
         "changeflag": changeflag,
         "changeflag_inferred": inferred,
-        "imgid": int(entry.get("imgid", -1)),
+        "imgid": -1 if imgid is None else _as_int(imgid),
         "gsd": GSD_METRES,
     }
+
+
+#: Why a pair was skipped (``--skip_missing``): ``build_report.json``'s ``skipped[].kind`` and ``skipped_counts``.
+SKIP_KINDS = ("missing_image", "too_many_pixels", "oversize", "unreadable")
+
+
+def _kind(err: Exception) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "missing_image"
+    if isinstance(err, ImageTooLarge):
+        return "too_many_pixels" if err.kind == "pixels" else "oversize"
+    return "unreadable"
 
 
 def _prepare_out(out: Path) -> None:
@@ -212,8 +261,37 @@ def _prepare_out(out: Path) -> None:
     (out / MARKER).write_text(FORMAT + "\n")
 
 
-def _write_shard(out: Path, name: str, rows: list[dict], feats: Features) -> None:
-    write_parquet(Dataset.from_list(rows, features=feats).data.table, out / "data" / name)
+def _write_split(cfg: LevirCCBuildConfig, split: str, entries: list[dict], progress, skipped: list[dict]) -> list:
+    """Write one split's shards (as they fill: memory holds one shard of PNG bytes); returns the report's columns.
+
+    A split whose every pair is skipped leaves no shard (``load_dataset`` would find an empty split).
+    """
+    root, out, feats = Path(cfg.root), Path(cfg.out), features()
+    entries = sorted(entries, key=lambda e: (-1 if e.get("imgid") is None else _as_int(e["imgid"]), e["filename"]))
+    n = -(-len(entries) // cfg.shard_rows)
+    kept, written = [], []
+    for i in range(n):
+        rows = []
+        for entry in entries[i * cfg.shard_rows : (i + 1) * cfg.shard_rows]:
+            progress.update()
+            try:
+                rows.append(make_row(entry, root))
+            except (FileNotFoundError, ValueError) as err:
+                if not cfg.skip_missing:
+                    raise
+                where = {"filename": entry["filename"], "split": entry["split"]}
+                skipped.append(where | {"reason": str(err), "kind": _kind(err)})
+                logger.warning("skipped: %s", err)
+        table = Dataset.from_list(rows, features=feats).data.table if rows else feats.arrow_schema.empty_table()
+        written.append(write_parquet(table, out / "data" / f"{SPLITS[split]}-{i:05d}-of-{n:05d}.parquet"))
+        # Only the columns the report needs are kept.
+        kept += [{k: r[k] for k in ("references", "changeflag", "changeflag_inferred")} for r in rows]
+    if not kept:
+        for path in written:
+            path.unlink()
+        if entries:
+            logger.warning("split %s: every pair was skipped; no shards for it", split)
+    return kept
 
 
 def build_levircc(cfg: LevirCCBuildConfig) -> dict:
@@ -230,36 +308,16 @@ def build_levircc(cfg: LevirCCBuildConfig) -> dict:
         raise FileNotFoundError(f"{captions_path}: no captions file (--root must hold {cfg.captions_file})")
     entries = [e for e in read_captions(captions_path) if e["split"] in cfg.split_list]
     _prepare_out(out)
-    feats = features()
-    by_split: dict[str, list[dict]] = {s: [] for s in cfg.split_list}
-    for entry in entries:
-        by_split[entry["split"]].append(entry)
-    rows_by_split: dict[str, list[dict]] = {SPLITS[s]: [] for s in cfg.split_list}
     skipped: list[dict] = []
     progress = tqdm(total=len(entries), desc="reading LEVIR-CC", unit="pair")
-    for split, split_entries in by_split.items():
-        split_entries.sort(key=lambda e: (int(e.get("imgid", -1)), e["filename"]))
-        n = -(-len(split_entries) // cfg.shard_rows)
-        # Shards are written as they fill, so memory holds one shard of PNG bytes, not the dataset.
-        for i in range(n):
-            rows = []
-            for entry in split_entries[i * cfg.shard_rows : (i + 1) * cfg.shard_rows]:
-                progress.update()
-                try:
-                    rows.append(make_row(entry, root))
-                except (FileNotFoundError, ValueError) as err:
-                    if not cfg.skip_missing:
-                        raise
-                    skipped.append({"filename": entry["filename"], "split": entry["split"], "reason": str(err)})
-                    logger.warning("skipped: %s", err)
-            _write_shard(out, f"{SPLITS[split]}-{i:05d}-of-{n:05d}.parquet", rows, feats)
-            # Only the columns the report needs are kept.
-            rows_by_split[SPLITS[split]] += [
-                {k: r[k] for k in ("references", "changeflag", "changeflag_inferred")} for r in rows
-            ]
+    rows_by_split = {
+        SPLITS[split]: _write_split(cfg, split, [e for e in entries if e["split"] == split], progress, skipped)
+        for split in cfg.split_list
+    }
     progress.close()
     if not any(rows_by_split.values()):
-        raise ValueError(f"{captions_path}: no pairs in splits {cfg.split_list}")
+        why = f" ({len(skipped)} skipped, e.g. {skipped[0]['reason']})" if skipped else ""
+        raise ValueError(f"{captions_path}: no pairs in splits {cfg.split_list}{why}")
     listed = {(e["split"], e["filename"]) for e in entries}
     unlisted = {
         split: sorted(p.name for p in (root / "images" / split / "A").glob("*.png") if (split, p.name) not in listed)
@@ -277,86 +335,13 @@ def build_levircc(cfg: LevirCCBuildConfig) -> dict:
             "inferred": dict(Counter(str(r["changeflag"]) for r in all_rows if r["changeflag_inferred"])),
         },
         "skipped": skipped,
+        "skipped_counts": dict(Counter(s["kind"] for s in skipped)),
         "images_not_in_captions": {s: len(v) for s, v in unlisted.items()},
         "seconds": round(time.perf_counter() - start, 2),
     }
     write_json(out / "build_report.json", report)
     write_levircc_card(out, report)
     return report
-
-
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# LEVIR-CC change captions (Hub layout)
-
-Bi-temporal remote-sensing image pairs (256x256, 0.5 m/px, crops of LEVIR-CD) with 5 change captions each, in the
-layout of the GeoLLaVA dataset so that GeoLLaVA models and CCExpert train on it alike.
-
-```python
-from datasets import load_dataset
-ds = load_dataset("{{ repo_id }}", split="validation")
-```
-
-| split | pairs | changed | unchanged |
-|---|---|---|---|
-{% for s in splits %}| {{ s.name }} | {{ s.pairs }} | {{ s.changed }} | {{ s.unchanged }} |
-{% endfor %}
-
-## Columns
-- `frames`: the two images as the original **PNG bytes** (A = before, B = after); `image1`/`image2` their paths.
-- `references`: the 5 captions, lowercase as released, spaces stripped, the detached final "." removed.
-- `conversations`: human = one of GeoLLaVA's prompt templates + `"\\n<video>"`; gpt = the first reference.
-  CCExpert's chat template replaces the question with the authors' fixed prompt.
-- `changeflag`: 0 = no change, 1 = change; `changeflag_inferred` is true where the captions file lacked it and it was
-  inferred (0 iff a majority of the references say no change).
-  Given: {{ flags_given }}; inferred: {{ flags_inferred }}.
-- `imgid`, `gsd` (0.5 m).
-
-## Scoring
-BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and S*m = (BLEU-4 + METEOR + ROUGE-L + CIDEr-D) / 4 over the 5 references
-(pycocoevalcap; `geollava-eval`). Choose checkpoints on `validation`, report on `test`.
-
-## Source and license
-LEVIR-CC (Liu et al., "Remote Sensing Image Change Captioning With Dual-Branch Transformers", TGRS 2022),
-https://github.com/Chen-Yang-Liu/LEVIR-CC-Dataset; see its license before redistributing.
-"""
-
-
-def write_levircc_card(out: Path, report: dict, repo_id: str = "<org>/levir-cc") -> Path:
-    """Render ``README.md`` (YAML ``configs`` and ``dataset_info`` read from the shards) into ``out``."""
-    import pyarrow.parquet as pq
-
-    configs, infos = configs_and_info(out)
-    splits = []
-    for split in report["pairs_per_split"]:
-        flags = Counter()
-        for path in sorted((out / "data").glob(f"{split}-*.parquet")):
-            flags.update(pq.read_table(path, columns=["changeflag"]).column("changeflag").to_pylist())
-        splits.append({"name": split, "pairs": report["pairs_per_split"][split], "changed": flags[1]})
-        splits[-1]["unchanged"] = flags[0]
-    total = sum(report["pairs_per_split"].values())
-    card_data = DatasetCardData(
-        pretty_name="LEVIR-CC change captions",
-        language=["en"],
-        license="other",
-        task_categories=["image-text-to-text"],
-        tags=["remote-sensing", "change-captioning", "levir-cc", "ccexpert", "geollava"],
-        size_categories=["n<1K" if total < 1000 else "1K<n<10K" if total < 10_000 else "10K<n<100K"],
-        configs=configs,
-        dataset_info=infos,
-    )
-    card = DatasetCard.from_template(
-        card_data,
-        template_str=CARD_TEMPLATE,
-        repo_id=repo_id,
-        splits=splits,
-        flags_given=report["changeflag"]["given"] or "none",
-        flags_inferred=report["changeflag"]["inferred"] or "none",
-    )
-    write_text(out / "README.md", str(card))
-    return out / "README.md"
 
 
 def main(argv: list[str] | None = None) -> int:

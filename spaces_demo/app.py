@@ -16,6 +16,8 @@ import av
 import gradio as gr
 from PIL import Image
 
+from dataset_builder.frames import clip_ends
+from dataset_builder.images import ImageTooLarge
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.evaluation.predict import describe_pair, read_image
 from trainer.models.loading import load_for_inference
@@ -88,15 +90,14 @@ def read_frame(path) -> Image.Image:
 def read_clip(path) -> list[Image.Image]:
     """The first and last frame of an uploaded clip (as the official GeoLLaVA reader takes them)."""
     try:
-        with av.open(str(path)) as container:
-            frames = [frame.to_image() for frame in container.decode(video=0)]
-    except (av.error.FFmpegError, IndexError, ValueError) as err:
+        frames, n = clip_ends(path)  # only two frames kept; the pixel and byte limits of dataset_builder.images
+    except ImageTooLarge as err:
+        raise InputError(f"Could not use '{_name(path)}': {err}") from err
+    except (av.error.FFmpegError, IndexError, ValueError, OSError) as err:
         raise InputError(f"Could not read '{_name(path)}' as a video clip: {err}") from err
-    if len(frames) < 2:
-        raise InputError(
-            f"The clip '{_name(path)}' has {len(frames)} frame(s); it needs at least 2 (before and after)."
-        )
-    return [frames[0], frames[-1]]
+    if n < 2:
+        raise InputError(f"The clip '{_name(path)}' has {n} frame(s); it needs at least 2 (before and after).")
+    return frames
 
 
 def limit_size(image: Image.Image, label: str) -> tuple[Image.Image, str | None]:
@@ -192,8 +193,13 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="GeoLLaVA: what changed here?") as demo:
         gr.Markdown("# 🛰️ GeoLLaVA — what changed here?\nUpload two satellite images of one place, earlier first.")
         with gr.Row():
-            before = gr.Image(type="filepath", label="Before (earlier)", elem_id="before", sources=["upload"])
-            after = gr.Image(type="filepath", label="After (later)", elem_id="after", sources=["upload"])
+            # image_mode=None: Gradio hands over the uploaded file after reading its header, never decoding it
+            before = gr.Image(
+                type="filepath", label="Before (earlier)", elem_id="before", sources=["upload"], image_mode=None
+            )
+            after = gr.Image(
+                type="filepath", label="After (later)", elem_id="after", sources=["upload"], image_mode=None
+            )
         with gr.Accordion("Other inputs: a GeoTIFF, any file, or one 2-frame clip", open=False), gr.Row():
             before_file = gr.File(label="Before (JPEG, PNG or 3-band GeoTIFF)", elem_id="before_file")
             after_file = gr.File(label="After (JPEG, PNG or 3-band GeoTIFF)", elem_id="after_file")
@@ -226,6 +232,9 @@ def build_demo() -> gr.Blocks:
 def main() -> None:
     """Start the app (``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT`` choose where)."""
     logging.basicConfig(level=logging.INFO)
+    # Gradio opens each upload (header only, see build_demo) before read_frame checks it: with Pillow's own bomb
+    # check off here, the pixel limit of dataset_builder.images is the one check, and its message the one shown.
+    Image.MAX_IMAGE_PIXELS = None
     demo = build_demo()
     try:
         get_model()

@@ -37,7 +37,7 @@ def read_official(path: Path | str) -> tuple[dict[str, str], list[str]]:
     for file in files:
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser goes
             raise ValueError(f"{file}: not valid JSON ({err})") from err
         if not isinstance(data, list):
             raise ValueError(f"{file}: expected a JSON list of {{id, video, conversations}} entries")

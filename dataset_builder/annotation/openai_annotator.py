@@ -43,6 +43,7 @@ from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
 from dataset_builder.annotation.openai_requests import PlannedRequest, classify_completion, mime_type, scaled_size
 from dataset_builder.annotation.rate_limit import RateLimiter, backoff_delay, retry_after_seconds
 from dataset_builder.atomic import write_json
+from dataset_builder.images import ImageTooLarge, open_image
 from dataset_builder.prompts import ANNOTATION_PROMPT
 
 
@@ -176,11 +177,14 @@ class OpenAIAnnotator:
         sources = self._sources(request)
         sizes = []
         for i, data in enumerate(sources):
+            where = "frames_jpeg" if request.frames_jpeg is not None else str(request.image_paths[i])
             try:
-                with Image.open(io.BytesIO(data)) as img:
+                # header only, refused over the pixel/byte limit of dataset_builder.images before any decoding
+                with open_image(data, name=f"pair {request.id}: image {i} ({where})") as img:
                     w, h = img.size
+            except ImageTooLarge:
+                raise
             except (OSError, ValueError) as err:
-                where = "frames_jpeg" if request.frames_jpeg is not None else str(request.image_paths[i])
                 raise ValueError(f"pair {request.id}: image {i} ({where}) cannot be read: {err}") from err
             sizes.append((w, h) if request.frames_jpeg is not None else scaled_size(w, h, self.config.image_max_side))
         image_hash = sha256_hex(*sources)
@@ -447,7 +451,7 @@ class OpenAIAnnotator:
         urls = []
         for data, size in zip(self._sources(planned.request), planned.sizes, strict=True):
             if planned.request.frames_jpeg is None:
-                with Image.open(io.BytesIO(data)) as img:
+                with open_image(data) as img:
                     if img.size != size:
                         buf = io.BytesIO()
                         img.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(buf, "JPEG", quality=90)

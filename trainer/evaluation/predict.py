@@ -12,14 +12,16 @@ import csv
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from dataset_builder.images import ImageTooLarge, check_tiff, open_image
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.evaluation.generation import generate_batch
 from trainer.models.loading import load_for_inference
@@ -74,23 +76,30 @@ def read_image(path: str | Path) -> Image.Image:
     """Read a JPEG, PNG or 3-band GeoTIFF as an RGB image.
 
     Raises:
-        ValueError: Naming the file, for a missing, unreadable or unsupported file, or a GeoTIFF without 3 bands.
+        ValueError: Naming the file, for a missing, unreadable or unsupported file, or a GeoTIFF without 3 bands;
+            :class:`dataset_builder.images.ImageTooLarge` (a ``ValueError``) over the pixel or byte limit.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:  # a name too long, no permission, ...
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from err
     if head in _TIFF_MAGIC:
+        check_tiff(path)  # the pixel and byte limits (dataset_builder.images), from the tags
         return _read_tiff(path)
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             kind = image.format
-            if kind not in ("JPEG", "PNG"):
-                raise ValueError(f"{path}: {kind} images are not supported; use JPEG, PNG or a 3-band GeoTIFF")
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+            if kind in ("JPEG", "PNG"):
+                return image.convert("RGB")
+    except ImageTooLarge:
+        raise
+    except Exception as err:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, ... for a corrupt file
         raise ValueError(f"{path}: not a readable image (JPEG, PNG or 3-band GeoTIFF expected)") from err
+    raise ValueError(f"{path}: {kind} images are not supported; use JPEG, PNG or a 3-band GeoTIFF")
 
 
 def _as_image(value) -> Image.Image:
@@ -173,20 +182,33 @@ class PredictConfig:
             raise ValueError(f"--batch: no such file: {self.batch!r}")
 
 
+def _csv_rows(path, f) -> Iterator[dict]:
+    """The rows of a ``--batch`` CSV as dicts, after checking its columns.
+
+    Raises:
+        ValueError: Naming the file, if it has no ``before``/``after`` columns or is not a readable UTF-8 CSV (bad
+            bytes, a field over ``csv``'s limit).
+    """
+    reader = csv.DictReader(f)
+    try:
+        missing = {"before", "after"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
+        yield from reader
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: not a readable UTF-8 CSV ({err})") from err
+
+
 def read_batch_csv(path: str | Path, default_template: int = 0) -> tuple[list[dict], list[dict]]:
     """Rows of a ``--batch`` CSV, checked; returns ``(good rows, skipped rows with reasons)``.
 
     Raises:
-        ValueError: If the CSV has no ``before``/``after`` columns.
+        ValueError: If the CSV has no ``before``/``after`` columns or is not a readable UTF-8 CSV (naming the file).
     """
     good, skipped = [], []
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"before", "after"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
         base = Path(path).parent
-        for line_no, row in enumerate(reader, 2):
+        for line_no, row in enumerate(_csv_rows(path, f), 2):
             row_id = row.get("id") or f"line{line_no}"
             try:
                 template = int(row.get("prompt_template") or default_template)

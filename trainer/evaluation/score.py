@@ -97,14 +97,23 @@ class ScoredRow:
 
 
 def _read_jsonl(path: str | Path) -> Iterable[tuple[int, dict | None, str | None]]:
-    with open(path, encoding="utf-8") as f:
+    # surrogateescape: a line of bad UTF-8 is skipped like a line of bad JSON, not the whole file
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
+                continue
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                yield line_no, None, "not valid UTF-8"
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 yield line_no, None, f"not valid JSON ({err.msg})"
+                continue
+            except RecursionError:
+                yield line_no, None, "not valid JSON (nested deeper than the parser goes)"
                 continue
             if not isinstance(row, dict):
                 yield line_no, None, f"not a JSON object but {type(row).__name__}"
@@ -127,6 +136,20 @@ def _references_of(row: dict) -> tuple[list[str] | None, str | None]:
     if any(not r.strip() for r in refs):
         return None, f"{sum(not r.strip() for r in refs)} of {len(refs)} references are empty strings"
     return refs, None
+
+
+def _extras_problem(source: dict, row: dict) -> str | None:
+    """Why the optional ``category`` / ``changes`` cannot be used (wrong type), or ``None``."""
+    category = source.get("category", row.get("category"))
+    if category is not None and not isinstance(category, str):
+        return f"'category' must be a string, got {type(category).__name__}"
+    changes = source.get("changes", row.get("changes"))
+    if changes is not None and not (
+        isinstance(changes, list)
+        and all(isinstance(c, dict) and isinstance(c.get("kind"), str) and c["kind"] for c in changes)
+    ):
+        return "'changes' must be a list of objects with a non-empty string 'kind'"
+    return None
 
 
 def collect_rows(predictions_path: str | Path, references_path: str | Path | None = None):
@@ -153,7 +176,7 @@ def collect_rows(predictions_path: str | Path, references_path: str | Path | Non
             row_id = row.get("id") if row else None
             if error or row_id is None:
                 skip(line_no, row_id, error or "no 'id'", references_path)
-            elif row_id in by_id:
+            elif str(row_id) in by_id:
                 skip(line_no, row_id, "duplicate id in the references file", references_path)
             else:
                 by_id[str(row_id)] = row
@@ -188,6 +211,7 @@ def collect_rows(predictions_path: str | Path, references_path: str | Path | Non
                 continue
             source = by_id[row_id]
         refs, why = _references_of(source)
+        why = why or _extras_problem(source, row)
         if why:
             skip(line_no, row_id, why)
             continue
