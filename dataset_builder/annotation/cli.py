@@ -23,8 +23,9 @@ import pyarrow.parquet as pq
 from transformers import HfArgumentParser
 
 from dataset_builder.annotation.base import AnnotationRequest
-from dataset_builder.annotation.openai_annotator import OpenAIAnnotator, summary_line
+from dataset_builder.annotation.openai_annotator import OpenAIAnnotator
 from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
+from dataset_builder.annotation.report import summary_line
 from dataset_builder.atomic import write_json, write_parquet
 from dataset_builder.card import write_dataset_card
 from dataset_builder.official_json import export_official

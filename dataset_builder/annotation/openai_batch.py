@@ -10,9 +10,8 @@ creation was cut short is matched against ``batches.list`` before anything is se
 
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -21,7 +20,7 @@ from openai.types.chat import ChatCompletion
 from dataset_builder.annotation.base import AnnotationRequest, AnnotationResult
 from dataset_builder.annotation.cache import sha256_hex
 from dataset_builder.annotation.openai_requests import PlannedRequest, classify_completion
-from dataset_builder.annotation.rate_limit import backoff_delay
+from dataset_builder.annotation.transport import RetryPolicy, client_options
 from dataset_builder.atomic import write_json
 
 
@@ -75,28 +74,14 @@ def run_batch(annotator, to_send: list, api_key: str) -> Iterator[AnnotationResu
         One result per request of ``to_send``.
     """
     cfg = annotator.config
-    client = openai.OpenAI(
-        api_key=api_key,
-        base_url=cfg.base_url or os.environ.get("OPENAI_BASE_URL") or None,
-        max_retries=0,
-        timeout=cfg.timeout_s,
-    )
+    client = openai.OpenAI(**client_options(cfg, api_key))
     path = state_path(cfg.resolved_cache_path)
     state = _load_state(path)
     wanted = {p.key: p for p in to_send}
     done: dict[str, AnnotationResult] = {}
     reserved: set[str] = set()  # budget reservations made by this run (released when the answer is counted)
 
-    def call(fn: Callable, *args, **kwargs):
-        for attempt in range(cfg.max_retries + 1):
-            try:
-                return fn(*args, **kwargs)
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as err:
-                if attempt == cfg.max_retries:
-                    raise RuntimeError(f"Batch API call {fn.__qualname__} failed {attempt + 1} times: {err}") from err
-                annotator.stats.retries_by_reason[type(err).__name__] += 1
-                time.sleep(backoff_delay(attempt, cfg.backoff_s, cfg.backoff_max_s))
-        raise AssertionError("unreachable")
+    call = RetryPolicy.from_config(cfg, annotator.stats.retries_by_reason).call
 
     # 1. uploads whose batch creation was cut short: adopt the batch if it exists, else forget the upload
     if state["uploads"]:
@@ -146,7 +131,7 @@ def _submit(annotator, client, call, pending: list, state: dict, path: Path, don
     lines: list[tuple[str, bytes]] = []
     entries: dict[str, dict] = {}
     for planned in pending:
-        if not annotator.reserve(planned):
+        if not annotator.budget.reserve(planned.input_tokens):
             done[planned.key] = annotator.budget_result(planned)
             continue
         reserved.add(planned.key)
@@ -155,7 +140,7 @@ def _submit(annotator, client, call, pending: list, state: dict, path: Path, don
             "custom_id": cid,
             "method": "POST",
             "url": "/v1/chat/completions",
-            "body": annotator.chat_body(planned),
+            "body": annotator.planner.chat_body(planned),
         }
         lines.append((cid, (json.dumps(body) + "\n").encode("utf-8")))
         entries[cid] = {
@@ -221,10 +206,10 @@ def _merge(annotator, client, call, batch, entry: dict, wanted: dict, done: dict
                     status, text, reason, usage = "malformed", None, f"unreadable reply: {str(err)[:200]}", {}
                 result = annotator.record(planned, status, text, reason, usage)
             if item["key"] in reserved:
-                annotator.release(planned)
+                annotator.budget.release(item["input_tokens"])
             done[item["key"]] = result
     for cid, item in requests.items():
         if cid not in seen and item["key"] in wanted:
             if item["key"] in reserved:
-                annotator.release(wanted[item["key"]])
+                annotator.budget.release(item["input_tokens"])
             done[item["key"]] = annotator.fail(wanted[item["key"]], f"batch {batch.status}: no answer")
