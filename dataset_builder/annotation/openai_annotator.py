@@ -24,8 +24,8 @@ from pathlib import Path
 from dataset_builder.annotation.base import AnnotationRequest, AnnotationResult
 from dataset_builder.annotation.budget import Budget
 from dataset_builder.annotation.cache import FINAL_STATUSES, AnnotationCache
-from dataset_builder.annotation.cost import CostEstimate, estimate_cost, load_price_table, pricing_for
-from dataset_builder.annotation.openai_batch import run_batch
+from dataset_builder.annotation.cost import CostEstimate, estimate_totals, load_price_table, pricing_for
+from dataset_builder.annotation.openai_batch import BatchRunner
 from dataset_builder.annotation.openai_chat import ChatRunner
 from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
 from dataset_builder.annotation.openai_requests import EXPECTED_OUTPUT_TOKENS, PlannedRequest, RequestPlanner
@@ -84,6 +84,13 @@ class OpenAIAnnotator:
         planned.cached = self.cache.get(planned.key)
         return planned
 
+    def lookup(self, request: AnnotationRequest) -> AnnotationResult | None:
+        """The cached final answer of a request, or ``None`` (nothing is sent or counted)."""
+        planned = self.plan(request)
+        if planned.cached is None or planned.cached.get("status") not in FINAL_STATUSES:
+            return None
+        return self.result_from_entry(request.id, planned.cached)
+
     def _needs_sending(self, planned: PlannedRequest) -> bool:
         entry = planned.cached
         if entry is None or entry.get("status") not in FINAL_STATUSES:
@@ -91,7 +98,7 @@ class OpenAIAnnotator:
         return entry["status"] != "ok" and self.config.retry_failed
 
     def estimate(self, requests: Iterable[AnnotationRequest]) -> tuple[CostEstimate, int]:
-        """The estimate of sending every request not already cached.
+        """The estimate of sending every request not already cached, streamed (no request is kept).
 
         Args:
             requests: The pairs.
@@ -99,25 +106,62 @@ class OpenAIAnnotator:
         Returns:
             ``(estimate, n_cached)``.
         """
-        tokens, cached = [], 0
+        n, tokens, cached = 0, 0, 0
         for request in requests:
             planned = self.plan(request)
             if self._needs_sending(planned):
-                tokens.append(planned.input_tokens)
+                n, tokens = n + 1, tokens + planned.input_tokens
             else:
                 cached += 1
-        return self._estimate(tokens), cached
+        return self._estimate(n, tokens), cached
 
-    def _estimate(self, tokens: list[int]) -> CostEstimate:
+    def _estimate(self, n: int, tokens: int) -> CostEstimate:
         cfg = self.config
-        return estimate_cost(tokens, self.pricing, EXPECTED_OUTPUT_TOKENS, cfg.max_tokens, cfg.batch)
+        return estimate_totals(n, tokens, self.pricing, EXPECTED_OUTPUT_TOKENS, cfg.max_tokens, cfg.batch)
+
+    def plan_stream(self, requests: Iterable[AnnotationRequest]) -> Iterator[AnnotationResult | PlannedRequest]:
+        """Plan requests one at a time: a cached answer comes out as its result, anything else as the request.
+
+        The run's estimate (``stats.estimated_*``) grows with every request to send; nothing is kept.
+        """
+        s, expected = self.stats, min(EXPECTED_OUTPUT_TOKENS, self.config.max_tokens)
+        n, tokens = 0, 0
+        for request in requests:
+            planned = self.plan(request)
+            s.pairs += 1
+            if not self._needs_sending(planned):
+                s.cached += 1
+                yield self.result_from_entry(planned.request.id, planned.cached)
+                continue
+            n, tokens = n + 1, tokens + planned.input_tokens
+            s.estimated_input_tokens += planned.input_tokens
+            s.estimated_output_tokens += expected
+            cost = self.pricing.cost_usd(planned.input_tokens, expected, self.config.batch)
+            known = cost is not None and s.estimated_cost_usd is not None
+            s.estimated_cost_usd = s.estimated_cost_usd + cost if known else None
+            yield planned
+        logger.info("%s", self._estimate(n, tokens).summary())
+
+    def api_key(self) -> str:
+        """``OPENAI_API_KEY``, asked for only once something must be sent.
+
+        Raises:
+            ValueError: If it is not set.
+        """
+        key = os.environ.get("OPENAI_API_KEY")
+        if not key:
+            raise ValueError("OPENAI_API_KEY is not set: the openai annotator needs it (any value for a local server)")
+        return key
 
     # ------------------------------------------------------------------ the interface
     def annotate(self, requests: Iterable[AnnotationRequest]) -> Iterator[AnnotationResult]:
-        """Yield one result per request: cached answers first, then answers as they arrive.
+        """Yield one result per request: cached answers at once, the others as they arrive.
+
+        Requests are planned one at a time and sent in a bounded window (chat) or written to batch files on disk
+        (``--batch``), so memory does not grow with the number of pairs.
 
         Args:
-            requests: The pairs.
+            requests: The pairs (any iterable; it is read once).
 
         Yields:
             One :class:`AnnotationResult` per request; ``status="missing"`` for pairs not sent (dry run, budget).
@@ -126,49 +170,29 @@ class OpenAIAnnotator:
             ValueError: If ``OPENAI_API_KEY`` is not set (and something must be sent).
             RuntimeError: If the endpoint rejects the key (401/403): nothing more can succeed.
         """
-        cfg = self.config
-        to_send: list[PlannedRequest] = []
-        for request in requests:
-            planned = self.plan(request)
-            self.stats.pairs += 1
-            if self._needs_sending(planned):
-                to_send.append(planned)
-            else:
-                self.stats.cached += 1
-                yield self._result_from_entry(planned.request.id, planned.cached)
-        estimate = self._estimate([p.input_tokens for p in to_send])
-        self.stats.estimated_input_tokens += estimate.input_tokens
-        self.stats.estimated_output_tokens += estimate.output_tokens
-        if estimate.cost_usd is None or self.stats.estimated_cost_usd is None:
-            self.stats.estimated_cost_usd = None
-        else:
-            self.stats.estimated_cost_usd += estimate.cost_usd
-        logger.info("%s", estimate.summary())
-        if not to_send or cfg.dry_run:
-            for planned in to_send:
-                self.stats.not_sent_dry_run += 1
-                yield AnnotationResult(planned.request.id, None, "missing", "dry run: not sent")
+        items = self.plan_stream(requests)
+        if self.config.dry_run:
+            for item in items:
+                if isinstance(item, AnnotationResult):
+                    yield item
+                else:
+                    self.stats.not_sent_dry_run += 1
+                    yield AnnotationResult(item.request.id, None, "missing", "dry run: not sent")
             self.write_report()
             return
-        api_key = os.environ.get("OPENAI_API_KEY")
-        if not api_key:
-            raise ValueError("OPENAI_API_KEY is not set: the openai annotator needs it (any value for a local server)")
+        runner = BatchRunner(self) if self.config.batch else ChatRunner(self)
         start = time.perf_counter()
-        runner = None
         try:
-            if cfg.batch:
-                yield from run_batch(self, to_send, api_key)
-            else:
-                runner = ChatRunner(self, api_key)
-                yield from runner.run(to_send)
+            yield from runner.run(items)
         finally:
             self.stats.send_seconds += time.perf_counter() - start
             self.write_report()
-        if runner is not None and runner.fatal:
+        if runner.fatal:
             raise RuntimeError(runner.fatal)
 
     # ------------------------------------------------------------------ answers
-    def _result_from_entry(self, pair_id: str, entry: dict) -> AnnotationResult:
+    def result_from_entry(self, pair_id: str, entry: dict) -> AnnotationResult:
+        """The result of a pair answered before (a cache entry)."""
         return AnnotationResult(pair_id, entry.get("text"), entry["status"], entry.get("reason", ""), entry["usage"])
 
     def record(
@@ -186,20 +210,40 @@ class OpenAIAnnotator:
         Returns:
             The result to hand on.
         """
-        entry = {
-            "key": planned.key,
-            "id": planned.request.id,
-            "model": self.model,
-            "params_hash": self.params_hash,
-            "image_hash": planned.image_hash,
-            "status": status,
-            "text": text,
-            "reason": reason,
-            "usage": usage,
-            "batch": self.config.batch,
-            "time": time.time(),
-        }
-        self.cache.append(entry)
+        return self.record_many([(planned, status, text, reason, usage)])[0]
+
+    def record_many(self, answers: list[tuple], **extra) -> list[AnnotationResult]:
+        """:meth:`record` for many answers with one write and one fsync (a Batch API output file, by chunks).
+
+        Args:
+            answers: ``(planned, status, text, reason, usage)`` tuples.
+            **extra: Added to every cache entry (the Batch path adds ``batch_id``).
+
+        Returns:
+            The results, in the same order.
+        """
+        now = time.time()
+        entries = [
+            {
+                "key": planned.key,
+                "id": planned.request.id,
+                "model": self.model,
+                "params_hash": self.params_hash,
+                "image_hash": planned.image_hash,
+                "status": status,
+                "text": text,
+                "reason": reason,
+                "usage": usage,
+                "batch": self.config.batch,
+                "time": now,
+                **extra,
+            }
+            for planned, status, text, reason, usage in answers
+        ]
+        self.cache.append_many(entries)
+        return [self._count(*answer) for answer in answers]
+
+    def _count(self, planned: PlannedRequest, status: str, text: str | None, reason: str, usage: dict):
         self.add_usage(usage)
         if usage.get("prompt_tokens"):
             self.stats.estimated_input_tokens_answered += planned.input_tokens

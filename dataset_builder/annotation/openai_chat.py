@@ -1,11 +1,13 @@
 """The Chat Completions path of the OpenAI annotator: ``--concurrency`` async workers under the rate limits.
 
-The workers run on their own event loop in a background thread; their results reach the caller's thread through a
-queue as they arrive, so ``annotate`` stays a plain generator. Each request goes through the one
-:class:`~dataset_builder.annotation.transport.RetryPolicy`; a 429 also pauses every worker until its ``retry-after``.
+The workers run on their own event loop in a background thread, fed from the caller's thread through a bounded
+window; their results come back through a queue as they arrive, so ``annotate`` stays a plain generator. Each
+request goes through the one :class:`~dataset_builder.annotation.transport.RetryPolicy`; a 429 also pauses every
+worker until its ``retry-after``.
 """
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -31,68 +33,120 @@ _SENTINEL = object()
 class ChatRunner:
     """Sends planned requests with async workers and hands results on as they arrive.
 
+    At most ``2 * concurrency`` requests are handed to the workers and not finished at any time: the caller's
+    stream of planned requests is read only as fast as answers come back, so memory stays bounded.
+
     Args:
-        annotator: The ``OpenAIAnnotator`` whose ``config``, ``planner``, ``budget``, ``stats``, ``record``, ``fail``
-            and ``budget_result`` are used (duck-typed: this module does not import it).
-        api_key: The API key.
+        annotator: The ``OpenAIAnnotator`` whose ``config``, ``planner``, ``budget``, ``stats``, ``api_key``,
+            ``record``, ``fail`` and ``budget_result`` are used (duck-typed: this module does not import it).
     """
 
-    def __init__(self, annotator, api_key: str):
+    def __init__(self, annotator):
         self.annotator = annotator
         self.config = annotator.config
-        self.api_key = api_key
         self.policy = RetryPolicy.from_config(self.config, annotator.stats.retries_by_reason)
         self.stop = threading.Event()
         self.fatal: str | None = None
+        self.window = threading.Semaphore(2 * self.config.concurrency)
+        self._results: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: asyncio.Queue | None = None
 
-    def run(self, to_send: list[PlannedRequest]) -> Iterator[AnnotationResult]:
-        """Run the async workers in a thread and hand their results on as they arrive."""
-        results: queue.Queue = queue.Queue()
-        self.stop.clear()
+    def run(self, items: Iterator[AnnotationResult | PlannedRequest]) -> Iterator[AnnotationResult]:
+        """Send every planned request of ``items`` (results pass through) and yield every result.
 
-        def target():
-            try:
-                asyncio.run(self._run_async(to_send, results))
-            except BaseException as err:  # noqa: BLE001 - handed to the consumer's thread
-                results.put(err)
-            finally:
-                results.put(_SENTINEL)
-
-        thread = threading.Thread(target=target, name="openai-annotator", daemon=True)
-        thread.start()
+        Raises:
+            ValueError: If something must be sent and ``OPENAI_API_KEY`` is not set.
+        """
         try:
-            while (item := results.get()) is not _SENTINEL:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            for item in items:
+                if isinstance(item, AnnotationResult):
+                    yield item
+                    continue
+                if self._thread is None:
+                    self._start(self.annotator.api_key())
+                if self._stopped():
+                    break  # the key was refused: annotate raises once what is in flight is back
+                while not self.window.acquire(blocking=False):
+                    yield from self._take(timeout=0.05)
+                self._feed(item)
+                yield from self._take(timeout=0)
+            if self._thread is not None:
+                self._feed(_SENTINEL)
+                while self._thread.is_alive() or not self._results.empty():
+                    yield from self._take(timeout=0.05)
         finally:
-            self.stop.set()
-            thread.join()
+            if self._thread is not None:
+                self.stop.set()
+                self._feed(_SENTINEL)
+                self._thread.join()
 
     def _stopped(self) -> bool:
         return self.stop.is_set() or self.fatal is not None
 
-    async def _run_async(self, to_send: list[PlannedRequest], results: queue.Queue) -> None:
+    def _start(self, api_key: str) -> None:
+        ready = threading.Event()
+
+        async def serve():
+            self._loop, self._inbox = asyncio.get_running_loop(), asyncio.Queue()
+            ready.set()
+            await self._serve(api_key)
+
+        def target():
+            try:
+                asyncio.run(serve())
+            except BaseException as err:  # noqa: BLE001 - handed to the consumer's thread
+                self._results.put(err)
+            finally:
+                ready.set()
+
+        self._thread = threading.Thread(target=target, name="openai-annotator", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def _feed(self, item) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing is left to stop
+                self._loop.call_soon_threadsafe(self._inbox.put_nowait, item)
+
+    def _take(self, timeout: float) -> Iterator[AnnotationResult]:
+        try:
+            item = self._results.get(timeout=timeout) if timeout else self._results.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            try:
+                item = self._results.get_nowait()
+            except queue.Empty:
+                return
+
+    async def _serve(self, api_key: str) -> None:
         ann = self.annotator
-        client = openai.AsyncOpenAI(**client_options(self.config, self.api_key))
+        client = openai.AsyncOpenAI(**client_options(self.config, api_key))
         limiter = RateLimiter(self.config.rpm, self.config.tpm)
-        pending = list(reversed(to_send))
 
         async def worker():
-            while pending:
-                planned = pending.pop()
-                if self._stopped():
-                    results.put(ann.fail(planned, "not sent: the run stopped"))
-                elif not ann.budget.reserve(planned.input_tokens):
-                    results.put(ann.budget_result(planned))
-                else:
-                    try:
-                        results.put(await self._send(client, limiter, planned))
-                    finally:
-                        ann.budget.release(planned.input_tokens)
+            while (planned := await self._inbox.get()) is not _SENTINEL:
+                try:
+                    if self._stopped():
+                        self._results.put(ann.fail(planned, "not sent: the run stopped"))
+                    elif not ann.budget.reserve(planned.input_tokens):
+                        self._results.put(ann.budget_result(planned))
+                    else:
+                        try:
+                            self._results.put(await self._send(client, limiter, planned))
+                        finally:
+                            ann.budget.release(planned.input_tokens)
+                finally:
+                    self.window.release()
+            self._inbox.put_nowait(_SENTINEL)  # for the next worker
 
         async with client:
-            await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(to_send)))))
+            await asyncio.gather(*(worker() for _ in range(self.config.concurrency)))
 
     async def _send(self, client, limiter: RateLimiter, planned: PlannedRequest) -> AnnotationResult:
         ann = self.annotator

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from openai.types.chat import ChatCompletion
 from PIL import Image
 
 from dataset_builder.annotation.base import AnnotationRequest
@@ -162,3 +163,34 @@ def classify_completion(completion) -> tuple[str, str | None, str]:
     if content is None or not content.strip():
         return "empty", None, f"empty answer (finish_reason={choice.finish_reason})"
     return "ok", content.strip(), "truncated" if choice.finish_reason == "length" else ""
+
+
+def custom_id(key: str) -> str:
+    """The Batch API ``custom_id`` of a request: a hash of its cache key (unique, free of the pair's details)."""
+    return sha256_hex(key)[:32]
+
+
+def planned_from_key(key: str, input_tokens: int) -> PlannedRequest:
+    """A stand-in planned request rebuilt from a cache key (``id|model|params|images``) to record its answer."""
+    pair_id, *_, image_hash = key.split("|")
+    return PlannedRequest(AnnotationRequest(pair_id, (Path(), Path())), key, image_hash, [], input_tokens)
+
+
+def parse_batch_row(row: dict) -> tuple[str, str | None, str, dict]:
+    """``(status, text, reason, usage)`` of one line of a Batch output or error file.
+
+    An error line, or a response other than 200, is ``failed`` (not cached: a rerun asks again); a 200 response is
+    classified as :func:`classify_completion` does, ``malformed`` when it is not a chat completion.
+    """
+    response = row.get("response") or {}
+    if row.get("error") or response.get("status_code") != 200:
+        error = row.get("error") or (response.get("body") or {}).get("error") or {}
+        reason = f"batch error: {error.get('code') or response.get('status_code')} {error.get('message', '')}"
+        return "failed", None, reason.strip(), {}
+    try:
+        completion = ChatCompletion.model_validate(response["body"])
+        status, text, reason = classify_completion(completion)
+        usage = completion.usage.model_dump(exclude_none=True) if completion.usage else {}
+    except (ValueError, TypeError, KeyError) as err:
+        return "malformed", None, f"unreadable reply: {str(err)[:200]}", {}
+    return status, text, reason, usage

@@ -8,6 +8,8 @@ import numpy as np
 from datasets import Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 
+from dataset_builder.annotation.base import AnnotationRequest
+
 
 SECRET = "sk-test-SECRET-never-logged-0123456789abcdef"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -18,6 +20,14 @@ def jpeg(seed: int, size=(48, 40)) -> bytes:
     buf = io.BytesIO()
     PILImage.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
     return buf.getvalue()
+
+
+def pair_requests(n: int, start: int = 0) -> list[AnnotationRequest]:
+    """``n`` annotation requests with stored frames (distinct images per pair)."""
+    return [
+        AnnotationRequest(f"barn_{i}_1-barn_{i}_0", (Path("a.jpg"), Path("b.jpg")), (jpeg(2 * i), jpeg(2 * i + 1)))
+        for i in range(start, start + n)
+    ]
 
 
 FEATURES = Features(

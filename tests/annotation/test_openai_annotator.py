@@ -13,14 +13,8 @@ from dataset_builder.annotation.openai_annotator import OpenAIAnnotator
 from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
 from dataset_builder.annotation.rate_limit import backoff_delay, retry_after_seconds
 from dataset_builder.prompts import ANNOTATION_PROMPT
-from tests.annotation.helpers import SECRET, cache_lines, jpeg
-
-
-def requests(n, start=0):
-    return [
-        AnnotationRequest(f"barn_{i}_1-barn_{i}_0", (Path("a.jpg"), Path("b.jpg")), (jpeg(2 * i), jpeg(2 * i + 1)))
-        for i in range(start, start + n)
-    ]
+from tests.annotation.helpers import SECRET, cache_lines
+from tests.annotation.helpers import pair_requests as requests
 
 
 def run(options, reqs, **kw):
