@@ -2,18 +2,16 @@
 
 Planned requests are written to JSONL input files on disk as they come (``batch_ledger.InputFileWriter``), each file
 closed before it would pass ``--batch_max_requests``, ``--batch_max_bytes`` or ``--batch_max_enqueued_tokens``.
-Files are uploaded and turned into batches one at a time, and only while the estimated input tokens of this run's
+Files are uploaded and made into batches one at a time, only while the estimated input tokens of this run's
 unfinished batches stay under ``--batch_max_enqueued_tokens`` (the organisation's "batch queue limit"); a new batch
 is submitted as earlier ones finish. Finished batches are downloaded to disk, then merged into the answer cache.
 
 Every step is recorded in the state file before the next one starts, so a kill at any point resumes without paying
 twice: a file written but not uploaded is uploaded; one uploaded but not in a batch is matched against
-``batches.list`` (its batch may exist) before a batch is created; a batch created is polled, never created again; a
-download not merged is merged from disk, skipping answers the cache already holds from that batch.
-
-Refusals: a batch input the API calls too large (request or byte limit) is split in two and resubmitted; a batch
-failed with ``token_limit_exceeded`` (someone else's batches fill the queue) is resubmitted, with the same upload,
-once one of ours finishes or after a backoff.
+``batches.list`` (its batch may exist) before a batch is created; a batch is polled, never created again; a
+download is merged from disk, skipping answers the cache already holds from that batch. An input the API calls too
+large is split in two; a batch failed with ``token_limit_exceeded`` is resubmitted, with the same upload, once one
+of ours finishes (or after a backoff).
 """
 
 import json
@@ -66,8 +64,8 @@ class BatchRunner:
         self.hold_until = 0.0  # no submission before (after a token_limit_exceeded refusal)
         self.last_poll = 0.0
         self.planning_done = False
-        self.queue = {"max_enqueued_tokens": cfg.batch_max_enqueued_tokens, "peak_enqueued_tokens": 0}
-        self.queue |= {"token_limit_refusals": 0, "splits": 0}
+        self.queue = dict.fromkeys(("peak_enqueued_tokens", "token_limit_refusals", "splits"), 0)
+        self.queue["max_enqueued_tokens"] = cfg.batch_max_enqueued_tokens
 
     @property
     def client(self) -> openai.OpenAI:
@@ -76,7 +74,6 @@ class BatchRunner:
             self._client = openai.OpenAI(**client_options(self.config, self.ann.api_key()))
         return self._client
 
-    # ------------------------------------------------------------------ the run
     def run(self, items: Iterator[AnnotationResult | PlannedRequest]) -> Iterator[AnnotationResult]:
         """Write, submit, poll and merge until each planned request of ``items`` has a result (results pass on)."""
         self.ledger = BatchLedger(self.config.resolved_cache_path)
@@ -270,7 +267,11 @@ class BatchRunner:
         for entry in list(self.ledger.entries.values()):
             if entry["state"] != "submitted":
                 continue
-            batch = self.policy.call(self.client.batches.retrieve, entry["batch_id"])
+            try:
+                batch = self.policy.call(self.client.batches.retrieve, entry["batch_id"])
+            except RequestRejected as err:
+                yield from self._lost(entry, err)
+                continue
             counts = batch.request_counts.model_dump() if batch.request_counts else None
             if (batch.status, counts) != (entry["batch_status"], entry["request_counts"]):
                 logger.info("batch %s (%s): %s %s", batch.id, entry["name"], batch.status, counts)
@@ -294,9 +295,20 @@ class BatchRunner:
             return
         for file_id, kind in ((batch.output_file_id, "output"), (batch.error_file_id, "errors")):
             if file_id:
-                self.policy.call(self._download, file_id, self.ledger.file(entry["name"], kind))
+                try:
+                    self.policy.call(self._download, file_id, self.ledger.file(entry["name"], kind))
+                except RequestRejected as err:
+                    yield from self._lost(entry, err)
+                    return
         entry["state"] = "downloaded"
         self._save()
+
+    def _lost(self, entry: dict, err: RequestRejected) -> Iterator[AnnotationResult]:
+        """A batch or result file the endpoint no longer has (404): its pairs fail, and a rerun asks again."""
+        if err.status != 404:
+            raise RuntimeError(f"batch file {entry['name']} ({entry['batch_id']}): {err.reason}") from err
+        entry |= {"state": "failed", "error": f"not found at the endpoint: {err.reason}"[:500]}
+        yield from self._fail_entry(entry, f"batch {entry['batch_id']}: {entry['error']}")
 
     def _requeue(self, entry: dict, message: str) -> None:
         """``token_limit_exceeded``: the upload stays; a batch is created again when the queue has room."""

@@ -133,16 +133,17 @@ class ChatRunner:
             while (planned := await self._inbox.get()) is not _SENTINEL:
                 try:
                     if self._stopped():
-                        self._results.put(ann.fail(planned, "not sent: the run stopped"))
+                        result = ann.fail(planned, "not sent: the run stopped")
                     elif not ann.budget.reserve(planned.input_tokens):
-                        self._results.put(ann.budget_result(planned))
+                        result = ann.budget_result(planned)
                     else:
                         try:
-                            self._results.put(await self._send(client, limiter, planned))
+                            result = await self._send(client, limiter, planned)
                         finally:
                             ann.budget.release(planned.input_tokens)
                 finally:
-                    self.window.release()
+                    self.window.release()  # before the result is seen, so the caller finds the slot free
+                self._results.put(result)
             self._inbox.put_nowait(_SENTINEL)  # for the next worker
 
         async with client:

@@ -58,6 +58,8 @@ def _file_routes(app: FastAPI, state) -> None:
 
     @app.get("/v1/files/{fid}/content")
     async def file_content(fid: str):
+        if fid not in state.files:
+            return refusal(404, f"No such File object: {fid}")
         return Response(state.files[fid]["bytes"], media_type="application/octet-stream")
 
 
@@ -106,6 +108,8 @@ def _batch_routes(app: FastAPI, state, answer: Callable, count_tokens: Callable)
 
     @app.get("/v1/batches/{bid}")
     async def get_batch(bid: str):
+        if bid not in state.batches:
+            return refusal(404, f"No batch found with id '{bid}'.")
         # every poll moves every batch on, as time does at OpenAI: a batch nobody polls (its creator was killed
         # before it learnt the id) is processed, and billed, all the same
         for batch in list(state.batches.values()):

@@ -163,3 +163,16 @@ def test_batch_calls_share_the_retry_policy_and_its_counts(server, fast_options,
     # the file written before the failure is resumed by the next run, not written again
     _, results = run(fast_options, pair_requests(2, start=10))
     assert {r.status for r in results} == {"ok"} and set(server.state.billed.values()) == {1}
+
+
+def test_a_batch_the_endpoint_no_longer_has_fails_its_pairs_and_a_rerun_asks_again(server, fast_options, api_key):
+    options = {**fast_options, "batch_max_requests": 3}
+    server.state.hold_batches = True
+    crash("submitted", 1, 3, options)
+    server.state.batches.clear()  # expired, or deleted on the platform
+    server.state.hold_batches = False
+    annotator, results = run(options, pair_requests(3))
+    assert [r.status for r in results] == ["failed"] * 3 and all("not found" in r.reason for r in results)
+    assert annotator.report()["batches"][0]["state"] == "failed"
+    _, results = run(options, pair_requests(3))
+    assert {r.status for r in results} == {"ok"} and set(server.state.billed.values()) == {1}
