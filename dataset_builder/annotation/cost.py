@@ -187,26 +187,10 @@ class CostEstimate:
 
 
 def estimate_cost(
-    per_request_input_tokens: list[int],
-    pricing: ModelPricing,
-    expected_output_tokens: int,
-    max_tokens: int,
-    batch: bool = False,
+    tokens: list[int], pricing: ModelPricing, expected_output_tokens: int, max_tokens: int, batch: bool = False
 ) -> CostEstimate:
-    """Add up an estimate over the requests of a run.
-
-    Args:
-        per_request_input_tokens: The estimated input tokens of each request to send.
-        pricing: The model's pricing.
-        expected_output_tokens: Expected answer length in tokens.
-        max_tokens: The answer length cap.
-        batch: Price at Batch API rates.
-
-    Returns:
-        The estimate.
-    """
-    n, inp = len(per_request_input_tokens), sum(per_request_input_tokens)
-    return estimate_totals(n, inp, pricing, expected_output_tokens, max_tokens, batch)
+    """:func:`estimate_totals` of a list of per-request input token counts."""
+    return estimate_totals(len(tokens), sum(tokens), pricing, expected_output_tokens, max_tokens, batch)
 
 
 def estimate_totals(

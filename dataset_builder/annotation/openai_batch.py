@@ -25,8 +25,9 @@ import openai
 
 from dataset_builder.annotation.base import AnnotationResult
 from dataset_builder.annotation.batch_ledger import BatchLedger, InputFileWriter, Limits, entry_summary, split_entry
+from dataset_builder.annotation.batch_merge import BatchMerging
 from dataset_builder.annotation.hash_index import HashIndex, string_hash
-from dataset_builder.annotation.openai_requests import PlannedRequest, custom_id, parse_batch_row, planned_from_key
+from dataset_builder.annotation.openai_requests import PlannedRequest, custom_id, planned_from_key
 from dataset_builder.annotation.transport import RequestRejected, RetryPolicy, client_options
 from dataset_builder.atomic import atomic_path
 
@@ -36,10 +37,9 @@ logger = logging.getLogger(__name__)
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 #: Words of the API's refusal of an input file over its request or byte limit.
 TOO_LARGE = re.compile(r"larger than|more than|too large|too many requests|maximum", re.IGNORECASE)
-MERGE_CHUNK = 1000
 
 
-class BatchRunner:
+class BatchRunner(BatchMerging):
     """Sends planned requests through the Batch API and yields their results (see the module docstring).
 
     Args:
@@ -61,6 +61,7 @@ class BatchRunner:
         self.wanted: dict[int, str] = {}  # of those, the ones this run asked for: key hash -> pair id
         self.reserved: set[str] = set()  # batch files whose worst-case cost this run has reserved
         self.skipped: set[str] = set()  # earlier runs' batch files the budget cap keeps from being sent
+        self.checked: set[str] = set()  # earlier runs' uploads looked for in batches.list
         self.hold_until = 0.0  # no submission before (after a token_limit_exceeded refusal)
         self.last_poll = 0.0
         self.planning_done = False
@@ -170,22 +171,27 @@ class BatchRunner:
         """Uploads of earlier runs not known to be in a batch: adopt the batch if one was created before the kill."""
         orphans = {
             e["file_id"]: e
-            for e in self.ledger.entries.values()
-            if e["state"] == "uploaded" and e["run"] != self.run_id and not e.get("checked")
+            for name, e in self.ledger.entries.items()
+            if e["state"] == "uploaded" and e["run"] != self.run_id and name not in self.checked
         }
         if not orphans:
             return
-        oldest = min(e.get("uploaded_at") or 0 for e in orphans.values()) - 3600
-        for batch in self.policy.call(self.client.batches.list, limit=100):  # newest first, all pages
-            if batch.created_at < oldest:
-                break
-            entry = orphans.pop(batch.input_file_id, None)
-            if entry is not None and batch.status != "failed":
-                entry |= {"state": "submitted", "batch_id": batch.id, "batch_status": batch.status}
-                logger.info("batch %s (created before a restart) adopted for %s", batch.id, entry["name"])
-        for entry in orphans.values():
-            entry["checked"] = True
+        oldest = min(e.get("uploaded_at") or 0 for e in orphans.values())
+        for file_id, batch in self._batches_of(set(orphans), oldest).items():
+            orphans[file_id] |= {"state": "submitted", "batch_id": batch.id, "batch_status": batch.status}
+            logger.info("batch %s (created before a restart) adopted for %s", batch.id, orphans[file_id]["name"])
+        self.checked.update(e["name"] for e in orphans.values())
         self._save()
+
+    def _batches_of(self, file_ids: set[str], since: float) -> dict:
+        """The batches (not failed) made from these uploads since ``since`` (``batches.list``, all pages)."""
+        found = {}
+        for batch in self.policy.call(self.client.batches.list, limit=100):  # newest first
+            if batch.created_at < since - 3600 or len(found) == len(file_ids):
+                break
+            if batch.input_file_id in file_ids and batch.status != "failed":
+                found.setdefault(batch.input_file_id, batch)
+        return found
 
     def _enqueued(self) -> int:
         return sum(
@@ -224,8 +230,10 @@ class BatchRunner:
                 uploaded = self.policy.call(self._upload, entry)
                 entry |= {"state": "uploaded", "file_id": uploaded.id, "uploaded_at": time.time()}
                 self._save()
-            batch = self.policy.call(
+            asked = time.time()
+            batch = self.policy.call(  # a creation whose reply was lost may exist: look before creating again
                 self.client.batches.create,
+                before_retry=lambda: self._batches_of({entry["file_id"]}, asked).get(entry["file_id"]),
                 input_file_id=entry["file_id"],
                 endpoint="/v1/chat/completions",
                 completion_window="24h",
@@ -329,72 +337,3 @@ class BatchRunner:
         ):
             for chunk in response.iter_bytes(1 << 20):
                 fh.write(chunk)
-
-    # ------------------------------------------------------------------ merging
-    def _wanted(self, entry: dict, key: str) -> bool:
-        if entry["run"] == self.run_id:
-            return True
-        return self.wanted.pop(string_hash(key), None) is not None
-
-    def _merge(self, entry: dict) -> Iterator[AnnotationResult]:
-        manifest = self.ledger.manifest(entry["name"])
-        for kind in ("output", "errors"):
-            path = self.ledger.file(entry["name"], kind)
-            if not path.exists():
-                continue
-            with open(path, encoding="utf-8") as fh:
-                chunk = []
-                for line in fh:
-                    if line.strip():
-                        chunk.append(json.loads(line))
-                    if len(chunk) >= MERGE_CHUNK:
-                        yield from self._merge_rows(entry, manifest, chunk)
-                        chunk = []
-                yield from self._merge_rows(entry, manifest, chunk)
-        for key, tokens in manifest.values():
-            result = self.ann.fail(planned_from_key(key, tokens), f"batch {entry['batch_status']}: no answer")
-            if self._wanted(entry, key):
-                yield result
-        self._release(entry)
-        entry["state"] = "merged"
-        self.ledger.remove_files(entry["name"])
-        self._save()
-
-    def _merge_rows(self, entry: dict, manifest: dict, rows: list[dict]) -> Iterator[AnnotationResult]:
-        answers, failures, again = [], [], []
-        for row in rows:
-            item = manifest.pop(row.get("custom_id"), None)
-            if item is None:
-                logger.warning("batch %s: unknown custom_id %r skipped", entry["batch_id"], row.get("custom_id"))
-                continue
-            planned = planned_from_key(*item)
-            cached = self.ann.cache.get(planned.key)
-            if cached is not None and cached.get("batch_id") == entry["batch_id"]:
-                again.append((planned, cached))  # merged before a kill: counted then, handed on only if asked
-                continue
-            status, text, reason, usage = parse_batch_row(row)
-            if status == "failed":
-                failures.append((planned, reason))
-            else:
-                answers.append((planned, status, text, reason, usage))
-        results = self.ann.record_many(answers, batch_id=entry["batch_id"])
-        results += [self.ann.fail(planned, reason) for planned, reason in failures]
-        results += [self.ann.result_from_entry(p.request.id, cached) for p, cached in again]
-        keys = [a[0].key for a in answers] + [p.key for p, _ in failures] + [p.key for p, _ in again]
-        for key, result in zip(keys, results, strict=True):
-            if self._wanted(entry, key):
-                yield result
-
-    def _fail_entry(self, entry: dict, reason: str) -> Iterator[AnnotationResult]:
-        for key in list(self.ledger.manifest_keys(entry["name"])):
-            result = self.ann.fail(planned_from_key(key, 0), reason)
-            if self._wanted(entry, key):
-                yield result
-        self._release(entry)
-        self.ledger.remove_files(entry["name"])
-        self._save()
-
-    def _release(self, entry: dict) -> None:
-        if entry["name"] in self.reserved:
-            self.reserved.discard(entry["name"])
-            self.ann.budget.release(entry["input_tokens"], entry["requests"])

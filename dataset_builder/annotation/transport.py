@@ -105,22 +105,32 @@ class RetryPolicy:
         """A fresh attempt counter for one call."""
         return Attempts(self)
 
-    def call(self, fn: Callable, *args, sleep: Callable[[float], None] = time.sleep, **kwargs):
+    def call(self, fn: Callable, *args, before_retry: Callable | None = None, **kwargs):
         """Call ``fn(*args, **kwargs)`` under the policy (the Batch path's file and batch calls).
+
+        Args:
+            fn: The call.
+            *args: Its arguments.
+            before_retry: Called after the wait, before each retry; a result other than ``None`` is returned
+                instead of calling again (a call that may have succeeded at the server although its reply was
+                lost, such as creating a batch, looks for what it made).
+            **kwargs: Its keyword arguments.
 
         Raises:
             GaveUp: After ``max_retries`` retries.
             EndpointRefusedKey, RequestRejected: As :func:`error_reason`.
         """
         tries = self.attempts()
-        for _ in tries:
+        for attempt in tries:
+            if attempt and before_retry is not None and (found := before_retry()) is not None:
+                return found
             try:
                 return fn(*args, **kwargs)
             except openai.APIResponseValidationError:
                 raise
             except openai.APIError as err:
                 retry = tries.failed(err)
-            sleep(retry.delay_s)
+            time.sleep(retry.delay_s)
         raise AssertionError("unreachable: Attempts raises GaveUp after the last attempt")
 
 

@@ -16,7 +16,7 @@ import sys
 import openai.resources.batches
 import openai.resources.files
 
-from dataset_builder.annotation import get_annotator, openai_batch
+from dataset_builder.annotation import batch_merge, get_annotator
 from dataset_builder.annotation.batch_ledger import BatchLedger
 from dataset_builder.annotation.cache import AnnotationCache
 from tests.annotation.helpers import pair_requests
@@ -53,7 +53,7 @@ def install(kill_at: str, count: int) -> None:
     elif kill_at == "create-lost":
         _after(openai.resources.batches.Batches, "create", lambda *_: True)
     elif kill_at == "merging":
-        openai_batch.MERGE_CHUNK = 2
+        batch_merge.MERGE_CHUNK = 2
         _after(AnnotationCache, "append_many", lambda _, args, __: any("batch_id" in e for e in args[0]))
     else:
         raise SystemExit(f"KILL_AT {kill_at!r}: expected one of {', '.join(KILL_POINTS)}")

@@ -31,12 +31,16 @@ def add_file_and_batch_routes(app: FastAPI, state, answer: Callable, count_token
 
     @app.middleware("http")
     async def batch_faults(request: Request, call_next):
-        """One fault of ``state.batch_faults`` ("429" with retry-after, "500", "503") per Files/Batches call."""
+        """One fault of ``state.batch_faults`` per Files/Batches call: "429" (with retry-after), "500", "503" refuse
+        the call; "lost" makes it, then answers 500 (the reply lost on the way); "pass" lets it through."""
+        fault = None
         if request.url.path.startswith(("/v1/files", "/v1/batches")) and state.batch_faults:
             fault = state.batch_faults.popleft()
-            headers = {"retry-after-ms": "20"} if fault == "429" else None
-            return refusal(int(fault), f"fault {fault}", headers=headers)
-        return await call_next(request)
+        if fault in (None, "pass", "lost"):
+            response = await call_next(request)
+            return refusal(500, "the reply was lost") if fault == "lost" else response
+        headers = {"retry-after-ms": "20"} if fault == "429" else None
+        return refusal(int(fault), f"fault {fault}", headers=headers)
 
 
 def refusal(status: int, message: str, code: str | None = None, headers: dict | None = None) -> JSONResponse:

@@ -176,3 +176,11 @@ def test_a_batch_the_endpoint_no_longer_has_fails_its_pairs_and_a_rerun_asks_aga
     assert annotator.report()["batches"][0]["state"] == "failed"
     _, results = run(options, pair_requests(3))
     assert {r.status for r in results} == {"ok"} and set(server.state.billed.values()) == {1}
+
+
+def test_a_batch_created_whose_reply_was_lost_is_found_not_created_twice(server, fast_options, api_key):
+    server.state.batch_faults.extend(["pass", "lost"])  # the upload; the batch is created, its reply lost
+    annotator, results = run(fast_options, pair_requests(3))
+    assert {r.status for r in results} == {"ok"} and len(server.state.batches) == 1
+    assert set(server.state.billed.values()) == {1} and len(server.state.billed) == 3
+    assert annotator.report()["retries_by_reason"] == {"http 500": 1}
