@@ -271,7 +271,9 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         f"Goal: the {large:,}-pair run within 1.2x of the {small:,}-pair run. Before this change, `--dry_run` took "
-        "415 MB at 740 pairs and 791 MB at 6,172 (about 69 KB a pair, 7 GB at 106K).",
+        "415 MB at 740 pairs and 791 MB at 6,172 (about 69 KB a pair, 7 GB at 106K). Memory is held per shard "
+        f"and per read batch, so compare sizes that both fill whole {SHARD_ROWS:,}-row shards (the default 2,000 "
+        "and 20,000 do): below that, the shard's size, not the number of pairs, moves the RSS.",
         "",
         f"## Extrapolated to the paper's {PAPER_PAIRS:,} pairs",
         "",
