@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from datasets import Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 
@@ -81,8 +82,6 @@ def make_dataset(root: Path, n_train: int = 6, n_test: int = 3, sample: int = 3,
 
 def read_answers(root: Path) -> dict[str, dict[str, str]]:
     """gpt answers per shard (relative path) per pair id."""
-    import pyarrow.parquet as pq
-
     out = {}
     for path in sorted((root / "data").rglob("*.parquet")):
         table = pq.read_table(path, columns=["id", "conversations"]).to_pylist()
