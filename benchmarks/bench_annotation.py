@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from dataset_builder.annotation.base import AnnotationRequest  # noqa: E402
 from dataset_builder.annotation.cost import estimate_cost, load_price_table, pricing_for, request_input_tokens  # noqa: E402
-from dataset_builder.annotation.openai_annotator import EXPECTED_OUTPUT_TOKENS, OpenAIAnnotator  # noqa: E402
+from dataset_builder.annotation.openai_annotator import OpenAIAnnotator  # noqa: E402
+from dataset_builder.annotation.openai_requests import EXPECTED_OUTPUT_TOKENS  # noqa: E402
 from dataset_builder.prompts import ANNOTATION_PROMPT  # noqa: E402
 from tests.annotation.fake_openai import FakeOpenAIServer, FakeState  # noqa: E402
 

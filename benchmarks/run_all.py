@@ -39,7 +39,7 @@ def main() -> int:
         print(f"[bench] {name}: {'ok' if ok else f'FAILED (exit {proc.returncode})'} in {seconds:.1f} s", flush=True)
     lines = ["# Benchmark results", "", "| benchmark | result | wall time (s) | files |", "|---|---|---|---|"]
     for row in rows:
-        files = ", ".join(f"[{p.name}]({p.name})" for p in sorted(RESULTS.glob(f"{row['benchmark']}*")))
+        files = ", ".join(f"[{p.name}]({p.name})" for p in sorted(RESULTS.glob(f"{row['benchmark']}.*")))
         lines.append(f"| {row['benchmark']} | {'ok' if row['ok'] else 'FAILED'} | {row['seconds']} | {files} |")
     (RESULTS / "README.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "index.json").write_text(json.dumps(rows, indent=2) + "\n")

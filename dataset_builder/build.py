@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -162,6 +163,8 @@ OPERATIONAL_OPTIONS = frozenset(
         "batch",
         "batch_poll_s",
         "batch_max_requests",
+        "batch_max_bytes",
+        "batch_max_enqueued_tokens",
         "cache_path",
         "price_table",
         "retry_failed",
@@ -183,7 +186,11 @@ def _annotator_options(cfg: BuildConfig, openai_cfg) -> dict:
 
 
 def _annotate(cfg: BuildConfig, pairs: list[Pair], options: dict, out: Path, report: dict) -> dict[str, str]:
-    """Answers by pair id; answers already written by an interrupted run of this build are reused."""
+    """Answers by pair id; answers already written by an interrupted run of this build are reused.
+
+    Requests are made one pair at a time as the annotator asks for them (an annotator that sends, ``openai``, reads
+    each pair's images only when it plans or sends it), so nothing but the answers grows with the number of pairs.
+    """
     annotator = get_annotator(cfg.annotator, **options)
     report["annotation"] = {
         "annotator": annotator.name,
@@ -194,33 +201,38 @@ def _annotate(cfg: BuildConfig, pairs: list[Pair], options: dict, out: Path, rep
     captions: dict[str, str] = {}
     cache = out / CAPTIONS_FILE
     if cache.exists():
-        for line in cache.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-                captions[entry["id"]] = entry["text"]
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by the interruption: that pair is asked again
+        with open(cache, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                    captions[entry["id"]] = entry["text"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by the interruption: that pair is asked again
         logger.info("resuming: %d answer(s) already written", len(captions))
-    requests = [
-        AnnotationRequest(
-            id=p.id,
-            image_paths=(p.first.path, p.second.path),
-            metadata={
-                "split": p.first.split,
-                "dataset_split": p.split,
-                "fmow_root": cfg.fmow_root,
-                "category": p.category,
-                "timestamps": (p.first.timestamp_text, p.second.timestamp_text),
-                "gap_days": p.gap_days,
-            },
-        )
-        for p in pairs
-        if p.id not in captions
-    ]
+    todo = [p for p in pairs if p.id not in captions]
+
+    def requests() -> Iterator[AnnotationRequest]:
+        for p in todo:
+            yield AnnotationRequest(
+                id=p.id,
+                image_paths=(p.first.path, p.second.path),
+                metadata={
+                    "split": p.first.split,
+                    "dataset_split": p.split,
+                    "fmow_root": cfg.fmow_root,
+                    "category": p.category,
+                    "timestamps": (p.first.timestamp_text, p.second.timestamp_text),
+                    "gap_days": p.gap_days,
+                },
+            )
+
+    if todo and hasattr(annotator, "estimate") and not options.get("dry_run"):
+        estimate, cached = annotator.estimate(requests())  # streamed: the price is known before anything is sent
+        logger.info("%d pair(s) already answered in the cache; %s", cached, estimate.summary())
     problems = defaultdict(list)
     with open(cache, "a", encoding="utf-8") as fh:
-        results = annotator.annotate(requests)
-        for result in tqdm(results, total=len(requests), desc="annotating", unit="pair", disable=not requests):
+        results = annotator.annotate(requests())
+        for result in tqdm(results, total=len(todo), desc="annotating", unit="pair", disable=not todo):
             if result.status == "ok" and result.text is not None:
                 captions[result.id] = result.text
                 fh.write(json.dumps({"id": result.id, "text": result.text}, ensure_ascii=False) + "\n")

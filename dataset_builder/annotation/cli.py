@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,9 +24,11 @@ import pyarrow.parquet as pq
 from transformers import HfArgumentParser
 
 from dataset_builder.annotation.base import AnnotationRequest
-from dataset_builder.annotation.openai_annotator import OpenAIAnnotator, summary_line
+from dataset_builder.annotation.hash_index import HashIndex
+from dataset_builder.annotation.openai_annotator import OpenAIAnnotator
 from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
-from dataset_builder.atomic import write_json, write_parquet
+from dataset_builder.annotation.report import summary_line
+from dataset_builder.atomic import atomic_path, write_json
 from dataset_builder.card import write_dataset_card
 from dataset_builder.official_json import export_official
 
@@ -75,31 +78,92 @@ def with_answer(conversations: list[dict] | None, text: str) -> list[dict]:
     return [*turns, {"from": "gpt", "value": text}]
 
 
-def _requests(path: Path, args: AnnotateArguments, seen: set[str]) -> list[AnnotationRequest]:
-    """The rows of one shard that need an answer (each pair id once over the whole folder)."""
-    table = pq.read_table(path, columns=["id", "frames", "conversations", "image1", "image2"])
-    out = []
-    for row in table.to_pylist():
-        if row["id"] in seen or (not args.overwrite and gpt_answer(row["conversations"]).strip()):
-            continue
-        frames = row["frames"] or []
-        if len(frames) != 2 or not all(f and f.get("bytes") for f in frames):
-            logger.warning("%s: row %s has %d stored frame(s), expected 2: skipped", path, row["id"], len(frames))
-            continue
-        seen.add(row["id"])
-        out.append(
-            AnnotationRequest(
-                id=row["id"],
-                image_paths=(Path(row["image1"] or ""), Path(row["image2"] or "")),
-                frames_jpeg=(frames[0]["bytes"], frames[1]["bytes"]),
-                metadata={"shard": str(path)},
-            )
-        )
-    return out
+#: Rows read from a shard at a time (frames included): what bounds the memory of reading, whatever the folder's size.
+READ_BATCH_ROWS = 64
+_COLUMNS = ["id", "frames", "conversations", "image1", "image2"]
+
+
+@dataclass
+class _Pass:
+    """One streamed pass over the folder: how many more pairs ``--limit`` allows, and the other configs' own rows."""
+
+    remaining: int | None
+    others: HashIndex = field(default_factory=HashIndex)
+
+
+class FolderRows:
+    """The rows of a folder that need an answer, streamed shard by shard (nothing is held beyond a read batch).
+
+    A row is *asked* (an annotation request) when it is in the default config, or in another config
+    (``sample_10k``) with an id the default config does not have; it is *looked up* (its answer comes from the cache
+    once its default-config twin is answered) otherwise. The first pass (:meth:`scan`) records the default config's
+    ids in a compact index (8 bytes an id); later passes reuse it.
+
+    Args:
+        args: The folder and what to annotate.
+    """
+
+    def __init__(self, args: AnnotateArguments):
+        self.args = args
+        self.data = Path(args.dataset_dir) / "data"
+        self.default_ids = HashIndex()
+        self._scanned = False
+
+    def new_pass(self) -> _Pass:
+        """A pass with the full ``--limit``."""
+        return _Pass(self.args.limit)
+
+    def rows(self, path: Path, state: _Pass) -> Iterator[tuple[bool, AnnotationRequest]]:
+        """``(asked, request)`` for each row of one shard that needs an answer (see the class docstring)."""
+        default = path.parent == self.data
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS, columns=_COLUMNS):
+            for row in batch.to_pylist():
+                if not self.args.overwrite and gpt_answer(row["conversations"]).strip():
+                    continue
+                frames = row["frames"] or []
+                if len(frames) != 2 or not all(f and f.get("bytes") for f in frames):
+                    logger.warning(
+                        "%s: row %s has %d stored frame(s), expected 2: skipped", path, row["id"], len(frames)
+                    )
+                    continue
+                if default:
+                    if not self._scanned:
+                        self.default_ids.add(row["id"])
+                    asked = True
+                else:
+                    asked = row["id"] not in self.default_ids and row["id"] not in state.others
+                    state.others.add(row["id"])
+                if asked and state.remaining is not None:
+                    if state.remaining == 0:
+                        continue
+                    state.remaining -= 1
+                yield asked, _request(row, path)
+
+    def asked(self, paths: list[Path], state: _Pass) -> Iterator[AnnotationRequest]:
+        """The requests of some shards, in order."""
+        for path in paths:
+            yield from (request for asked, request in self.rows(path, state) if asked)
+
+    def scan(self) -> Iterator[AnnotationRequest]:
+        """The first pass: every request of the folder (and the default config's ids, recorded on the way)."""
+        yield from self.asked(self.args.shards, self.new_pass())
+        self._scanned = True
+
+
+def _request(row: dict, path: Path) -> AnnotationRequest:
+    frames = row["frames"]
+    return AnnotationRequest(
+        id=row["id"],
+        image_paths=(Path(row["image1"] or ""), Path(row["image2"] or "")),
+        frames_jpeg=(frames[0]["bytes"], frames[1]["bytes"]),
+        metadata={"shard": str(path)},
+    )
 
 
 def rewrite_shard(path: Path, answers: dict[str, str]) -> int:
-    """Rewrite one shard with new gpt turns, atomically (temp name + fsync + rename); same schema and row groups.
+    """Rewrite one shard with new gpt turns, atomically (temp name + fsync + rename), one row group at a time.
+
+    The schema (with its ``datasets`` features) and the row groups are kept as they are.
 
     Args:
         path: The Parquet shard.
@@ -109,20 +173,21 @@ def rewrite_shard(path: Path, answers: dict[str, str]) -> int:
         Rows changed (0: the file is left untouched).
     """
     pf = pq.ParquetFile(path)
-    row_group_rows = pf.metadata.row_group(0).num_rows if pf.metadata.num_row_groups else None
-    table = pf.read()
-    index = table.schema.get_field_index("conversations")
-    conversations = table.column(index).to_pylist()
-    changed = 0
-    for i, pair_id in enumerate(table.column("id").to_pylist()):
-        if pair_id in answers:
-            conversations[i] = with_answer(conversations[i], answers[pair_id])
-            changed += 1
-    if not changed:
+    if not any(pair_id in answers for pair_id in pf.read(columns=["id"]).column(0).to_pylist()):
         return 0
-    column_field = table.schema.field(index)
-    table = table.set_column(index, column_field, pa.array(conversations, type=column_field.type))
-    write_parquet(table, path, row_group_size=row_group_rows, fsync=True)
+    index = pf.schema_arrow.get_field_index("conversations")
+    column_field = pf.schema_arrow.field(index)
+    changed = 0
+    with atomic_path(path, fsync=True) as tmp, pq.ParquetWriter(tmp, pf.schema_arrow) as writer:
+        for i in range(pf.metadata.num_row_groups):
+            group = pf.read_row_group(i)
+            conversations = group.column(index).to_pylist()
+            for j, pair_id in enumerate(group.column("id").to_pylist()):
+                if pair_id in answers:
+                    conversations[j] = with_answer(conversations[j], answers[pair_id])
+                    changed += 1
+            group = group.set_column(index, column_field, pa.array(conversations, type=column_field.type))
+            writer.write_table(group, row_group_size=group.num_rows)
     return changed
 
 
@@ -147,8 +212,58 @@ def _update_folder(dataset_dir: Path, annotator, problems: dict[str, list]) -> N
         logger.warning("%s: no build_report.json (not a geollava-build folder): README.md left as it was", dataset_dir)
 
 
+def _lookup_answers(annotator: OpenAIAnnotator, requests: Iterable[AnnotationRequest], answers: dict) -> None:
+    """Add the cached ``ok`` answers of ``requests`` to ``answers`` (nothing is sent or counted)."""
+    for request in requests:
+        result = annotator.lookup(request)
+        if result is not None and result.status == "ok" and result.text:
+            answers[request.id] = result.text
+
+
+def _note(result, answers: dict, problems: dict) -> None:
+    if result.status == "ok" and result.text:
+        answers[result.id] = result.text
+    else:
+        problems[result.status].append({"id": result.id, "reason": result.reason})
+
+
+def _annotate_by_shard(folder: FolderRows, annotator: OpenAIAnnotator, problems: dict) -> None:
+    """Chat Completions: each shard's rows are sent, answered and written before the next shard is read."""
+    state = folder.new_pass()
+    for path in folder.args.shards:
+        answers: dict[str, str] = {}
+
+        def asked(path: Path = path, answers: dict = answers) -> Iterator[AnnotationRequest]:
+            for is_asked, request in folder.rows(path, state):
+                if is_asked:
+                    yield request
+                else:  # a sample_10k row: its default-config twin was answered in an earlier shard
+                    _lookup_answers(annotator, [request], answers)
+
+        for result in annotator.annotate(asked()):
+            _note(result, answers, problems)
+        changed = rewrite_shard(path, answers)
+        logger.info("%s: %d row(s) answered", path.relative_to(folder.data.parent), changed)
+
+
+def _annotate_in_batches(folder: FolderRows, annotator: OpenAIAnnotator, problems: dict) -> None:
+    """Batch API: every shard's rows go into the same batch files; then each shard is filled from the cache."""
+    for result in annotator.annotate(folder.asked(folder.args.shards, folder.new_pass())):
+        _note(result, {}, problems)
+    state = folder.new_pass()
+    for path in folder.args.shards:
+        answers: dict[str, str] = {}
+        _lookup_answers(annotator, (request for _, request in folder.rows(path, state)), answers)
+        changed = rewrite_shard(path, answers)
+        logger.info("%s: %d row(s) answered", path.relative_to(folder.data.parent), changed)
+
+
 def annotate_folder(args: AnnotateArguments, config: OpenAIAnnotatorConfig) -> dict:
     """Estimate, then annotate every row that needs it and rewrite the shards; the core of ``geollava-annotate``.
+
+    The folder is streamed: a first pass plans every row (the estimate; ``--dry_run`` stops there), a second one
+    sends and writes shard by shard (Chat Completions) or writes batch files then fills each shard from the cache
+    (``--batch``). Rows are read ``READ_BATCH_ROWS`` at a time, so memory does not grow with the folder.
 
     Args:
         args: The folder and what to annotate.
@@ -161,37 +276,19 @@ def annotate_folder(args: AnnotateArguments, config: OpenAIAnnotatorConfig) -> d
     if config.report_path is None:
         config = replace(config, report_path=str(dataset_dir / "annotation_report.json"))
     annotator = OpenAIAnnotator(**vars(config))
+    folder = FolderRows(args)
     try:
-        plan: list[tuple[Path, list[AnnotationRequest]]] = []
-        seen: set[str] = set()
-        for path in args.shards:
-            requests = _requests(path, args, seen)
-            if args.limit is not None:
-                requests = requests[: max(0, args.limit - sum(len(r) for _, r in plan))]
-            plan.append((path, requests))
-        estimate, cached = annotator.estimate(r for _, requests in plan for r in requests)
-        print(f"{sum(len(r) for _, r in plan)} pair(s) to annotate, {cached} already cached; {estimate.summary()}")
+        estimate, cached = annotator.estimate(folder.scan())
+        print(f"{estimate.pairs + cached} pair(s) to annotate, {cached} already cached; {estimate.summary()}")
+        extra = {"estimate": vars(estimate), "cached_before": cached}
         if config.dry_run:
-            report = annotator.report() | {"estimate": vars(estimate), "cached_before": cached}
+            report = annotator.report() | extra
             write_json(config.report_path, report, indent=2, sort_keys=True)
             return report
-        answers: dict[str, str] = {}
         problems: dict[str, list] = defaultdict(list)
-        # one call per shard (answers reach the disk as they come); the Batch API takes everything at once, so
-        # that all pairs share the same batches instead of waiting for one batch per shard
-        groups = [args.shards] if config.batch else [[path] for path in args.shards]
-        for group in groups:
-            requests = [r for path, shard_requests in plan if path in group for r in shard_requests]
-            for result in annotator.annotate(requests):
-                if result.status == "ok" and result.text:
-                    answers[result.id] = result.text
-                else:
-                    problems[result.status].append({"id": result.id, "reason": result.reason})
-            for path in group:
-                changed = rewrite_shard(path, answers)
-                logger.info("%s: %d row(s) answered", path.relative_to(dataset_dir), changed)
+        (_annotate_in_batches if config.batch else _annotate_by_shard)(folder, annotator, problems)
         _update_folder(dataset_dir, annotator, dict(problems))
-        report = annotator.report() | {"estimate": vars(estimate), "cached_before": cached}
+        report = annotator.report() | extra
         write_json(config.report_path, report, indent=2, sort_keys=True)
         return report
     finally:

@@ -187,16 +187,25 @@ class CostEstimate:
 
 
 def estimate_cost(
-    per_request_input_tokens: list[int],
+    tokens: list[int], pricing: ModelPricing, expected_output_tokens: int, max_tokens: int, batch: bool = False
+) -> CostEstimate:
+    """:func:`estimate_totals` of a list of per-request input token counts."""
+    return estimate_totals(len(tokens), sum(tokens), pricing, expected_output_tokens, max_tokens, batch)
+
+
+def estimate_totals(
+    requests: int,
+    input_tokens: int,
     pricing: ModelPricing,
     expected_output_tokens: int,
     max_tokens: int,
     batch: bool = False,
 ) -> CostEstimate:
-    """Add up an estimate over the requests of a run.
+    """The estimate of ``requests`` requests holding ``input_tokens`` input tokens in all (a streamed sum).
 
     Args:
-        per_request_input_tokens: The estimated input tokens of each request to send.
+        requests: How many requests.
+        input_tokens: Their estimated input tokens, added up.
         pricing: The model's pricing.
         expected_output_tokens: Expected answer length in tokens.
         max_tokens: The answer length cap.
@@ -205,16 +214,14 @@ def estimate_cost(
     Returns:
         The estimate.
     """
-    n = len(per_request_input_tokens)
-    inp = sum(per_request_input_tokens)
-    out = n * min(expected_output_tokens, max_tokens)
+    out = requests * min(expected_output_tokens, max_tokens)
     return CostEstimate(
         model=pricing.model,
-        pairs=n,
-        input_tokens=inp,
+        pairs=requests,
+        input_tokens=input_tokens,
         output_tokens=out,
-        max_output_tokens=n * max_tokens,
-        cost_usd=pricing.cost_usd(inp, out, batch),
-        max_cost_usd=pricing.cost_usd(inp, n * max_tokens, batch),
+        max_output_tokens=requests * max_tokens,
+        cost_usd=pricing.cost_usd(input_tokens, out, batch),
+        max_cost_usd=pricing.cost_usd(input_tokens, requests * max_tokens, batch),
         batch=batch,
     )

@@ -10,6 +10,8 @@ from pathlib import Path
 
 
 IMAGE_DETAILS = ("low", "high", "auto")
+#: The Batch API's limit on one input file (200 MB).
+MAX_BATCH_FILE_BYTES = 200 * 1024 * 1024
 
 
 def default_cache_path() -> Path:
@@ -79,6 +81,18 @@ class OpenAIAnnotatorConfig:
     batch_max_requests: int = field(
         default=50_000, metadata={"help": "Requests per batch file (the API allows at most 50,000)."}
     )
+    batch_max_bytes: int = field(
+        default=200_000_000,
+        metadata={"help": "Bytes per batch input file (the API allows at most 200 MB = 209,715,200 bytes)."},
+    )
+    batch_max_enqueued_tokens: int = field(
+        default=2_000_000,
+        metadata={
+            "help": "Estimated input tokens this run keeps enqueued in unfinished batches at once: your "
+            "organisation's batch queue limit for the model (platform.openai.com/settings/organization/limits; "
+            "2,000,000 = gpt-4o-mini at usage tier 1). New batches are submitted as earlier ones finish."
+        },
+    )
     cache_path: str | None = field(
         default=None,
         metadata={
@@ -106,11 +120,22 @@ class OpenAIAnnotatorConfig:
             raise ValueError(f"--image_detail {self.image_detail!r}: expected one of {', '.join(IMAGE_DETAILS)}")
         if not 0.0 <= self.temperature <= 2.0:
             raise ValueError(f"--temperature {self.temperature}: must be in 0..2")
-        for name in ("max_tokens", "concurrency", "image_max_side", "batch_max_requests"):
+        for name in (
+            "max_tokens",
+            "concurrency",
+            "image_max_side",
+            "batch_max_requests",
+            "batch_max_bytes",
+            "batch_max_enqueued_tokens",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be >= 1")
         if self.batch_max_requests > 50_000:
             raise ValueError(f"--batch_max_requests {self.batch_max_requests}: the Batch API takes at most 50000")
+        if self.batch_max_bytes > MAX_BATCH_FILE_BYTES:
+            raise ValueError(
+                f"--batch_max_bytes {self.batch_max_bytes}: the Batch API takes at most {MAX_BATCH_FILE_BYTES} bytes"
+            )
         for name in ("rpm", "tpm", "max_retries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be >= 0")

@@ -5,6 +5,14 @@ asked, and can be told to inject faults: 429 with ``retry-after``, 500/503, slow
 malformed JSON, ``finish_reason="content_filter"``, refusals, empty and cut-off answers. Token usage is counted
 independently of ``dataset_builder.annotation.cost`` (decoded image sizes and gpt-4o-mini's published tile numbers).
 
+The Batch API's limits are enforced as the real one answers them, with small configurable values so tests stay
+small: an input file over ``batch_max_requests`` lines or ``batch_max_bytes`` bytes is refused at batch creation
+(HTTP 400, "The batch input file is larger than the N maximum ..." as OpenAI words it for bytes; the request-count
+wording is modelled on it), and a batch that would take the enqueued input tokens of the unfinished batches past
+``max_enqueued_tokens`` is created ``failed`` with ``token_limit_exceeded`` ("Enqueued token limit reached ...").
+``billed`` counts, per pair, every answer the server produced (chat or batch): "nothing billed twice" is
+``max(billed.values()) == 1``.
+
 Run alone: ``python tests/annotation/fake_openai.py --port 8011 --latency 0.2 --rpm 600``.
 """
 
@@ -13,7 +21,6 @@ import asyncio
 import base64
 import hashlib
 import io
-import json
 import math
 import threading
 import time
@@ -22,10 +29,11 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import uvicorn
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
+from tests.annotation.fake_openai_batch import add_file_and_batch_routes, refusal
 from upload.loopback import free_port
 
 
@@ -48,15 +56,25 @@ class FakeState:
     hold_batches: bool = False
     answer_words: int = 30
     api_key: str | None = None
+    batch_max_requests: int = 50_000
+    batch_max_bytes: int = 200 * 1024 * 1024
+    max_enqueued_tokens: int | None = None
+    batch_faults: deque = field(default_factory=deque)  # one fault per Files/Batches call, in arrival order
     # observations
     requests: int = 0
     arrivals: list = field(default_factory=list)
     successes: Counter = field(default_factory=Counter)  # pair key -> 200 answers with a caption
     outcomes: Counter = field(default_factory=Counter)
     headers_seen: list = field(default_factory=list)
+    billed: Counter = field(default_factory=Counter)  # pair key -> answers produced (each one paid)
     files: dict = field(default_factory=dict)
     batches: dict = field(default_factory=dict)
+    peak_enqueued_tokens: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def enqueued_tokens(self) -> int:
+        """Input tokens of the batches not finished yet."""
+        return sum(b["_tokens"] for b in self.batches.values() if b["status"] in ("validating", "in_progress"))
 
     def total_successes(self) -> int:
         """Answers with a caption, over all pairs."""
@@ -147,12 +165,21 @@ class _DroppedResponse(Response):
 def create_app(state: FakeState) -> FastAPI:
     """The FastAPI app serving ``/v1/...`` from ``state``."""
     app = FastAPI()
+    _chat_routes(app, state)
+    add_file_and_batch_routes(app, state, _answer, count_prompt_tokens)
+    return app
 
-    def _next_fault() -> str | None:
+
+def _chat_routes(app: FastAPI, state: FakeState) -> None:
+    def next_fault() -> str | None:
         with state.lock:
             if state.faults:
                 return state.faults.popleft()
         return state.always
+
+    def over_rpm(now: float) -> bool:
+        with state.lock:
+            return sum(1 for t in state.arrivals[:-1] if now - t < 60.0) >= state.rpm_limit
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -162,177 +189,43 @@ def create_app(state: FakeState) -> FastAPI:
             state.requests += 1
             state.arrivals.append(now)
             state.headers_seen.append(dict(request.headers))
-        key = pair_key(body)
         if state.api_key and request.headers.get("authorization") != f"Bearer {state.api_key}":
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": "Incorrect API key provided",
-                        "type": "invalid_request_error",
-                        "code": "invalid_api_key",
-                    }
-                },
-                401,
-            )
-        if state.rpm_limit:
-            with state.lock:
-                recent = sum(1 for t in state.arrivals[:-1] if now - t < 60.0)
-            if recent >= state.rpm_limit:
-                state.outcomes["429 rpm"] += 1
-                return JSONResponse(
-                    {"error": {"message": "rpm exceeded", "type": "requests"}}, 429, headers={"retry-after": "1"}
-                )
-        fault = _next_fault()
+            return refusal(401, "Incorrect API key provided", "invalid_api_key")
+        if state.rpm_limit and over_rpm(now):
+            state.outcomes["429 rpm"] += 1
+            return refusal(429, "rpm exceeded", headers={"retry-after": "1"})
+        fault = next_fault()
         if state.latency_s:
             await asyncio.sleep(state.latency_s)
         if state.hold_after_successes is not None and state.total_successes() >= state.hold_after_successes:
             while not state.released:
                 await asyncio.sleep(0.02)
             state.outcomes["held"] += 1
-            return JSONResponse({"error": {"message": "held", "type": "server_error"}}, 503)
+            return refusal(503, "held")
         state.outcomes[fault or "ok"] += 1
         if fault == "429":
-            return JSONResponse(
-                {"error": {"message": "Rate limit reached", "type": "requests"}},
-                429,
-                headers={"retry-after-ms": str(int(state.retry_after_s * 1000))},
-            )
+            wait_ms = str(int(state.retry_after_s * 1000))
+            return refusal(429, "Rate limit reached", headers={"retry-after-ms": wait_ms})
         if fault in ("500", "503"):
-            return JSONResponse({"error": {"message": "server error", "type": "server_error"}}, int(fault))
+            return refusal(int(fault), "server error")
         if fault == "slow":
             await asyncio.sleep(state.slow_s)
         if fault == "drop":
             return _DroppedResponse()
         if fault == "malformed":
             return Response(b'{"id": "chatcmpl-x", "choices": [', media_type="application/json")
-        reply = _completion(body, key, state, fault)
+        return JSONResponse(_answer(body, state, fault))
+
+
+def _answer(body: dict, state: FakeState, fault: str | None) -> dict:
+    """A completion for ``body``, counted as billed (and as a success when it holds a caption)."""
+    key = pair_key(body)
+    reply = _completion(body, key, state, fault)
+    with state.lock:
+        state.billed[key] += 1
         if reply["choices"][0]["message"]["content"]:
-            with state.lock:
-                state.successes[key] += 1
-        return JSONResponse(reply)
-
-    @app.post("/v1/files")
-    async def upload(file: UploadFile = File(...), purpose: str = Form(...)):  # noqa: B008 - FastAPI idiom
-        data = await file.read()
-        fid = f"file-{uuid.uuid4().hex[:12]}"
-        state.files[fid] = {"bytes": data, "filename": file.filename, "purpose": purpose}
-        return _file_obj(fid, state)
-
-    @app.get("/v1/files/{fid}")
-    async def file_info(fid: str):
-        return _file_obj(fid, state)
-
-    @app.get("/v1/files/{fid}/content")
-    async def file_content(fid: str):
-        return Response(state.files[fid]["bytes"], media_type="application/octet-stream")
-
-    @app.post("/v1/batches")
-    async def create_batch(request: Request):
-        body = await request.json()
-        bid = f"batch_{uuid.uuid4().hex[:12]}"
-        lines = state.files[body["input_file_id"]]["bytes"].decode().splitlines()
-        state.batches[bid] = {
-            "id": bid,
-            "object": "batch",
-            "endpoint": body["endpoint"],
-            "input_file_id": body["input_file_id"],
-            "completion_window": body["completion_window"],
-            "status": "validating",
-            "created_at": int(time.time()),
-            "metadata": body.get("metadata"),
-            "output_file_id": None,
-            "error_file_id": None,
-            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
-            "_polls": 0,
-        }
-        return _public(state.batches[bid])
-
-    @app.get("/v1/batches/{bid}")
-    async def get_batch(bid: str):
-        batch = state.batches[bid]
-        batch["_polls"] += 1
-        if batch["status"] == "validating":
-            batch["status"] = "in_progress"
-        elif (
-            batch["status"] == "in_progress"
-            and not state.hold_batches
-            and batch["_polls"] > state.batch_polls_to_finish
-        ):
-            _finish_batch(batch, state)
-        return _public(batch)
-
-    @app.get("/v1/batches")
-    async def list_batches(limit: int = 20):
-        data = [_public(b) for b in reversed(state.batches.values())][:limit]
-        return {
-            "object": "list",
-            "data": data,
-            "has_more": False,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
-
-    @app.post("/v1/batches/{bid}/cancel")
-    async def cancel_batch(bid: str):
-        state.batches[bid]["status"] = "cancelled"
-        return _public(state.batches[bid])
-
-    return app
-
-
-def _file_obj(fid: str, state: FakeState) -> dict:
-    f = state.files[fid]
-    return {
-        "id": fid,
-        "object": "file",
-        "bytes": len(f["bytes"]),
-        "created_at": int(time.time()),
-        "filename": f["filename"],
-        "purpose": f["purpose"],
-        "status": "processed",
-    }
-
-
-def _public(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if not k.startswith("_")}
-
-
-def _finish_batch(batch: dict, state: FakeState) -> None:
-    out, err = [], []
-    for line in state.files[batch["input_file_id"]]["bytes"].decode().splitlines():
-        item = json.loads(line)
-        with state.lock:
-            state.requests += 1
-            fault = state.faults.popleft() if state.faults else state.always
-        if fault in ("500", "503", "429"):
-            err.append(
-                {
-                    "id": f"batch_req_{uuid.uuid4().hex[:8]}",
-                    "custom_id": item["custom_id"],
-                    "response": None,
-                    "error": {"code": "server_error", "message": f"fault {fault}"},
-                }
-            )
-            continue
-        reply = _completion(item["body"], pair_key(item["body"]), state, fault)
-        if reply["choices"][0]["message"]["content"]:
-            state.successes[pair_key(item["body"])] += 1
-        out.append(
-            {
-                "id": f"batch_req_{uuid.uuid4().hex[:8]}",
-                "custom_id": item["custom_id"],
-                "response": {"status_code": 200, "request_id": uuid.uuid4().hex, "body": reply},
-                "error": None,
-            }
-        )
-    for rows, name in ((out, "output_file_id"), (err, "error_file_id")):
-        if rows:
-            fid = f"file-{uuid.uuid4().hex[:12]}"
-            data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-            state.files[fid] = {"bytes": data, "filename": f"{name}.jsonl", "purpose": "batch_output"}
-            batch[name] = fid
-    batch["status"] = "completed"
-    batch["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
+            state.successes[key] += 1
+    return reply
 
 
 class FakeOpenAIServer:

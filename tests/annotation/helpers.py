@@ -5,9 +5,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from datasets import Dataset
 from PIL import Image as PILImage
 
+from dataset_builder.annotation.base import AnnotationRequest
 from dataset_builder.rows import features
 
 
@@ -20,6 +22,14 @@ def jpeg(seed: int, size=(48, 40)) -> bytes:
     buf = io.BytesIO()
     PILImage.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
     return buf.getvalue()
+
+
+def pair_requests(n: int, start: int = 0) -> list[AnnotationRequest]:
+    """``n`` annotation requests with stored frames (distinct images per pair)."""
+    return [
+        AnnotationRequest(f"barn_{i}_1-barn_{i}_0", (Path("a.jpg"), Path("b.jpg")), (jpeg(2 * i), jpeg(2 * i + 1)))
+        for i in range(start, start + n)
+    ]
 
 
 FEATURES = features(columns=("id", "split", "image1", "image2", "frames", "conversations", "prompt_template_id"))
@@ -63,8 +73,6 @@ def make_dataset(root: Path, n_train: int = 6, n_test: int = 3, sample: int = 3,
 
 def read_answers(root: Path) -> dict[str, dict[str, str]]:
     """gpt answers per shard (relative path) per pair id."""
-    import pyarrow.parquet as pq
-
     out = {}
     for path in sorted((root / "data").rglob("*.parquet")):
         table = pq.read_table(path, columns=["id", "conversations"]).to_pylist()

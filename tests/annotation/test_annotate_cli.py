@@ -152,7 +152,7 @@ def test_batch_end_to_end_with_a_restart_while_in_progress(tmp_path, server, fas
     _wait(
         lambda: (
             state_file.exists()
-            and len(json.loads(state_file.read_text())["batches"]) == 2
+            and sum(1 for b in json.loads(state_file.read_text())["batches"].values() if b["batch_id"]) == 2
             and any(b["status"] == "in_progress" for b in server.state.batches.values())
         ),
         proc,

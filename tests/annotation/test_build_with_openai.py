@@ -2,6 +2,7 @@ import json
 
 from datasets import load_dataset
 
+from dataset_builder.annotation.cli import main as annotate_main
 from dataset_builder.build import main as build_main
 from tests.annotation.helpers import SECRET, jpeg
 
@@ -57,8 +58,6 @@ def test_geollava_build_with_the_openai_annotator(tmp_path, server, fast_options
 def test_geollava_annotate_on_a_built_folder_updates_report_official_json_and_card(
     tmp_path, server, fast_options, api_key
 ):
-    from dataset_builder.annotation.cli import main as annotate_main
-
     write_tree(tmp_path / "fmow")
     out = tmp_path / "out"
     assert build_main(build_args(tmp_path, "none", sample_size=2)) == 0

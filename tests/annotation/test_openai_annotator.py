@@ -1,3 +1,4 @@
+import asyncio
 import json
 import logging
 import math
@@ -11,16 +12,10 @@ from dataset_builder.annotation import AnnotationRequest, get_annotator
 from dataset_builder.annotation.cache import AnnotationCache
 from dataset_builder.annotation.openai_annotator import OpenAIAnnotator
 from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
-from dataset_builder.annotation.rate_limit import backoff_delay, retry_after_seconds
+from dataset_builder.annotation.rate_limit import RateLimiter, backoff_delay, retry_after_seconds
 from dataset_builder.prompts import ANNOTATION_PROMPT
-from tests.annotation.helpers import SECRET, cache_lines, jpeg
-
-
-def requests(n, start=0):
-    return [
-        AnnotationRequest(f"barn_{i}_1-barn_{i}_0", (Path("a.jpg"), Path("b.jpg")), (jpeg(2 * i), jpeg(2 * i + 1)))
-        for i in range(start, start + n)
-    ]
+from tests.annotation.helpers import SECRET, cache_lines
+from tests.annotation.helpers import pair_requests as requests
 
 
 def run(options, reqs, **kw):
@@ -206,6 +201,8 @@ def test_retry_after_and_backoff_helpers():
         ("base_url", "localhost:8000", "--base_url 'localhost:8000'"),
         ("temperature", 3.0, "--temperature 3.0"),
         ("price_table", "/nonexistent.yaml", "--price_table '/nonexistent.yaml'"),
+        ("batch_max_bytes", 300 * 1024 * 1024, "--batch_max_bytes 314572800: the Batch API takes at most"),
+        ("batch_max_enqueued_tokens", 0, "--batch_max_enqueued_tokens 0: must be >= 1"),
     ],
 )
 def test_bad_options_name_the_field_and_value(field, value, message):
@@ -219,10 +216,6 @@ def test_a_cap_needs_a_known_price():
 
 
 def test_the_tpm_bucket_spaces_large_requests():
-    import asyncio
-
-    from dataset_builder.annotation.rate_limit import RateLimiter
-
     async def go():
         limiter = RateLimiter(rpm=0, tpm=600_000)  # 10,000 tokens/s, a bucket of one second
         stamps = []
