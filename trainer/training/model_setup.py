@@ -156,7 +156,11 @@ def _load_kwargs(model_args: GeoModelConfig, path: str, quant: BitsAndBytesConfi
 
 
 def make_trainable(model, model_args: GeoModelConfig, family: Family, quantized: bool, activation_checkpointing: bool):
-    """Wrap the model in LoRA (``use_peft``) or unfreeze the language model; returns the model to train."""
+    """Wrap the model in LoRA (``use_peft``) or unfreeze the language model; returns the model to train.
+
+    Under PEFT the adapter's ``base_model_name_or_path`` is the base the user named (a Hub id stays a Hub id), never
+    the local pruned copy the weights were read from: the pushed adapter then links to its real base.
+    """
     if quantized:
         from peft import prepare_model_for_kbit_training
 
@@ -165,6 +169,9 @@ def make_trainable(model, model_args: GeoModelConfig, family: Family, quantized:
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(model_args, family))
+        for peft_config in model.peft_config.values():
+            peft_config.base_model_name_or_path = str(model_args.model_name_or_path)
+            peft_config.revision = model_args.model_revision
         return model
     # Full fine-tuning of the language model; the vision parts stay frozen unless asked.
     for prefix in family.vision_modules:
