@@ -97,7 +97,9 @@ def test_card_metadata_names_the_real_base_and_the_masks(published):
 
 def test_snippet_imports_only_the_four_libraries(published):
     tree = ast.parse(_snippet(published[2]))
-    modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
     modules |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     # huggingface_hub is installed by transformers itself.
     assert modules <= ALLOWED_IMPORTS, modules - ALLOWED_IMPORTS
