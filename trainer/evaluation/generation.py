@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from trainer.models.chat_templates import ensure_chat_template
 from trainer.models.device import move_inputs
 from trainer.models.families import Family, build_messages
 
@@ -32,6 +33,7 @@ def encode_batch(processor, family: Family | str, questions: Sequence[str], fram
     if len(questions) != len(frames):
         raise ValueError(f"{len(questions)} questions but {len(frames)} frame pairs")
     conversations = [build_messages(family, q, f) for q, f in zip(questions, frames, strict=True)]
+    ensure_chat_template(processor, family if isinstance(family, str) else family.name)
     return processor.apply_chat_template(
         conversations,
         add_generation_prompt=True,

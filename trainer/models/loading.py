@@ -15,6 +15,7 @@ from huggingface_hub import snapshot_download
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
+from trainer.models.chat_templates import ensure_chat_template
 from trainer.models.device import model_device, model_dtype, resolve_device, resolve_dtype
 from trainer.models.families import Family, family_of
 from trainer.models.masks import MASKS_FILE, apply_masks, load_masks
@@ -122,6 +123,7 @@ def load_for_inference(
     net.eval()
     processor_source = folder if folder is not None and any((folder / f).exists() for f in PROCESSOR_FILES) else model
     processor = AutoProcessor.from_pretrained(processor_source)
+    ensure_chat_template(processor, family.name)
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
+from trainer.models.chat_templates import ensure_chat_template
 from trainer.models.families import Family, family_of, get_family
 from trainer.models.loading import quantization_config as bnb_config
 from trainer.training.config import GeoModelConfig
@@ -59,21 +60,21 @@ def load_processor(model_args: GeoModelConfig, chat_template_path: str | None = 
     """The model's processor, as saved beside the base weights, with a ``.jinja`` chat template applied when given.
 
     ``SFTTrainer`` applies ``chat_template_path`` (an ``SFTConfig`` field) again, identically; doing it here first
-    checks the template early and makes the collator see it from its first batch.
+    checks the template early and makes the collator see it from its first batch. The template needs no
+    ``{% generation %}`` block (the collator finds the answer from the generation prompt). A checkpoint that publishes
+    no template (Video-LLaVA) gets its family's documented one (``chat_templates.FALLBACK_TEMPLATES``).
 
     Raises:
         FileNotFoundError: If ``chat_template_path`` does not exist.
-        ValueError: If the template has no ``{% generation %}`` block (the loss mask needs one).
     """
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     if chat_template_path:
         path = Path(chat_template_path)
         if not path.is_file():
             raise FileNotFoundError(f"chat_template_path {str(path)!r} does not exist")
-        template = path.read_text()
-        if "generation" not in template:
-            raise ValueError(f"chat_template_path {str(path)!r}: the template has no {{% generation %}} block")
-        processor.chat_template = template
+        processor.chat_template = path.read_text()
+    elif ensure_chat_template(processor, resolve_family(model_args).name):
+        logger.info("%s has no chat template: using its family's documented one", model_args.model_name_or_path)
     return processor
 
 
