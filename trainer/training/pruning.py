@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from dataset_builder.atomic import atomic_dir
 from trainer.models.families import Family, family_of
@@ -29,6 +30,14 @@ from trainer.models.masks import (
     check_full_precision,
     mask_sparsity,
     save_masks,
+    save_packed_masks,
+)
+from trainer.training.checkpoint_pruning import (
+    StreamingUnsupported,
+    checkpoint_entries,
+    local_checkpoint,
+    prune_checkpoint,
+    target_entries,
 )
 from trainer.training.magnitude import exact_threshold, magnitude_masks, sampled_threshold
 from trainer.training.wanda import calibration_batches, collect_input_norms, wanda_masks
@@ -212,14 +221,21 @@ def prune_before_quantization(
     config: PruningConfig,
     out_dir: str | Path,
     calibration: Iterable[dict] | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Prune a full-precision copy of a base model, for QLoRA: the trainer then loads the copy in 4-bit.
+    """Prune a copy of a base model in its own dtype, for QLoRA: the trainer then loads the copy in 4-bit.
 
     NF4 and int8 quantization keep pruned weights exactly zero, so pruning first and quantizing after is exact,
-    whereas pruning the packed bytes of a loaded 4-bit model corrupts it. The copy holds the model
-    (``save_pretrained``), the processor files and the masks (:func:`trainer.models.masks.save_masks`), so the training
-    callback finds the masks there and saves them beside the adapter.
+    whereas pruning the packed bytes of a loaded 4-bit model corrupts it. The copy holds the model, the processor
+    files and the masks (:func:`trainer.models.masks.save_masks`), so the training callback finds the masks there and
+    saves them beside the adapter.
+
+    * ``magnitude`` streams the checkpoint's safetensors shards tensor by tensor
+      (:mod:`trainer.training.checkpoint_pruning`): the exact global threshold over all target weights, masks in the
+      checkpoint's dtype, the copy written in that dtype; peak memory is one weight plus the packed masks.
+    * ``wanda`` needs activations: the model is loaded whole (in its own dtype, or ``dtype``), calibrated, pruned
+      and saved with ``save_pretrained``. So is a magnitude checkpoint that cannot be streamed (no safetensors, a
+      target missing from the shards) or an explicit ``dtype``.
 
     Args:
         model_path: Local folder or Hub id of the base model.
@@ -227,7 +243,7 @@ def prune_before_quantization(
         out_dir: Folder for the pruned copy. If it already holds a copy pruned the same way from the same model, it
             is reused.
         calibration: Calibration model inputs (wanda only).
-        dtype: Dtype the base is loaded and saved in.
+        dtype: Load and save the copy in this dtype (the loaded path); ``None`` keeps the checkpoint's.
 
     Returns:
         The path of the pruned copy.
@@ -235,8 +251,6 @@ def prune_before_quantization(
     Raises:
         FileExistsError: If ``out_dir`` exists and is not such a copy.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     out = Path(out_dir)
     wanted = {"method": config.pruning_method, "target_sparsity": config.pruning_sparsity, "source": str(model_path)}
     if out.exists():
@@ -246,12 +260,54 @@ def prune_before_quantization(
             logger.info("reusing the pruned copy in %s", out)
             return out
         raise FileExistsError(f"out_dir {str(out)!r} exists and is not a copy of {model_path} pruned the same way")
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
+    if config.pruning_method == "magnitude" and dtype is None:
+        try:
+            return _prune_streaming(model_path, config, out)
+        except StreamingUnsupported as why:
+            logger.warning("cannot prune %s tensor by tensor (%s): loading it whole instead", model_path, why)
+    return _prune_loaded(model_path, config, out, calibration, dtype)
+
+
+def _prune_streaming(model_path: str | Path, config: PruningConfig, out: Path) -> Path:
+    folder = local_checkpoint(model_path)
+    entries = checkpoint_entries(folder)
+    with torch.device("meta"):  # the module tree and names, no weights
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(folder))
+    targets = target_entries(model, collect_targets(model), entries)
+    with atomic_dir(out) as tmp:
+        pruned = prune_checkpoint(
+            folder,
+            tmp,
+            targets,
+            config.pruning_sparsity,
+            sample_size=config.pruning_threshold_sample_size,
+            exact=config.pruning_exact_threshold,
+            seed=config.pruning_seed,
+        )
+        metadata = {
+            "method": "magnitude",
+            "target_sparsity": config.pruning_sparsity,
+            "threshold": pruned.threshold,
+            "comparison_group": "global",
+            "threshold_method": "exact" if config.pruning_exact_threshold else "sampled",
+            "threshold_sample_size": config.pruning_threshold_sample_size,
+            "source": str(model_path),
+            "dtype": pruned.dtype,
+            "pruned_by": "streaming the safetensors shards tensor by tensor",
+        }
+        save_packed_masks(pruned.packed, pruned.shapes, pruned.pruned, tmp, metadata)
+    logger.info("saved the pruned copy of %s (%s) to %s", model_path, pruned.dtype, out)
+    return out
+
+
+def _prune_loaded(model_path, config: PruningConfig, out: Path, calibration, dtype: torch.dtype | None) -> Path:
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype or "auto")
     masks, metadata = compute_masks(model, config, calibration)
     apply_masks(model, masks)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         AutoProcessor.from_pretrained(model_path).save_pretrained(tmp)
-        save_masks(masks, tmp, {**metadata, "source": str(model_path), "dtype": str(dtype)})
-    logger.info("saved the pruned full-precision copy of %s to %s", model_path, out)
+        metadata = {**metadata, "source": str(model_path), "dtype": str(model.dtype), "pruned_by": "loading the model"}
+        save_masks(masks, tmp, metadata)
+    logger.info("saved the pruned copy of %s (%s) to %s", model_path, model.dtype, out)
     return out
