@@ -6,7 +6,12 @@ the real checkpoint: Vicuna-7B language model, CLIP ViT-L/14 at 336 px, 2 frames
 (anchors-and-performance.md B4).
 """
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+import yaml
+from huggingface_hub import snapshot_download
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
@@ -16,6 +21,7 @@ from transformers import (
 
 
 FRAMES = 2
+ROOT = Path(__file__).resolve().parents[1]
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name fragment, most specific first.
 PEAK_TFLOPS = (
     ("H200", 989.4),
@@ -175,3 +181,80 @@ def peak_tflops(device_name: str, override: float | None) -> float | None:
     if override:
         return override
     return next((peak for fragment, peak in PEAK_TFLOPS if fragment in device_name), None)
+
+
+def tiny_config() -> LlavaNextVideoConfig:
+    """The same structure at test size (64 wide, 2 layers, 32 px): the dry run on a CPU."""
+    text = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    return LlavaNextVideoConfig(
+        text_config=text,
+        vision_config=vision,
+        video_token_index=126,
+        image_token_index=127,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_grid_pinpoints=[[32, 64], [64, 32], [64, 64]],
+        image_seq_length=16,
+        video_seq_length=8,
+        tie_word_embeddings=False,
+    )
+
+
+@dataclass
+class Recipe:
+    """What the benchmark takes from a training recipe."""
+
+    name: str
+    model_id: str
+    method: str
+    lora_r: int
+    lora_alpha: int
+    batch: int
+    activation_checkpointing: bool
+    attn_implementation: str
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """The recipe's method, LoRA shape, micro-batch and memory options."""
+    path = Path(path) if Path(path).is_absolute() else ROOT / path
+    data = yaml.safe_load(path.read_text())
+    return Recipe(
+        name=path.stem,
+        model_id=data["model_name_or_path"],
+        method="qlora" if data.get("load_in_4bit") else "lora",
+        lora_r=int(data.get("lora_r", 64)),
+        lora_alpha=int(data.get("lora_alpha", 128)),
+        batch=int(data.get("per_device_train_batch_size", 2)),
+        activation_checkpointing=bool(data.get("activation_checkpointing", False)),
+        attn_implementation=data.get("attn_implementation") or "sdpa",
+    )
+
+
+def find_weights(base: str, model_id: str) -> Path | None:
+    """The checkpoint to time: ``base`` when a folder, the recipe's when on this machine (auto), else ``None``."""
+    if base == "random":
+        return None
+    if base != "auto":
+        return Path(base)
+    if Path(model_id).is_dir():
+        return Path(model_id)
+    try:
+        folder = Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or no cache): time a random model of the same shape
+        return None
+    return folder if any(folder.glob("*.safetensors")) else None

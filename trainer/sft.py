@@ -215,6 +215,7 @@ def save_run(trainer, args, argv, loaded: LoadedModel, train_dataset, collator, 
         timings=timings,
     )
     summary["distributed"] = {
+        "device": str(training_args.device),
         "world_size": training_args.world_size,
         "trainable_checksums": checksums,
         "ranks_agree": len(set(checksums)) == 1,

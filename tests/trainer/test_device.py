@@ -106,7 +106,7 @@ def test_auto_with_cuda_loads_in_bf16_straight_onto_the_gpu(tiny, fake_cuda, mon
     assert calls == [{"dtype": torch.float32, "device_map": {"": "cuda:1"}}]
     calls.clear()
     load_for_inference(tiny, device="cpu")
-    assert calls == [{}]  # the CPU keeps the checkpoint's dtype and needs no device map
+    assert calls == [{"dtype": "auto"}]  # the CPU keeps the checkpoint's dtype (never fp32 by default), no device map
 
 
 def test_place_moves_once_and_is_a_no_op_after(tiny):

@@ -108,7 +108,7 @@ def load_for_inference(
     dtype = resolve_dtype(dtype, target)
     folder = adapter_folder(adapter) if adapter is not None else None
     masks = _masks(folder)
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    kwargs = {"dtype": dtype if dtype is not None else "auto"}  # "auto": the checkpoint's own, never fp32 by default
     on_target = {"device_map": {"": str(target)}} if target.type == "cuda" else {}
     if load_in_4bit:
         base = _load_4bit(model, masks, kwargs, on_target, dtype)

@@ -13,6 +13,8 @@ The in-memory names of the targets map to the checkpoint's keys with transformer
 ``save_pretrained`` applies), so legacy and current layouts both work.
 """
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import shutil
@@ -35,6 +37,18 @@ logger = logging.getLogger(__name__)
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 #: Files a pruned copy takes from the base besides its weights: configs, tokenizer, processor, templates.
 CHECKPOINT_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py")
+
+
+def _libc_trim():
+    # glibc keeps freed heap memory that later small allocations (the packed masks, the threshold candidates) pin in
+    # place; with one weight after another freed around them, the resident size would grow with the model.
+    # malloc_trim(0) gives the freed pages back to the system (a no-op elsewhere than glibc).
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return (lambda: trim(0)) if trim else (lambda: None)
+
+
+release_freed_memory = _libc_trim()
 
 
 class StreamingUnsupported(ValueError):
@@ -103,6 +117,19 @@ def local_checkpoint(model_path: str | Path) -> Path:
     return Path(snapshot_download(str(model_path), allow_patterns=list(CHECKPOINT_FILES)))
 
 
+def copy_side_files(source: Path, out: Path, *, weights: bool) -> None:
+    """Copy the checkpoint's files (configs, tokenizer, processor, template) into ``out``; its shards too if asked.
+
+    Files already in ``out`` (e.g. what ``save_pretrained`` just wrote) are kept.
+    """
+    for path in sorted(source.iterdir()):
+        if not path.is_file() or (out / path.name).exists() or path.name == MASKS_FILE:
+            continue
+        is_weights = path.name.endswith(".safetensors") or path.name.endswith(".safetensors.index.json")
+        if any(path.match(pattern) for pattern in CHECKPOINT_FILES) and (weights or not is_weights):
+            shutil.copyfile(path, out / path.name)  # kernel-side copy (copy_file_range): no user-space buffer
+
+
 def checkpoint_entries(folder: Path) -> dict[str, TensorEntry]:
     """Every tensor of the checkpoint's safetensors shards, by key.
 
@@ -153,6 +180,7 @@ class CheckpointWeights(Mapping):
         self.entries = entries
 
     def __getitem__(self, name: str) -> torch.Tensor:
+        release_freed_memory()  # the previous weight's buffers, before reading the next one
         return self.entries[name].read()
 
     def __iter__(self) -> Iterator[str]:
@@ -212,9 +240,7 @@ def prune_checkpoint(
         threshold, keep = found.value, found.keep_ties
     else:
         threshold, keep = sampled_threshold(weights, sparsity, sample_size, seed), {}
-    for path in sorted(source.iterdir()):
-        if path.is_file() and any(path.match(pattern) for pattern in CHECKPOINT_FILES):
-            shutil.copyfile(path, out / path.name)  # kernel-side copy (copy_file_range): no user-space buffer
+    copy_side_files(source, out, weights=True)
     packed, pruned = {}, {}
     # Reversed module order, as the tie plan keeps the surplus of ties in the last layers first.
     for name in tqdm(list(reversed(entries)), desc="pruning the checkpoint", unit="tensor"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from dataset_builder.atomic import atomic_dir
 from trainer.models.families import Family, family_of
@@ -35,6 +35,7 @@ from trainer.models.masks import (
 from trainer.training.checkpoint_pruning import (
     StreamingUnsupported,
     checkpoint_entries,
+    copy_side_files,
     local_checkpoint,
     prune_checkpoint,
     target_entries,
@@ -306,7 +307,7 @@ def _prune_loaded(model_path, config: PruningConfig, out: Path, calibration, dty
     apply_masks(model, masks)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-        AutoProcessor.from_pretrained(model_path).save_pretrained(tmp)
+        copy_side_files(local_checkpoint(model_path), tmp, weights=False)
         metadata = {**metadata, "source": str(model_path), "dtype": str(model.dtype), "pruned_by": "loading the model"}
         save_masks(masks, tmp, metadata)
     logger.info("saved the pruned copy of %s (%s) to %s", model_path, model.dtype, out)
