@@ -1,9 +1,10 @@
 """The GPU benchmarks' model: LLaVA-NeXT-Video-7B's config written out, a random model built from it on the meta
-device, its parameter and FLOP counts, and batches shaped like the collator's (benchmarks/gpu_train.py uses them).
+device, its parameter and FLOP counts, batches shaped like the collator's, the recipes' settings and where their
+weights are (benchmarks/gpu_train.py uses them; bench_prune.py builds its checkpoint with ``build_random_model``).
 
 Throughput does not depend on weight values, so a model built from the config with random weights times the same as
 the real checkpoint: Vicuna-7B language model, CLIP ViT-L/14 at 336 px, 2 frames = 288 video tokens
-(anchors-and-performance.md B4).
+(anchors-and-performance.md B4). ``tiny_config`` is the same structure at test size, for the dry runs.
 """
 
 from dataclasses import dataclass

@@ -7,6 +7,7 @@ tokens, token for token, whatever ``{% generation %}`` markers the template has 
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoProcessor
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
@@ -171,3 +172,25 @@ def test_labels_mask_padding_in_a_batch(family):
     for row in range(2):  # right padding: each row's last real token is its end of turn, and it is supervised
         last = int(batch["attention_mask"][row].sum()) - 1
         assert batch["input_ids"][row][last] == eot == batch["labels"][row][last]
+
+
+def test_llava_next_video_trains_on_the_same_tokens_as_with_the_projects_marked_template(tmp_path):
+    # The quickstart's model: the published template and the project's template with {% generation %} around the answer
+    # and </s> give the same input ids and the same labels as the assistant-mask labels the project used before.
+    path = build_tiny_model("llava-next-video", tmp_path / "lnv", image_size=32, corpus=CORPUS)
+    processor = AutoProcessor.from_pretrained(path)
+    rows = [_row(32), {**_row(32), "conversations": [_row(32)["conversations"][0], {"from": "gpt", "value": "No."}]}]
+    published = VideoSFTCollator(processor, "llava-next-video")(rows)
+    processor.chat_template = VICUNA_TEMPLATE
+    ours = VideoSFTCollator(processor, "llava-next-video")(rows)
+    marked = processor.apply_chat_template(
+        [build_messages("llava-next-video", QUESTION, r["frames"], r["conversations"][1]["value"]) for r in rows],
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        return_assistant_tokens_mask=True,
+        processor_kwargs={"padding": True, "padding_side": "right"},
+    )
+    before = marked["input_ids"].masked_fill((marked["assistant_masks"] == 0) | (marked["attention_mask"] == 0), -100)
+    assert torch.equal(published["input_ids"], ours["input_ids"]) and torch.equal(published["labels"], ours["labels"])
+    assert torch.equal(published["input_ids"], marked["input_ids"]) and torch.equal(published["labels"], before)
