@@ -30,7 +30,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bitsandbytes
 import torch
+import transformers
+from datasets import load_dataset
 from transformers import HfArgumentParser
 
 
@@ -39,7 +42,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from dataset_builder.atomic import write_json, write_text  # noqa: E402
+from dataset_builder.build import BuildConfig, build  # noqa: E402
 from dataset_builder.prompts import PROMPT_TEMPLATES  # noqa: E402
+from dataset_builder.synthetic.synth import SynthConfig, generate_tree  # noqa: E402
+from spaces_demo import app  # noqa: E402
+from trainer.evaluation.predict import main as predict_main  # noqa: E402
+from trainer.evaluation.run_eval import main as eval_main  # noqa: E402
+from trainer.sft import main as train_main  # noqa: E402
+from trainer.tiny.models import build_tiny_model  # noqa: E402
 
 
 RESULTS = HERE / "results"
@@ -81,9 +91,6 @@ def gpu_tests() -> dict:
 
 def make_data(root: Path) -> dict:
     """Synthetic fMoW scenes built into a Hub-layout dataset folder."""
-    from dataset_builder.build import BuildConfig, build
-    from dataset_builder.synthetic.synth import SynthConfig, generate_tree
-
     generate_tree(SynthConfig(out=str(root / "fmow"), locations=60, seed=0, image_size=96, oversize_fraction=0))
     build(BuildConfig(fmow_root=str(root / "fmow"), out=str(root / "dataset"), frame_size=64, sample_size=0))
     return {"dataset": str(root / "dataset")}
@@ -91,9 +98,6 @@ def make_data(root: Path) -> dict:
 
 def train(root: Path, device: str, steps: int) -> dict:
     """The tiny base and geollava-train with the QLoRA + 5 % pruning recipe; checks what the run wrote."""
-    from trainer.sft import main as train_main
-    from trainer.tiny.models import build_tiny_model
-
     base = build_tiny_model("llava-next-video", root / "base", image_size=64)
     cuda = device == "cuda"
     argv = ["--config", "trainer/recipes/tiny/qlora_prune.yaml", "--model_name_or_path", str(base)]
@@ -128,8 +132,6 @@ def train(root: Path, device: str, steps: int) -> dict:
 
 def evaluate(root: Path, device: str, rows: int) -> dict:
     """geollava-eval on the test split, batched on the device."""
-    from trainer.evaluation.run_eval import main as eval_main
-
     out = root / "eval"
     argv = ["--model", str(root / "base"), "--adapter", str(root / "adapter"), "--dataset", str(root / "dataset")]
     argv += ["--split", "test", "--limit", str(rows), "--batch_size", "8", "--max_new_tokens", "48"]
@@ -150,8 +152,6 @@ def evaluate(root: Path, device: str, rows: int) -> dict:
 
 def frames(root: Path) -> tuple[Path, Path]:
     """The two frames of the first test row, as PNG files."""
-    from datasets import load_dataset
-
     row = load_dataset(str(root / "dataset"), split="test")[0]
     paths = root / "before.png", root / "after.png"
     for image, path in zip(row["frames"], paths, strict=True):
@@ -161,8 +161,6 @@ def frames(root: Path) -> tuple[Path, Path]:
 
 def predict(root: Path, device: str) -> dict:
     """geollava-predict on one pair, in bf16/fp32 and 4-bit."""
-    from trainer.evaluation.predict import main as predict_main
-
     before, after = frames(root)
     common = ["--model", str(root / "base"), "--adapter", str(root / "adapter"), "--device", device]
     status, text = run_quietly(predict_main, [*common, "--max_new_tokens", "48", str(before), str(after)])
@@ -183,8 +181,6 @@ def predict(root: Path, device: str) -> dict:
 def space(root: Path, device: str, predicted: str) -> dict:
     """The Space's describe(): loaded on the CPU, moved to the device inside its GPU function."""
     os.environ.update(BASE_MODEL_ID=str(root / "base"), ADAPTER_ID=str(root / "adapter"), GEOLLAVA_DEVICE=device)
-    from spaces_demo import app
-
     app._MODEL.clear()
     before, after = frames(root)
     text, _, status = app.describe(str(before), str(after), None, PROMPT_TEMPLATES[0], 48)
@@ -240,9 +236,6 @@ def run_chain(check: GpuCheckConfig, root: Path) -> dict:
         done[-1]["seconds"] = round(time.perf_counter() - began, 1)
         if not done[-1]["ok"]:
             break
-    import bitsandbytes
-    import transformers
-
     cuda = torch.cuda.is_available() and not check.dry_run
     return {
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.machine()}, dry run)",

@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, HfArgumentParser, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+from peft import get_peft_model
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    HfArgumentParser,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
+)
 
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +64,9 @@ from gpu_model import (  # noqa: E402
 )
 
 from dataset_builder.atomic import write_json, write_text  # noqa: E402
+from trainer.models.families import get_family  # noqa: E402
+from trainer.training.config import GeoModelConfig  # noqa: E402
+from trainer.training.model_setup import load_model, lora_config, match_trainable_dtype  # noqa: E402
 
 
 logger = logging.getLogger("gpu_train")
@@ -152,12 +162,6 @@ def _free(device) -> None:
 
 
 def _lora_model(base, recipe: Recipe):
-    from peft import get_peft_model
-
-    from trainer.models.families import get_family
-    from trainer.training.config import GeoModelConfig
-    from trainer.training.model_setup import lora_config
-
     args = GeoModelConfig(
         model_name_or_path="random", family=FAMILY, use_peft=True, lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha
     )
@@ -168,9 +172,6 @@ def _lora_model(base, recipe: Recipe):
 
 
 def _qlora_model(saved: Path, recipe: Recipe, dtype: torch.dtype):
-    from trainer.training.config import GeoModelConfig
-    from trainer.training.model_setup import load_model, match_trainable_dtype
-
     args = GeoModelConfig(
         model_name_or_path=str(saved),
         family=FAMILY,
@@ -198,8 +199,6 @@ def _model(recipe: Recipe, config, device, dtype: torch.dtype, workdir: Path, we
     if weights is None:
         base = build_random_model(config, device, dtype, recipe.attn_implementation)
     else:
-        from transformers import AutoModelForImageTextToText
-
         base = AutoModelForImageTextToText.from_pretrained(
             weights, dtype=dtype, device_map={"": str(device)}, attn_implementation=recipe.attn_implementation
         )
