@@ -10,7 +10,7 @@ LONG ?=
 # a quickstart profile by name (scripts/quickstart.py --help); LONG=1 is PROFILE=long
 PROFILE ?=
 
-.PHONY: quickstart test bench lint format demo venv clean
+.PHONY: quickstart test bench gpu-check lint format demo venv clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# On a machine with a CUDA GPU: the tiny chain (NF4 QLoRA + 5 % pruning, eval, predict, the Space) on CUDA, then the
+# 7B training benchmark; results in benchmarks/results/gpu_*. Without a GPU it fails at once: "no CUDA device".
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

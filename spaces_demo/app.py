@@ -5,6 +5,10 @@
 The base model and the adapter (with its pruning masks) are named by environment variables, local paths or Hub ids,
 so the same app runs a 7B model on a GPU Space and the quickstart's tiny model on a CPU. It calls the same function as
 ``geollava-predict``, so both give the same text for the same pair.
+
+Device: the model is loaded on the CPU and moved, inside the ``@spaces.GPU`` function, to ``GEOLLAVA_DEVICE``
+(``auto``: CUDA when there is one, as ZeroGPU attaches a GPU only inside that function) in bf16 there unless
+``GEOLLAVA_DTYPE`` says otherwise: the same rule as ``geollava-eval --device`` (``trainer.models.device``).
 """
 
 import logging
@@ -20,6 +24,7 @@ from dataset_builder.frames import clip_ends
 from dataset_builder.images import ImageTooLarge
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.evaluation.predict import describe_pair, read_image
+from trainer.models.device import place, resolve_device, resolve_dtype
 from trainer.models.loading import load_for_inference
 
 
@@ -66,9 +71,20 @@ def get_model():
             if not base:
                 raise RuntimeError("set BASE_MODEL_ID (a local path or a Hub id) to the base model")
             adapter = os.environ.get("ADAPTER_ID") or None
-            model, processor, family = load_for_inference(base, adapter)
+            # ZeroGPU: load on the CPU; the GPU exists only inside @spaces.GPU functions (on_device moves it there).
+            model, processor, family = load_for_inference(
+                base, adapter, dtype=os.environ.get("GEOLLAVA_DTYPE"), device="cpu"
+            )
             _MODEL.update(model=model, processor=processor, family=family, base=base, adapter=adapter)
         return _MODEL
+
+
+def on_device(loaded: dict) -> dict:
+    """The loaded model moved to ``GEOLLAVA_DEVICE`` (``auto``) in its dtype (bf16 on CUDA); call it on the GPU."""
+    device = resolve_device(os.environ.get("GEOLLAVA_DEVICE", "auto"))
+    with _LOCK:
+        place(loaded["model"], device, resolve_dtype(os.environ.get("GEOLLAVA_DTYPE"), device))
+    return loaded
 
 
 class InputError(ValueError):
@@ -150,7 +166,7 @@ def model_view(frames: list[Image.Image], processor) -> Image.Image:
 
 @gpu
 def _generate(frames, template_id: int, max_new_tokens: int) -> str:
-    loaded = get_model()
+    loaded = on_device(get_model())
     return describe_pair(
         loaded["model"],
         loaded["processor"],

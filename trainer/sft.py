@@ -12,6 +12,7 @@ optimizer state (checkpoints, which hold it for ``--resume_from_checkpoint``, ar
 ``--keep_checkpoints``).
 """
 
+import json
 import logging
 import shutil
 import sys
@@ -32,7 +33,7 @@ from trainer.training.callbacks import get_callbacks
 from trainer.training.ccexpert_stages import CCExpertStageArguments, stage_trainer_kwargs
 from trainer.training.collator import VideoSFTCollator
 from trainer.training.config import GeoModelConfig, GeoScriptArguments, GeoSFTConfig
-from trainer.training.model_setup import load_model, load_processor, match_trainable_dtype, resolve_family
+from trainer.training.model_setup import LoadedModel, load_model, load_processor, match_trainable_dtype, resolve_family
 from trainer.training.pruning import PruningConfig, calibration_batches
 from trainer.training.run_summary import build_summary, plot_curves, write_summary
 from trainer.training.throughput import ThroughputCallback
@@ -97,13 +98,8 @@ def finalize_output_dir(output_dir: str | Path, keep_checkpoints: bool) -> None:
             shutil.rmtree(checkpoint, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``geollava-train``; returns the exit status."""
-    script_args, training_args, model_args, pruning_args, stage_args = parse_args(argv)
-
-    ################
-    # Setup logging
-    ################
+def setup(training_args, script_args, model_args, pruning_args) -> None:
+    """Logging on every process (at the process's level), the seed, and the torch thread count."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
@@ -119,29 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     set_seed(training_args.seed)
     if training_args.torch_num_threads is not None:
         torch.set_num_threads(training_args.torch_num_threads)
-    timings: dict[str, float] = {}
 
-    ################
-    # Load the dataset
-    ################
-    start = time.perf_counter()
-    train_dataset = load_rows(script_args)
-    timings["load_data"] = round(time.perf_counter() - start, 3)
-    logger.info("%d training rows from %s", len(train_dataset), script_args.dataset_name)
 
-    ################
-    # Processor and collator
-    ################
-    family = resolve_family(model_args)
-    processor = load_processor(model_args, training_args.chat_template_path)
-    collator = VideoSFTCollator(
-        processor, family, on_overlong=model_args.on_overlong, max_length=training_args.max_length
-    )
-
-    ################
-    # Load the model (pruned full-precision copy first when a quantized base is pruned)
-    ################
-    start = time.perf_counter()
+def load_training_model(model_args, training_args, pruning_args, train_dataset, collator) -> LoadedModel:
+    """The model to train: the base (its pruned full-precision copy first when a quantized base is pruned)."""
     calibration = None
     if pruning_args.pruning_method == "wanda" and (model_args.load_in_4bit or model_args.load_in_8bit):
         calibration = calibration_batches(
@@ -151,22 +128,21 @@ def main(argv: list[str] | None = None) -> int:
             training_args.per_device_train_batch_size,
         )
     out = Path(training_args.output_dir)
-    loaded = load_model(
+    return load_model(
         model_args,
         pruning_config=pruning_args,
         pruned_dir=out.with_name(out.name + ".pruned-base"),
         calibration=calibration,
         activation_checkpointing=bool(training_args.activation_checkpointing),
     )
-    timings["load_model"] = round(time.perf_counter() - start, 3)
 
-    ################
-    # Initialize the SFT trainer
-    ################
-    throughput = ThroughputCallback()
+
+def build_trainer(args, loaded: LoadedModel, processor, collator, train_dataset, throughput) -> SFTTrainer:
+    """The ``SFTTrainer`` with the run's callbacks: pruning, throughput, CCExpert's stage and selection."""
+    script_args, training_args, model_args, pruning_args, stage_args = args
     # CCExpert's stages choose what trains (and the vision tower's lr) and may select the best checkpoint on val.
     stage = stage_trainer_kwargs(stage_args, loaded.model, training_args)
-    selection = selection_callback(stage_args, training_args, processor, family, script_args.dataset_name)
+    selection = selection_callback(stage_args, training_args, processor, loaded.family, script_args.dataset_name)
     trainer = SFTTrainer(
         model=loaded.model,
         args=training_args,
@@ -183,72 +159,114 @@ def main(argv: list[str] | None = None) -> int:
     if loaded.quantization is not None:
         # TRL casts the trainable parameters of a quantized model to bf16; keep them in the compute dtype.
         match_trainable_dtype(trainer.model, model_args.torch_dtype())
+    return trainer
 
-    ###############
-    # Training loop
-    ###############
+
+def model_facts(model_args, loaded: LoadedModel) -> dict:
+    """The run summary's ``model`` section."""
+    peft = model_args.use_peft
+    return {
+        "base_model": str(model_args.model_name_or_path),
+        "loaded_from": loaded.base_path,
+        "family": loaded.family.name,
+        "quantization": loaded.quantization,
+        "dtype": str(model_args.torch_dtype()).removeprefix("torch."),
+        "use_peft": peft,
+        "lora_r": model_args.lora_r if peft else None,
+        "lora_alpha": model_args.lora_alpha if peft else None,
+        "lora_dropout": model_args.lora_dropout if peft else None,
+        "lora_target_modules": model_args.target_modules(loaded.family) if peft else None,
+        "trainable_parameters": loaded.trainable_parameters,
+        "total_parameters": loaded.total_parameters,
+    }
+
+
+def save_run(trainer, args, argv, loaded: LoadedModel, train_dataset, collator, result, throughput, timings) -> None:
+    """Save the adapter on every process, then (main process) the run summary and the curves into ``output_dir``."""
+    script_args, training_args, model_args, pruning_args, _ = args
+    start = time.perf_counter()
+    trainer.save_model(training_args.output_dir)
+    checksums = trainable_checksums(trainer)
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return
+    out = Path(training_args.output_dir)
+    finalize_output_dir(out, training_args.keep_checkpoints)
+    pruning_report = out / "pruning.json"
+    timings["save"] = round(time.perf_counter() - start, 3)
+    summary = build_summary(
+        recipe=recipe_path(argv),
+        arguments={"script": asdict(script_args), "model": asdict(model_args), "pruning": asdict(pruning_args)},
+        data={
+            "dataset_name": script_args.dataset_name,
+            "dataset_config": script_args.dataset_config,
+            "split": script_args.dataset_train_split,
+            "rows": len(train_dataset),
+            "num_frames": script_args.num_frames,
+            "max_samples": script_args.max_samples,
+        },
+        model=model_facts(model_args, loaded),
+        training_args=training_args.to_dict(),
+        log_history=trainer.state.log_history,
+        train_metrics=result.metrics,
+        throughput=throughput.totals,
+        skipped_overlong={"count": collator.n_skipped, "ids": collator.skipped_ids},
+        pruning=json.loads(pruning_report.read_text()) if pruning_report.is_file() else None,
+        timings=timings,
+    )
+    summary["distributed"] = {
+        "device": str(training_args.device),
+        "world_size": training_args.world_size,
+        "trainable_checksums": checksums,
+        "ranks_agree": len(set(checksums)) == 1,
+    }
+    write_summary(summary, out)
+    if training_args.plot:
+        plot_curves(trainer.state.log_history, out)
+    logger.info("adapter, run summary and curves saved to %s", out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``geollava-train``; returns the exit status."""
+    args = parse_args(argv)
+    script_args, training_args, model_args, pruning_args, _ = args
+    setup(training_args, script_args, model_args, pruning_args)
+    timings: dict[str, float] = {}
+
+    ################
+    # Load the dataset
+    ################
+    start = time.perf_counter()
+    train_dataset = load_rows(script_args)
+    timings["load_data"] = round(time.perf_counter() - start, 3)
+    logger.info("%d training rows from %s", len(train_dataset), script_args.dataset_name)
+
+    ################
+    # Processor, collator and model
+    ################
+    family = resolve_family(model_args)
+    processor = load_processor(model_args, training_args.chat_template_path)
+    collator = VideoSFTCollator(
+        processor, family, on_overlong=model_args.on_overlong, max_length=training_args.max_length
+    )
+    start = time.perf_counter()
+    loaded = load_training_model(model_args, training_args, pruning_args, train_dataset, collator)
+    timings["load_model"] = round(time.perf_counter() - start, 3)
+
+    ################
+    # Train
+    ################
+    throughput = ThroughputCallback()
+    trainer = build_trainer(args, loaded, processor, collator, train_dataset, throughput)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=_resume_value(training_args.resume_from_checkpoint))
     timings["train"] = round(time.perf_counter() - start, 3)
     trainer.log_metrics("train", result.metrics)
 
-    ##################################
+    ################
     # Save the adapter, summary and plot
-    ##################################
-    start = time.perf_counter()
-    trainer.save_model(training_args.output_dir)
-    checksums = trainable_checksums(trainer)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        finalize_output_dir(out, training_args.keep_checkpoints)
-        pruning_report = out / "pruning.json"
-        timings["save"] = round(time.perf_counter() - start, 3)
-        summary = build_summary(
-            recipe=recipe_path(argv),
-            arguments={
-                "script": asdict(script_args),
-                "model": asdict(model_args),
-                "pruning": asdict(pruning_args),
-            },
-            data={
-                "dataset_name": script_args.dataset_name,
-                "dataset_config": script_args.dataset_config,
-                "split": script_args.dataset_train_split,
-                "rows": len(train_dataset),
-                "num_frames": script_args.num_frames,
-                "max_samples": script_args.max_samples,
-            },
-            model={
-                "base_model": str(model_args.model_name_or_path),
-                "loaded_from": loaded.base_path,
-                "family": loaded.family.name,
-                "quantization": loaded.quantization,
-                "dtype": str(model_args.torch_dtype()).removeprefix("torch."),
-                "use_peft": model_args.use_peft,
-                "lora_r": model_args.lora_r if model_args.use_peft else None,
-                "lora_alpha": model_args.lora_alpha if model_args.use_peft else None,
-                "lora_dropout": model_args.lora_dropout if model_args.use_peft else None,
-                "lora_target_modules": model_args.target_modules(loaded.family) if model_args.use_peft else None,
-                "trainable_parameters": loaded.trainable_parameters,
-                "total_parameters": loaded.total_parameters,
-            },
-            training_args=training_args.to_dict(),
-            log_history=trainer.state.log_history,
-            train_metrics=result.metrics,
-            throughput=throughput.totals,
-            skipped_overlong={"count": collator.n_skipped, "ids": collator.skipped_ids},
-            pruning=_read_json(pruning_report) if pruning_report.is_file() else None,
-            timings=timings,
-        )
-        summary["distributed"] = {
-            "world_size": training_args.world_size,
-            "trainable_checksums": checksums,
-            "ranks_agree": len(set(checksums)) == 1,
-        }
-        write_summary(summary, out)
-        if training_args.plot:
-            plot_curves(trainer.state.log_history, out)
-        logger.info("adapter, run summary and curves saved to %s", out)
+    ################
+    save_run(trainer, args, argv, loaded, train_dataset, collator, result, throughput, timings)
     return 0
 
 
@@ -259,12 +277,6 @@ def trainable_checksums(trainer) -> list[float]:
         if parameter.requires_grad:
             total += parameter.detach().double().abs().sum()
     return [float(x) for x in trainer.accelerator.gather(total).cpu().tolist()]
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":

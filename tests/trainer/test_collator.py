@@ -153,11 +153,14 @@ def test_bad_rows_are_named(lnv_processor):
         VideoSFTCollator(lnv_processor, "llava-next-video", on_overlong="truncate")
 
 
-def test_template_without_generation_block_is_refused(lnv_processor):
+def test_template_without_generation_block_gives_the_same_labels(lnv_processor):
+    rows = make_rows(2)
     template = lnv_processor.chat_template
+    assert "{% generation %}" in template
+    marked = VideoSFTCollator(lnv_processor, "llava-next-video")(rows)
     try:
         lnv_processor.chat_template = template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
-        with pytest.raises(ValueError, match="generation"):
-            VideoSFTCollator(lnv_processor, "llava-next-video")(make_rows(2))
+        plain = VideoSFTCollator(lnv_processor, "llava-next-video")(rows)
     finally:
         lnv_processor.chat_template = template
+    assert torch.equal(marked["input_ids"], plain["input_ids"]) and torch.equal(marked["labels"], plain["labels"])

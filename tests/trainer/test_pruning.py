@@ -170,7 +170,7 @@ def test_exact_threshold_widens_a_missed_bracket(big_weights, caplog):
     small = dict(list(big_weights.items())[:2])
     everything = torch.cat([w.abs().reshape(-1) for w in small.values()])
     reference = float(everything.kthvalue(round(0.05 * everything.numel())).values)
-    with caplog.at_level(logging.WARNING, logger="trainer.training.pruning"):
+    with caplog.at_level(logging.WARNING, logger="trainer.training.magnitude"):
         # No safety margin: with this seed the first bracket misses the 5 % quantile and must widen (twice).
         found = exact_threshold(small, 0.05, sample_size=2000, seed=2, sigmas=0.0)
     assert found == reference

@@ -1,5 +1,6 @@
 """Every recipe parses into the trainer's dataclasses, says what it targets, and holds the paper's values."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,10 @@ def test_overrides_win_and_bad_values_are_named(tmp_path):
         _parse("trainer/recipes/tiny/lora.yaml", tmp_path, "--pruning_method", "magnitude")
     with pytest.raises(ValueError, match="dataset_name is required"):
         parse_args(["--config", "trainer/recipes/tiny/lora.yaml", "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("recipe", sorted(Path("trainer/recipes").rglob("*.yaml")), ids=lambda p: p.name)
+def test_a_cited_results_file_exists_or_the_figure_is_marked_unmeasured(recipe):
+    header = " ".join(line.lstrip("# ") for line in recipe.read_text().splitlines() if line.startswith("#"))
+    for cited in re.findall(r"benchmarks/results/[\w.-]+\w", header):
+        assert Path(cited).is_file() or "not measured" in header.lower(), f"{recipe} cites {cited}, which is missing"

@@ -200,6 +200,9 @@ def test_cli_qlora_prune_reloads_with_masks(tiny_path, dataset_dir, tmp_path):
     summary = _cli(tiny_path, dataset_dir, out, "qlora_prune")
     assert summary["model"]["quantization"] == "nf4"
     assert summary["model"]["loaded_from"].endswith("adapter.pruned-base")
+    # The adapter names the base the user gave, never the local pruned copy its weights were read from.
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny_path)
     assert summary["pruning"]["method"] == "magnitude"
     assert summary["pruning"]["sparsity_reached"] == pytest.approx(0.05, abs=1e-3)
     masks = load_masks(out)

@@ -1,12 +1,14 @@
-"""benchmarks/gpu_train.py on CPU: it skips cleanly without CUDA, its 7B config and FLOP counts match the anchors, and
-its code path (meta build, LoRA and QLoRA steps) runs on a small config, so that it works unchanged on a GPU."""
+"""benchmarks/gpu_train.py on CPU: it skips cleanly without CUDA (or fails with --require_cuda), its 7B config and FLOP
+counts match the anchors, it reads the 7B recipes, and its dry run (tiny config, 2 steps per recipe, the whole code
+path: meta build, LoRA and QLoRA steps, results files) runs here, so that it works unchanged on a GPU."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration
+from transformers import LlavaNextVideoForConditionalGeneration
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,52 +17,37 @@ gpu_train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_train)
 
 
-def small_config() -> LlavaNextVideoConfig:
-    return LlavaNextVideoConfig(
-        text_config=LlamaConfig(
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-            tie_word_embeddings=False,
-        ),
-        vision_config=CLIPVisionConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        video_token_index=126,
-        image_token_index=127,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_grid_pinpoints=[[32, 64], [64, 32], [64, 64]],
-        image_seq_length=16,
-        video_seq_length=8,
-        tie_word_embeddings=False,
-    )
+def small_config():
+    return gpu_train.tiny_config()
 
 
 def test_skips_cleanly_without_cuda(tmp_path, capsys):
     assert not torch.cuda.is_available()
     assert gpu_train.main(["--out_dir", str(tmp_path / "results")]) == 0
-    assert "skipped" in capsys.readouterr().out
+    assert "no CUDA device" in capsys.readouterr().out
+    assert gpu_train.main(["--out_dir", str(tmp_path / "results"), "--require_cuda", "true"]) == 1
     assert not (tmp_path / "results").exists()
 
 
 def test_bad_options_are_named():
-    with pytest.raises(ValueError, match="methods 'dora'"):
-        gpu_train.GpuTrainBenchConfig(methods="dora")
     with pytest.raises(ValueError, match="answer_tokens 700"):
         gpu_train.GpuTrainBenchConfig(answer_tokens=700)
+    with pytest.raises(ValueError, match="batch_sizes 'x'"):
+        gpu_train.GpuTrainBenchConfig(batch_sizes="x")
+    with pytest.raises(FileNotFoundError):
+        gpu_train.GpuTrainBenchConfig(recipes="trainer/recipes/nope.yaml")
+
+
+def test_the_default_recipes_are_the_7b_ones_and_their_weights_are_found_offline(tmp_path):
+    recipes = {r.name: r for r in gpu_train.GpuTrainBenchConfig().recipe_list}
+    assert recipes["h100_lora"].method == "lora" and recipes["h100_lora"].batch == 16
+    qlora = recipes["qlora_prune5"]
+    assert (qlora.method, qlora.batch, qlora.lora_r, qlora.lora_alpha) == ("qlora", 2, 64, 128)
+    assert qlora.model_id == "llava-hf/LLaVA-NeXT-Video-7B-hf" and qlora.activation_checkpointing
+    # Not on this machine: a random model of the same config is timed instead; nothing is downloaded.
+    assert gpu_train.find_weights("auto", qlora.model_id) is None
+    assert gpu_train.find_weights("random", str(tmp_path)) is None
+    assert gpu_train.find_weights("auto", str(tmp_path)) == tmp_path
 
 
 def test_real_config_sizes_and_flops_match_the_anchors():
@@ -112,19 +99,30 @@ def test_synthetic_batch_matches_the_collator_shape():
     assert batch["pixel_values_videos"].shape == (3, 2, 3, 32, 32)
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_methods_train_on_a_small_config(method, tmp_path):
-    config = small_config()
-    bench = gpu_train.GpuTrainBenchConfig(
-        methods=method, batch_sizes="2", tokens_per_sample=40, answer_tokens=10, steps=2, warmup_steps=1, lora_r=4
-    )
-    if method == "qlora":
-        gpu_train.build_random_model(config, "cpu", torch.float32).save_pretrained(tmp_path / "base")
-    result = gpu_train.run_method(method, config, bench, "cpu", torch.float32, tmp_path)
-    assert result["batch"] == 2 and result["tried"] == [{"batch": 2, "result": "measured"}]
-    assert result["samples_per_s"] > 0 and result["losses_finite"]
-    assert result["lora_parameters"] > 0
-    assert result["flops_per_sample"]["6n"] > result["flops_per_sample"]["4n"] > 0
+def test_dry_run_times_every_recipe_and_writes_its_results(tmp_path):
+    args = ["--dry_run", "true", "--tokens_per_sample", "40", "--answer_tokens", "10", "--steps", "2"]
+    assert gpu_train.main([*args, "--warmup_steps", "1", "--batch_sizes", "2", "--out_dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu_train.json").read_text())
+    assert result["dry_run"] and result["device"] == "cpu (dry run)"
+    assert [r["recipe"] for r in result["recipes"]] == ["h100_lora", "qlora_prune5"]
+    assert [r["method"] for r in result["recipes"]] == ["lora", "qlora"]
     with torch.device("meta"):
-        counts = gpu_train.parameter_counts(LlavaNextVideoForConditionalGeneration(config))
-    assert result["parameters"] == counts  # the QLoRA base is counted unpacked
+        counts = gpu_train.parameter_counts(LlavaNextVideoForConditionalGeneration(small_config()))
+    for r in result["recipes"]:
+        assert r["batch"] == 2 and r["tried"] == [{"batch": 2, "result": "measured"}] and r["weights"] == "random"
+        assert r["samples_per_s"] > 0 and r["losses_finite"] and r["lora_parameters"] > 0
+        assert r["flops_per_sample"]["6n"] > 0 and r["flops_per_sample"]["4n"] > 0
+        assert r["parameters"] == counts  # the QLoRA base is counted unpacked
+    assert "| qlora_prune5 | qlora | random (7B config) | 2 |" in (tmp_path / "gpu_train.md").read_text()
+
+
+def test_dry_run_writes_nothing_into_the_results_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_train, "RESULTS", tmp_path / "results")
+    args = ["--dry_run", "true", "--tokens_per_sample", "40", "--answer_tokens", "10", "--steps", "1"]
+    assert (
+        gpu_train.main(
+            [*args, "--warmup_steps", "0", "--batch_sizes", "1", "--recipes", gpu_train.DEFAULT_RECIPES.split(",")[0]]
+        )
+        == 0
+    )
+    assert not (tmp_path / "results").exists()

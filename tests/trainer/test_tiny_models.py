@@ -6,8 +6,10 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
+from trainer.models.chat_templates import ensure_chat_template
 from trainer.models.families import FAMILIES, build_messages, family_of, get_family
 from trainer.tiny.models import build_tiny_model, build_tokenizer, main, tokenizer_corpus
+from trainer.training.collator import IGNORE_INDEX, VideoSFTCollator
 
 
 CORPUS = [
@@ -33,6 +35,7 @@ def test_family_saves_loads_and_generates(tiny):
     name, path = tiny
     model = AutoModelForImageTextToText.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
+    ensure_chat_template(processor, name)
     assert type(model).__name__ == FAMILIES[name].model_class
     assert family_of(model) is get_family(name)
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
@@ -56,17 +59,14 @@ def test_reloaded_model_is_bit_identical(tiny):
         assert torch.equal(pa, pb), name
 
 
-def test_assistant_mask_covers_answer_and_end_of_turn_only(tiny):
+def test_labels_cover_answer_and_end_of_turn_only(tiny):
     name, path = tiny
     processor = AutoProcessor.from_pretrained(path)
     answer = "A new building was built in the north-east."
-    messages = build_messages(name, "Describe the satellite video.", _frames(), answer=answer)
-    enc = processor.apply_chat_template(
-        [messages], tokenize=True, return_dict=True, return_tensors="pt", return_assistant_tokens_mask=True
-    )
-    supervised = enc["input_ids"][0][enc["assistant_masks"][0].bool()]
-    text = processor.tokenizer.decode(supervised)
-    assert text.strip() == answer + processor.tokenizer.eos_token
+    conversations = [{"from": "human", "value": "Describe the satellite video."}, {"from": "gpt", "value": answer}]
+    batch = VideoSFTCollator(processor, name)([{"id": "r", "frames": _frames(), "conversations": conversations}])
+    supervised = batch["input_ids"][0][batch["labels"][0] != IGNORE_INDEX]
+    assert processor.tokenizer.decode(supervised).strip() == answer + processor.tokenizer.eos_token
     # The answer decodes back exactly: captions are never mangled by the tokenizer.
     assert processor.tokenizer.decode(supervised[:-1]).strip() == answer
 
@@ -74,6 +74,7 @@ def test_assistant_mask_covers_answer_and_end_of_turn_only(tiny):
 def test_visual_layout_per_family(tiny):
     name, path = tiny
     processor = AutoProcessor.from_pretrained(path)
+    ensure_chat_template(processor, name)
     messages = build_messages(name, "What changed?", _frames())
     enc = processor.apply_chat_template([messages], tokenize=True, return_dict=True, return_tensors="pt")
     if FAMILIES[name].visual == "video":
@@ -110,6 +111,7 @@ def test_patch_size_sets_the_visual_grid(tmp_path, family):
     path = build_tiny_model(family, tmp_path / "m", image_size=64, patch_size=16, corpus=CORPUS)
     model = AutoModelForImageTextToText.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
+    ensure_chat_template(processor, family)
     assert model.config.vision_config.patch_size == 16
     assert json.loads((path / "tiny_model.json").read_text())["patch_size"] == 16
     enc = processor.apply_chat_template(

@@ -1,7 +1,8 @@
 """Batched generation with left padding: the same prompt format as training, greedy by default.
 
 With left padding every row's last prompt token sits at the end of the batch, so a batch generates exactly what each
-row would alone under greedy decoding (training-stack.md §6); right padding would not.
+row would alone under greedy decoding (training-stack.md §6); right padding would not. The inputs follow the model:
+they are moved to its device, pixel values cast to its dtype (:func:`trainer.models.device.move_inputs`).
 """
 
 import logging
@@ -9,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from trainer.models.chat_templates import ensure_chat_template
+from trainer.models.device import move_inputs
 from trainer.models.families import Family, build_messages
 
 
@@ -30,6 +33,7 @@ def encode_batch(processor, family: Family | str, questions: Sequence[str], fram
     if len(questions) != len(frames):
         raise ValueError(f"{len(questions)} questions but {len(frames)} frame pairs")
     conversations = [build_messages(family, q, f) for q, f in zip(questions, frames, strict=True)]
+    ensure_chat_template(processor, family if isinstance(family, str) else family.name)
     return processor.apply_chat_template(
         conversations,
         add_generation_prompt=True,
@@ -38,19 +42,6 @@ def encode_batch(processor, family: Family | str, questions: Sequence[str], fram
         return_tensors="pt",
         processor_kwargs={"padding": True, "padding_side": "left"},
     )
-
-
-def _to_model(inputs, model) -> dict:
-    device = next(model.parameters()).device
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    out = {}
-    for key, value in inputs.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device)
-            if value.is_floating_point() and dtype in (torch.float16, torch.bfloat16, torch.float32):
-                value = value.to(dtype)
-        out[key] = value
-    return out
 
 
 @torch.inference_mode()
@@ -81,7 +72,7 @@ def generate_batch(
     """
     if not questions:
         return []
-    inputs = _to_model(encode_batch(processor, family, questions, frames), model)
+    inputs = move_inputs(encode_batch(processor, family, questions, frames), model)
     tokenizer = processor.tokenizer
     output = model.generate(
         **inputs,

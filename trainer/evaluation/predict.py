@@ -2,6 +2,8 @@
 
     geollava-predict --model outputs/quickstart/base --adapter outputs/quickstart/adapter before.png after.tif
 
+``--device auto`` (the default) runs on the first CUDA device in bf16 when there is one, else on the CPU.
+
 Inputs are JPEG, PNG or 3-band GeoTIFF (any sample type, scaled to 8 bits); anything else is refused with a message
 naming the file. ``--batch pairs.csv`` (columns ``before,after`` and optionally ``id``, ``prompt_template``) describes
 many pairs, one JSON line each; a bad row is reported and skipped. The Space calls :func:`describe_pair`, so both
@@ -24,6 +26,7 @@ from transformers import HfArgumentParser
 from dataset_builder.images import ImageTooLarge, check_tiff, open_image
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.evaluation.generation import generate_batch
+from trainer.models.device import DEVICE_CHOICES, resolve_device, resolve_dtype
 from trainer.models.loading import load_for_inference
 
 
@@ -163,6 +166,12 @@ class PredictConfig:
     prompt_template: int = field(default=0, metadata={"help": "Prompt template index, 0..5 (the paper's six)."})
     max_new_tokens: int = field(default=DEFAULT_MAX_NEW_TOKENS, metadata={"help": "Generation budget."})
     load_in_4bit: bool = field(default=False, metadata={"help": "Quantize the base model to NF4 (bitsandbytes)."})
+    device: str = field(
+        default="auto", metadata={"help": f"Where the model runs: {DEVICE_CHOICES} (auto: CUDA when available)."}
+    )
+    dtype: str | None = field(
+        default=None, metadata={"help": "Model dtype, e.g. 'float32' (default: bf16 on CUDA, the checkpoint's on CPU)"}
+    )
     batch: str | None = field(
         default=None, metadata={"help": "CSV of pairs (columns before, after; optional id, prompt_template)."}
     )
@@ -180,6 +189,7 @@ class PredictConfig:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.batch is not None and not Path(self.batch).is_file():
             raise ValueError(f"--batch: no such file: {self.batch!r}")
+        resolve_dtype(self.dtype, resolve_device(self.device))  # a bad --device or --dtype fails here, before loading
 
 
 def _csv_rows(path, f) -> Iterator[dict]:
@@ -259,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
-        model, processor, family = load_for_inference(config.model, config.adapter, load_in_4bit=config.load_in_4bit)
+        model, processor, family = load_for_inference(
+            config.model, config.adapter, load_in_4bit=config.load_in_4bit, dtype=config.dtype, device=config.device
+        )
     except (OSError, ValueError) as err:
         print(f"geollava-predict: error: cannot load {config.model!r} + {config.adapter!r}: {err}", file=sys.stderr)
         return 1

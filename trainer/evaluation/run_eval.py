@@ -3,7 +3,8 @@
     geollava-eval --model outputs/quickstart/base --adapter outputs/quickstart/adapter \
         --dataset outputs/quickstart/dataset --split test --out outputs/eval
 
-Loads the base (optionally 4-bit) + adapter + pruning masks, generates for every row in left-padded batches (greedy,
+Loads the base (optionally 4-bit) + adapter + pruning masks on ``--device`` (``auto``: the first CUDA device in bf16
+when there is one, else the CPU), generates for every row in left-padded batches (greedy,
 the training prompt format), appends to ``DIR/predictions.jsonl`` batch by batch (a rerun skips the rows already
 there), then writes ``metrics.json`` (``geollava-score``'s keys plus the run settings), ``report.md`` and PNG plots.
 """
@@ -24,6 +25,7 @@ from dataset_builder.prompts import strip_visual_placeholder
 from trainer.evaluation.generation import generate_batch
 from trainer.evaluation.report import write_report
 from trainer.evaluation.score import collect_rows, score_rows, summary_lines, write_json_atomic
+from trainer.models.device import DEVICE_CHOICES, model_device, resolve_device, resolve_dtype
 from trainer.models.loading import load_for_inference
 
 
@@ -61,7 +63,12 @@ class EvalConfig:
     batch_size: int = field(default=8, metadata={"help": "Rows per generation batch (left padding)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Generation budget per row."})
     load_in_4bit: bool = field(default=False, metadata={"help": "Quantize the (masked) base to NF4."})
-    dtype: str | None = field(default=None, metadata={"help": "Model dtype, e.g. 'bfloat16' (default: checkpoint's)."})
+    dtype: str | None = field(
+        default=None, metadata={"help": "Model dtype, e.g. 'float32' (default: bf16 on CUDA, the checkpoint's on CPU)"}
+    )
+    device: str = field(
+        default="auto", metadata={"help": f"Where the model runs: {DEVICE_CHOICES} (auto: CUDA when available)."}
+    )
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
     num_beams: int = field(
         default=1,
@@ -83,6 +90,7 @@ class EvalConfig:
             raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_beams < 1:
             raise ValueError(f"--num_beams must be >= 1, got {self.num_beams}")
+        resolve_dtype(self.dtype, resolve_device(self.device))  # a bad --device or --dtype fails here, before loading
 
     @property
     def decoding(self) -> str:
@@ -239,10 +247,12 @@ def run_eval(config: EvalConfig) -> dict:
     done = {str(r.get("id")) for r in read_predictions(path)}
     reused = len(done & wanted)
     generation = {"generated": 0, "skipped": [], "seconds": 0.0, "rows_per_s": None}
+    generation_device = None
     if wanted - done:
         model, processor, family = load_for_inference(
-            config.model, config.adapter, load_in_4bit=config.load_in_4bit, dtype=config.dtype
+            config.model, config.adapter, load_in_4bit=config.load_in_4bit, dtype=config.dtype, device=config.device
         )
+        generation_device = str(model_device(model))
         generation = generate_predictions(model, processor, family, dataset, path, config, done)
         del model
     logger.info("%d rows generated, %d reused from %s", generation["generated"], reused, path)
@@ -264,6 +274,7 @@ def run_eval(config: EvalConfig) -> dict:
         "rows_per_s": generation["rows_per_s"],
         "decoding": config.decoding,
         "padding_side": "left",
+        "generation_device": generation_device,
     }
     write_json_atomic(metrics, out / METRICS_FILE)
     records = [r for r in read_predictions(path) if str(r.get("id")) in wanted]

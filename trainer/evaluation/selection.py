@@ -2,6 +2,10 @@
 
 Greedy captions of the validation rows are scored with the LEVIR-CC metrics and the best model is kept; the authors
 chose on the test split, which leaks the test set into model selection.
+
+Under ``accelerate launch`` (data parallel, DeepSpeed ZeRO-1/2) only the main process generates, scores and writes
+``best/``: every rank holds the whole model, so the others just carry on (they wait for it at the next gradient
+all-reduce). Sharded parameters (FSDP, ZeRO-3) are refused: one process alone cannot run the model.
 """
 
 import json
@@ -59,7 +63,8 @@ class BestBySmCallback(TrainerCallback):
 
     The best model is saved (``save_pretrained``: the adapter under PEFT, the full model otherwise) with the processor
     into ``best_dir``, replacing the previous best atomically; ``best_dir/selection.json`` holds the metric, its
-    value, the step and every evaluation so far. Ties keep the earlier checkpoint.
+    value, the step and every evaluation so far. Ties keep the earlier checkpoint. Only the main process
+    (``state.is_world_process_zero``) evaluates and writes; generation runs on the model's own device.
 
     Args:
         rows: Validation rows (``frames``, ``conversations``, ``references``); never the test split.
@@ -150,15 +155,34 @@ class BestBySmCallback(TrainerCallback):
         }
         write_json(self.best_dir / "selection.json", selection)
 
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """Refuse sharded parameters: the main process alone generates with the whole model."""
+        sharded = next((n for n, p in model.named_parameters() if _is_sharded(p)), None)
+        if sharded is not None:
+            raise RuntimeError(
+                f"best-by-{self.metric} selection generates on the main process alone, but parameters are sharded "
+                f"across processes (e.g. {sharded!r}: FSDP or DeepSpeed ZeRO-3); train with data parallelism or "
+                "ZeRO-2, or unset selection_split"
+            )
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        """Evaluate every ``every_steps`` optimizer steps when set."""
-        if self.every_steps and state.global_step % self.every_steps == 0:
+        """Evaluate every ``every_steps`` optimizer steps when set (main process only)."""
+        if self.every_steps and state.global_step % self.every_steps == 0 and state.is_world_process_zero:
             self._evaluate(state, model)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        """Evaluate at each epoch end unless ``every_steps`` is set."""
-        if not self.every_steps:
+        """Evaluate at each epoch end unless ``every_steps`` is set (main process only)."""
+        if not self.every_steps and state.is_world_process_zero:
             self._evaluate(state, model)
+
+
+def _is_sharded(parameter) -> bool:
+    # FSDP2 holds DTensor shards; DeepSpeed ZeRO-3 tags its partitioned parameters with ds_status.
+    return (
+        type(parameter).__name__ == "DTensor"
+        or type(parameter.data).__name__ == "DTensor"
+        or (hasattr(parameter, "ds_status"))
+    )
 
 
 def selection_callback(stage_args, training_args, processor, family, dataset_name) -> BestBySmCallback | None:

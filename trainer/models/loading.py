@@ -2,7 +2,8 @@
 
 Masks are applied to the full-precision base weights *before* any quantization and before the adapter is attached,
 as training pruned them (STYLE.md "Do this" 2): with ``load_in_4bit`` the masked base is written to a temporary
-folder and quantized from there, so no packed 4-bit byte is ever pruned.
+folder and quantized from there, so no packed 4-bit byte is ever pruned. The device and dtype follow the one rule of
+:mod:`trainer.models.device` (``auto``: CUDA in bf16 when available, else the CPU in the checkpoint's dtype).
 """
 
 import logging
@@ -12,8 +13,10 @@ from pathlib import Path
 import torch
 from huggingface_hub import snapshot_download
 from peft import PeftModel
-from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
+from trainer.models.chat_templates import ensure_chat_template
+from trainer.models.device import model_device, model_dtype, resolve_device, resolve_dtype
 from trainer.models.families import Family, family_of
 from trainer.models.masks import MASKS_FILE, apply_masks, load_masks
 
@@ -21,17 +24,6 @@ from trainer.models.masks import MASKS_FILE, apply_masks, load_masks
 logger = logging.getLogger(__name__)
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
-
-
-def _resolve_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return None
-    value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"dtype must be a torch dtype name such as 'bfloat16', got {dtype!r}")
-    return value
 
 
 def adapter_folder(adapter: str | Path) -> Path:
@@ -93,6 +85,7 @@ def load_for_inference(
     adapter: str | Path | None = None,
     load_in_4bit: bool = False,
     dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = "auto",
 ):
     """Load a base model, re-apply the adapter's pruning masks, attach the adapter, and ready it for generation.
 
@@ -100,45 +93,63 @@ def load_for_inference(
         model: Base model folder or Hub id (anything ``AutoModelForImageTextToText`` loads).
         adapter: PEFT adapter folder or Hub repo id; ``None`` for the base model alone.
         load_in_4bit: Quantize the (masked) base to NF4 with bitsandbytes; vision modules stay unquantized.
-        dtype: Weights dtype (``torch.bfloat16`` or its name); ``None`` keeps the checkpoint's default.
+        dtype: Weights dtype (``torch.bfloat16`` or its name); ``None``/``"auto"``: bf16 on CUDA, the checkpoint's
+            own on the CPU (:func:`trainer.models.device.resolve_dtype`).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``: the model is placed there.
 
     Returns:
-        ``(model, processor, family)``: the model in eval mode, its processor (the adapter's when it ships one)
-        with left padding, and its :class:`~trainer.models.families.Family`.
+        ``(model, processor, family)``: the model in eval mode on ``device``, its processor (the adapter's when it
+        ships one) with left padding, and its :class:`~trainer.models.families.Family`.
+
+    Raises:
+        ValueError: If ``device`` names no device of this machine or ``dtype`` is not a floating dtype.
     """
-    dtype = _resolve_dtype(dtype)
+    target = resolve_device(device)
+    dtype = resolve_dtype(dtype, target)
     folder = adapter_folder(adapter) if adapter is not None else None
     masks = _masks(folder)
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    base = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
+    kwargs = {"dtype": dtype if dtype is not None else "auto"}  # "auto": the checkpoint's own, never fp32 by default
+    on_target = {"device_map": {"": str(target)}} if target.type == "cuda" else {}
+    if load_in_4bit:
+        base = _load_4bit(model, masks, kwargs, on_target, dtype)
+    else:
+        base = AutoModelForImageTextToText.from_pretrained(model, **kwargs, **on_target)
+        if masks is not None:
+            apply_masks(base, masks)
     family = family_of(base)
     if masks is not None:
-        apply_masks(base, masks)
         logger.info("re-applied %d pruning masks from %s", len(masks), folder / MASKS_FILE)
-    if load_in_4bit:
-        with tempfile.TemporaryDirectory(prefix="geollava-masked-") as tmp:
-            # Quantize from the (masked) full-precision weights, never prune packed 4-bit bytes.
-            base.save_pretrained(tmp)
-            del base
-            base = AutoModelForImageTextToText.from_pretrained(
-                tmp, quantization_config=quantization_config(family, compute_dtype=dtype), **kwargs
-            )
-    if folder is not None:
-        net = PeftModel.from_pretrained(base, str(folder))
-    else:
-        net = base
+    net = PeftModel.from_pretrained(base, str(folder)) if folder is not None else base
     net.eval()
     processor_source = folder if folder is not None and any((folder / f).exists() for f in PROCESSOR_FILES) else model
     processor = AutoProcessor.from_pretrained(processor_source)
+    ensure_chat_template(processor, family.name)
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     logger.info(
-        "loaded %s (%s)%s%s",
+        "loaded %s (%s)%s on %s%s",
         model,
         family.name,
         f" + adapter {adapter}" if adapter else "",
-        " in 4-bit" * load_in_4bit,
+        model_device(net),
+        " in 4-bit" if load_in_4bit else f" ({model_dtype(net)})",
     )
     return net, processor, family
+
+
+def _load_4bit(model, masks, kwargs: dict, on_target: dict, dtype):
+    # Quantize from the (masked) full-precision weights, never prune packed 4-bit bytes: the masked base is written
+    # to a temporary folder (on the CPU) and quantized from there, straight onto the target device.
+    source = model
+    with tempfile.TemporaryDirectory(prefix="geollava-masked-") as tmp:
+        if masks is not None:
+            full = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
+            apply_masks(full, masks)
+            full.save_pretrained(tmp)
+            del full
+            source = tmp
+        family = family_of(AutoConfig.from_pretrained(source))
+        quant = quantization_config(family, compute_dtype=dtype)
+        return AutoModelForImageTextToText.from_pretrained(source, quantization_config=quant, **kwargs, **on_target)

@@ -75,6 +75,17 @@ def mask_sparsity(masks: dict[str, torch.Tensor]) -> tuple[float, dict[str, floa
     return (pruned / total if total else 0.0), per_module
 
 
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """``np.packbits`` of the flattened boolean mask, as a ``uint8`` tensor (8 weights per byte).
+
+    Raises:
+        ValueError: If the mask is not a boolean tensor.
+    """
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask has dtype {mask.dtype}; masks must be torch.bool (True = kept)")
+    return torch.from_numpy(np.packbits(mask.detach().reshape(-1).cpu().numpy()))
+
+
 def save_masks(masks: dict[str, torch.Tensor], out_dir: str | Path, metadata: dict) -> None:
     """Write ``pruning_masks.safetensors`` (bit-packed) and ``pruning.json`` into ``out_dir`` (atomic writes).
 
@@ -87,28 +98,45 @@ def save_masks(masks: dict[str, torch.Tensor], out_dir: str | Path, metadata: di
     Raises:
         ValueError: If a mask is not a boolean tensor.
     """
+    packed, shapes, pruned = {}, {}, {}
+    for name, mask in masks.items():
+        try:
+            packed[name] = pack_mask(mask)
+        except ValueError as error:
+            raise ValueError(f"mask {name!r}: {error}") from error
+        shapes[name] = list(mask.shape)
+        pruned[name] = int(mask.numel() - mask.count_nonzero())
+    save_packed_masks(packed, shapes, pruned, out_dir, metadata)
+
+
+def save_packed_masks(
+    packed: dict[str, torch.Tensor], shapes: dict[str, list[int]], pruned: dict[str, int], out_dir, metadata: dict
+) -> None:
+    """:func:`save_masks` for masks already bit-packed (:func:`pack_mask`), e.g. by the streaming checkpoint pruner.
+
+    Args:
+        packed: Canonical module name -> ``uint8`` packed mask.
+        shapes: Module -> the weight's shape.
+        pruned: Module -> how many of its weights are pruned.
+        out_dir: Folder to write into; created if missing.
+        metadata: Run facts for ``pruning.json`` (see :func:`save_masks`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    packed, shapes = {}, {}
-    for name, mask in masks.items():
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask {name!r} has dtype {mask.dtype}; masks must be torch.bool (True = kept)")
-        flat = mask.detach().reshape(-1).cpu().numpy()
-        packed[name] = torch.from_numpy(np.packbits(flat))
-        shapes[name] = list(mask.shape)
-    overall, per_module = mask_sparsity(masks)
+    sizes = {name: int(np.prod(shape)) for name, shape in shapes.items()}
+    n_weights, n_pruned = sum(sizes.values()), sum(pruned.values())
     report = {
         **metadata,
-        "sparsity_reached": overall,
-        "n_weights": sum(m.numel() for m in masks.values()),
-        "n_pruned": sum(int(m.numel() - m.count_nonzero()) for m in masks.values()),
-        "per_module_sparsity": per_module,
+        "sparsity_reached": n_pruned / n_weights if n_weights else 0.0,
+        "n_weights": n_weights,
+        "n_pruned": n_pruned,
+        "per_module_sparsity": {name: pruned[name] / sizes[name] for name in packed},
     }
     st_metadata = {"format": FORMAT, "shapes": json.dumps(shapes), "metadata": json.dumps(report, default=str)}
     with atomic_path(out / MASKS_FILE) as tmp:
-        save_file(packed, tmp, metadata=st_metadata)
+        save_file(dict(packed), tmp, metadata=st_metadata)
     write_json(out / REPORT_FILE, report, indent=2)
-    logger.info("saved %d pruning masks (sparsity %.4f) to %s", len(masks), overall, out)
+    logger.info("saved %d pruning masks (sparsity %.4f) to %s", len(packed), report["sparsity_reached"], out)
 
 
 def load_masks(directory: str | Path) -> dict[str, torch.Tensor] | None:

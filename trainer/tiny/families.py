@@ -30,9 +30,9 @@ from transformers import (
     VideoLlavaVideoProcessor,
 )
 
-from trainer.models.chat_templates import CHATML_TEMPLATE, QWEN_TEMPLATE, VICUNA_TEMPLATE
+from trainer.models.chat_templates import LLAVA_NEXT_VIDEO_TEMPLATE, LLAVA_ONEVISION_TEMPLATE, QWEN2_5_VL_TEMPLATE
 from trainer.models.families import FAMILIES
-from trainer.tiny.tokenizer import chatml_tokenizer
+from trainer.tiny.tokenizer import chatml_ids, chatml_tokenizer
 
 
 @dataclass
@@ -154,7 +154,7 @@ def _llava_next_video(cfg: TinyModelConfig, tokenizer, ids: dict):
             size={"shortest_edge": size}, crop_size=crop, image_grid_pinpoints=pinpoints
         ),
         tokenizer=tokenizer,
-        chat_template=VICUNA_TEMPLATE,
+        chat_template=LLAVA_NEXT_VIDEO_TEMPLATE,
         patch_size=patch,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
@@ -180,7 +180,7 @@ def _video_llava(cfg: TinyModelConfig, tokenizer, ids: dict):
         image_processor=VideoLlavaImageProcessor(size={"shortest_edge": size}, crop_size=crop),
         video_processor=VideoLlavaVideoProcessor(size={"shortest_edge": size}, crop_size=crop),
         tokenizer=tokenizer,
-        chat_template=VICUNA_TEMPLATE,
+        chat_template=None,  # as LanguageBind/Video-LLaVA-7B-hf: loaders give it the documented format
         patch_size=patch,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
@@ -201,7 +201,8 @@ def siglip_config(cfg: TinyModelConfig, patch: int, layers: int | None = None) -
 
 
 def _llava_onevision(cfg: TinyModelConfig, tokenizer, ids: dict):
-    tokenizer = chatml_tokenizer(tokenizer, image_token="<image>", video_token="<video>")
+    tokenizer = chatml_tokenizer(tokenizer, qwen2=True, image_token="<image>", video_token="<video>")
+    ids = chatml_ids(tokenizer, ids)
     patch, size = cfg.patch_size, cfg.image_size
     pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
     config = LlavaOnevisionConfig(
@@ -215,7 +216,7 @@ def _llava_onevision(cfg: TinyModelConfig, tokenizer, ids: dict):
         image_grid_pinpoints=pinpoints,
         tie_word_embeddings=False,
     )
-    processor = onevision_processor(tokenizer, size, patch, pinpoints, CHATML_TEMPLATE)
+    processor = onevision_processor(tokenizer, size, patch, pinpoints, LLAVA_ONEVISION_TEMPLATE)
     return LlavaOnevisionForConditionalGeneration(config), processor
 
 
@@ -238,11 +239,13 @@ def onevision_processor(
 def _qwen2_5_vl(cfg: TinyModelConfig, tokenizer, ids: dict):
     tokenizer = chatml_tokenizer(
         tokenizer,
+        qwen2=True,
         image_token="<|image_pad|>",
         video_token="<|video_pad|>",
         vision_start_token="<|vision_start|>",
         vision_end_token="<|vision_end|>",
     )
+    ids = chatml_ids(tokenizer, ids)
     head_dim = cfg.hidden_size // 4
     quarter = head_dim // 2 // 4
     text = text_kwargs(cfg, tokenizer, ids)
@@ -278,7 +281,7 @@ def _qwen2_5_vl(cfg: TinyModelConfig, tokenizer, ids: dict):
         image_processor=Qwen2VLImageProcessor(size=pixels),
         video_processor=Qwen2VLVideoProcessor(size=pixels),
         tokenizer=tokenizer,
-        chat_template=QWEN_TEMPLATE,
+        chat_template=QWEN2_5_VL_TEMPLATE,
     )
     return Qwen2_5_VLForConditionalGeneration(config), processor
 

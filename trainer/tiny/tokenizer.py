@@ -10,6 +10,8 @@ from trainer.models.ccexpert.template import CCEXPERT_PROMPT
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>"]
 QWEN_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+#: The Qwen2 tokenizers' padding (and end-of-text) token, added after the vocabulary by :func:`chatml_tokenizer`.
+QWEN2_PAD = "<|endoftext|>"
 
 
 def tokenizer_corpus(size: int = 3000, seed: int = 0) -> list[str]:
@@ -59,17 +61,32 @@ def token_ids(tokenizer) -> dict:
     }
 
 
-def chatml_tokenizer(tokenizer: PreTrainedTokenizerFast, **placeholders: str) -> PreTrainedTokenizerFast:
-    """The same tokenizer with ``<|im_end|>`` as EOS and the named visual placeholders (ChatML families)."""
+def chatml_tokenizer(
+    tokenizer: PreTrainedTokenizerFast, *, qwen2: bool = False, **placeholders: str
+) -> PreTrainedTokenizerFast:
+    """The same tokenizer with ``<|im_end|>`` as EOS and the named visual placeholders (ChatML families).
+
+    With ``qwen2``, the special tokens take the roles they have in the Qwen2 tokenizers of LLaVA-OneVision and
+    Qwen2.5-VL: no BOS, ``<|endoftext|>`` (added at the end of the vocabulary) as the padding token.
+    """
     # ChatML families end a turn with <|im_end|>: it must be the EOS so that generation stops there. The Qwen
     # processor looks its placeholders up on the tokenizer by attribute name (image_token, vision_start_token, ...).
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a copy: the shared one stays as it is
+    if qwen2:
+        backend.add_special_tokens([QWEN2_PAD])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer.backend_tokenizer,
+        tokenizer_object=backend,
         unk_token="<unk>",
-        bos_token="<s>",
+        bos_token=None if qwen2 else "<s>",
         eos_token="<|im_end|>",
-        pad_token="<pad>",
+        pad_token=QWEN2_PAD if qwen2 else "<pad>",
         extra_special_tokens=placeholders,
         padding_side="left",
         model_max_length=4096,
     )
+
+
+def chatml_ids(tokenizer: PreTrainedTokenizerFast, ids: dict) -> dict:
+    """``ids`` with the padding and BOS ids of a :func:`chatml_tokenizer` (Qwen2 configs use ``<|endoftext|>``)."""
+    pad = tokenizer.pad_token_id
+    return {**ids, "pad_token_id": pad, "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token else pad}

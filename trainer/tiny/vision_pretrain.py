@@ -66,6 +66,24 @@ def _patch_features(tower, pixel_values: torch.Tensor, layer: int, drop_cls: boo
     return hidden[:, 1:] if drop_cls else hidden
 
 
+def _fit(tower, head, train_x, train_y, steps, batch_size, learning_rate, generator, layer, drop_cls) -> torch.Tensor:
+    """Train tower + head on random batches of the training scenes (AdamW, one-cycle); returns the last loss."""
+    params = [*tower.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps, pct_start=0.1)
+    tower.train()
+    loss = torch.tensor(float("nan"))
+    for _ in tqdm(range(steps), desc="vision pretraining", unit="step"):
+        index = torch.randint(0, len(train_x), (batch_size,), generator=generator)
+        logits = head(_patch_features(tower, train_x[index], layer, drop_cls))
+        loss = -(train_y[index] * torch.log_softmax(logits, -1)).sum(-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return loss
+
+
 def pretrain_vision_tower(
     model,
     processor,
@@ -119,19 +137,7 @@ def pretrain_vision_tower(
 
     generator = torch.Generator().manual_seed(seed)
     head = torch.nn.Linear(vision_config.hidden_size, len(PIXEL_CLASSES))
-    params = [*tower.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps, pct_start=0.1)
-    tower.train()
-    loss = torch.tensor(float("nan"))
-    for _ in tqdm(range(steps), desc="vision pretraining", unit="step"):
-        index = torch.randint(0, len(train_x), (batch_size,), generator=generator)
-        logits = head(_patch_features(tower, train_x[index], layer, drop_cls))
-        loss = -(train_y[index] * torch.log_softmax(logits, -1)).sum(-1).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    loss = _fit(tower, head, train_x, train_y, steps, batch_size, learning_rate, generator, layer, drop_cls)
     tower.eval()
     with torch.no_grad():
         logits = head(_patch_features(tower, pixel_values[-n_eval:], layer, drop_cls))

@@ -2,21 +2,91 @@
 
 TRL has no video path, so ``SFTTrainer`` gets the raw rows (``remove_unused_columns=False``, dataset preparation
 skipped) and this collator builds everything: the chat messages (``trainer.models.families.build_messages``, the one
-place rows become messages), the processor call with the assistant mask, and the labels.
+place rows become messages), the processor call, and the labels.
+
+**Where the answer starts** does not depend on ``{% generation %}`` markers in the chat template: each sample is the
+*generation prompt* the template renders for the question (``add_generation_prompt=True``: exactly what the model is
+given at inference) followed by the answer and the end-of-turn token, and the labels supervise every token after the
+prompt. How the template joins them (:func:`answer_format`) is read off its own rendering of a probe conversation:
+the text between the generation prompt and the answer (Vicuna: a space; ChatML: nothing), and the end-of-turn token
+the template writes after the answer if it is a special token (ChatML: ``<|im_end|>``), else the tokenizer's EOS (the
+published Vicuna templates write none: the Vicuna v1 separator ``</s>`` is added, so the model learns to stop).
 """
 
+import bisect
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from dataset_builder.prompts import strip_visual_placeholder
+from trainer.models.chat_templates import ensure_chat_template
 from trainer.models.families import Family, build_messages, get_family
 
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+
+
+_PROBE_ANSWER = "GEOLLAVA-PROBE-ANSWER"
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """How a chat template joins the generation prompt, the answer and the end of the turn.
+
+    Attributes:
+        separator: Text between the generation prompt and the answer (``" "`` after Vicuna's ``ASSISTANT:``).
+        end_of_turn: The token that ends the answer, which the model must learn to emit (``</s>``, ``<|im_end|>``).
+    """
+
+    separator: str
+    end_of_turn: str
+
+
+def answer_format(processor, family: Family | str) -> AnswerFormat:
+    """Read the answer's separator and end-of-turn token off the processor's chat template.
+
+    Raises:
+        ValueError: If the template does not render the assistant's answer, or no end-of-turn token can be found.
+    """
+    family = get_family(family) if isinstance(family, str) else family
+    frames = [np.zeros((4, 4, 3), np.uint8)] * 2
+    messages = build_messages(family, "Q", frames, _PROBE_ANSWER)
+    full = processor.apply_chat_template(messages, tokenize=False)
+    prompt = processor.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    if full.count(_PROBE_ANSWER) != 1:
+        raise ValueError("the processor's chat template does not render the assistant's answer (exactly once)")
+    head, after = full.split(_PROBE_ANSWER)
+    # Where the template's assistant header differs from its generation prompt, the answer follows the prompt as is.
+    separator = head[len(prompt) :] if head.startswith(prompt) else ""
+    tokenizer = processor.tokenizer
+    specials = sorted(set(tokenizer.all_special_tokens), key=len, reverse=True)
+    end = next((t for t in specials if after.lstrip().startswith(t)), None) or tokenizer.eos_token
+    if not end:
+        raise ValueError("no end-of-turn token: the template writes none after the answer, the tokenizer has no EOS")
+    return AnswerFormat(separator, end)
+
+
+def _visuals(conversation: list[dict]) -> tuple[list, list]:
+    images, videos = [], []
+    for message in conversation:
+        for block in message["content"]:
+            if block["type"] == "image":
+                images.append(block["image"])
+            elif block["type"] == "video":
+                videos.append(block["video"])
+    return images, videos
+
+
+def _shifted(char: int, replacements: list[dict]) -> int:
+    # The processor expands each visual placeholder into many tokens: move a character position of the rendered text
+    # past the expansions before it (the same arithmetic as transformers' assistant masks).
+    ends = [r["span"][1] for r in replacements]
+    gained = [0] + [r["new_span"][1] - r["span"][1] for r in replacements]
+    return char + gained[bisect.bisect_right(ends, char)]
 
 
 class OverlongSampleError(ValueError):
@@ -55,8 +125,8 @@ def _as_tensor(value) -> torch.Tensor:
 class VideoSFTCollator:
     """Collate dataset rows into ``input_ids``, ``attention_mask``, visual inputs and ``labels``.
 
-    Labels are ``-100`` on the prompt, the visual tokens and padding (everything outside the chat template's
-    ``{% generation %}`` block), so the loss is on the answer and its end-of-sequence token only.
+    Labels are ``-100`` on the prompt (the generation prompt, visual tokens included) and on padding, so the loss is
+    on the answer and its end-of-turn token only (see the module docstring; no ``{% generation %}`` block needed).
 
     A sample longer than ``max_length`` (counted after the processor expands the visual placeholders) is never cut:
     with ``on_overlong="error"`` the batch fails naming the row id; with ``"skip"`` the sample is dropped from its
@@ -73,7 +143,7 @@ class VideoSFTCollator:
         """Create the collator.
 
         Args:
-            processor: The model's processor; its chat template must mark the answer with ``{% generation %}``.
+            processor: The model's processor, with its chat template (published or the project's).
             family: The model family (how the two frames are given).
             on_overlong: ``"error"`` or ``"skip"``.
             max_length: Maximum tokens per sample after visual expansion; ``None`` = no limit.
@@ -84,25 +154,53 @@ class VideoSFTCollator:
             raise ValueError(f"max_length {max_length!r}: must be >= 1 or None")
         self.processor = processor
         self.family = get_family(family) if isinstance(family, str) else family
+        ensure_chat_template(processor, self.family.name)
         self.on_overlong = on_overlong
         self.max_length = max_length
         self.n_skipped = 0
         self.skipped_ids: list[str] = []
         self.n_samples = 0
         self.n_tokens = 0
+        self._format: tuple[str, AnswerFormat] | None = None
 
     def _encode(self, conversations: list[list[dict]]) -> dict:
-        # No return_tensors: the processor still returns tensors for the model inputs, while the assistant mask and
-        # the offsets it is computed from stay Python lists; transformers walks those token by token, about twice
-        # as fast over lists as over tensors (the whole collator: ~140 -> ~280 samples/s at 336 px).
-        enc = self.processor.apply_chat_template(
-            conversations,
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-            processor_kwargs={"padding": True, "padding_side": "right"},
+        """Tokenize ``generation prompt + separator + answer + end of turn`` per row, with the answer's labels mask.
+
+        No return_tensors: the processor still returns tensors for the model inputs, while the offsets stay Python
+        lists, which are walked about twice as fast as tensors.
+        """
+        template = self.processor.chat_template
+        if self._format is None or self._format[0] != template:
+            self._format = (template, answer_format(self.processor, self.family))
+        fmt = self._format[1]
+        prompts = self.processor.apply_chat_template(
+            [c[:-1] for c in conversations], tokenize=False, add_generation_prompt=True
         )
-        return {key: _as_tensor(value) for key, value in enc.items()}
+        answers = [c[-1]["content"][0]["text"] for c in conversations]
+        texts = [p + fmt.separator + a + fmt.end_of_turn for p, a in zip(prompts, answers, strict=True)]
+        images, videos = zip(*(_visuals(c) for c in conversations), strict=True)
+        bos = self.processor.tokenizer.bos_token
+        enc = self.processor(
+            text=texts,
+            images=list(images) if any(images) else None,
+            videos=list(videos) if any(videos) else None,
+            padding=True,
+            padding_side="right",
+            return_offsets_mapping=True,
+            return_text_replacement_offsets=True,
+            add_special_tokens=not (bos and texts[0].startswith(bos)),
+        )
+        offsets = enc.pop("offset_mapping")
+        replacements = enc.pop("text_replacement_offsets", None) or [[] for _ in texts]
+        answer_masks = []
+        for prompt, row_offsets, row_replacements in zip(prompts, offsets, replacements, strict=True):
+            start = _shifted(len(prompt), row_replacements)
+            if any(a < start < b for a, b in row_offsets):
+                raise ValueError("a token spans the end of the generation prompt and the answer: cannot split them")
+            answer_masks.append([int(a >= start and b > a) for a, b in row_offsets])
+        out = {key: _as_tensor(value) for key, value in enc.items()}
+        out["answer_mask"] = torch.tensor(answer_masks)
+        return out
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """Collate a batch of rows.
@@ -137,14 +235,11 @@ class VideoSFTCollator:
                         f"max_length {self.max_length}: every sample of the batch is longer ({details})"
                     )
                 enc = self._encode(kept)
-        assistant = enc.pop("assistant_masks")
+        answer = enc.pop("answer_mask")
         labels = enc["input_ids"].clone()
-        labels[(assistant == 0) | (enc["attention_mask"] == 0)] = IGNORE_INDEX
+        labels[(answer == 0) | (enc["attention_mask"] == 0)] = IGNORE_INDEX
         if not (labels != IGNORE_INDEX).any(dim=1).all():
-            raise ValueError(
-                "no answer token is supervised: the processor's chat template has no {% generation %} block around "
-                "the assistant turn; set chat_template_path to a template that has one (see docs/training.md)"
-            )
+            raise ValueError("no answer token is supervised in a sample: is an answer empty?")
         enc["labels"] = labels
         self.n_samples += labels.shape[0]
         self.n_tokens += int(enc["attention_mask"].sum())

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
+from trainer.models.chat_templates import ensure_chat_template
 from trainer.models.families import Family, family_of, get_family
 from trainer.models.loading import quantization_config as bnb_config
 from trainer.training.config import GeoModelConfig
@@ -59,21 +60,21 @@ def load_processor(model_args: GeoModelConfig, chat_template_path: str | None = 
     """The model's processor, as saved beside the base weights, with a ``.jinja`` chat template applied when given.
 
     ``SFTTrainer`` applies ``chat_template_path`` (an ``SFTConfig`` field) again, identically; doing it here first
-    checks the template early and makes the collator see it from its first batch.
+    checks the template early and makes the collator see it from its first batch. The template needs no
+    ``{% generation %}`` block (the collator finds the answer from the generation prompt). A checkpoint that publishes
+    no template (Video-LLaVA) gets its family's documented one (``chat_templates.FALLBACK_TEMPLATES``).
 
     Raises:
         FileNotFoundError: If ``chat_template_path`` does not exist.
-        ValueError: If the template has no ``{% generation %}`` block (the loss mask needs one).
     """
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     if chat_template_path:
         path = Path(chat_template_path)
         if not path.is_file():
             raise FileNotFoundError(f"chat_template_path {str(path)!r} does not exist")
-        template = path.read_text()
-        if "generation" not in template:
-            raise ValueError(f"chat_template_path {str(path)!r}: the template has no {{% generation %}} block")
-        processor.chat_template = template
+        processor.chat_template = path.read_text()
+    elif ensure_chat_template(processor, resolve_family(model_args).name):
+        logger.info("%s has no chat template: using its family's documented one", model_args.model_name_or_path)
     return processor
 
 
@@ -126,6 +127,63 @@ def lora_config(model_args: GeoModelConfig, family: Family):
     )
 
 
+def base_source(model_args: GeoModelConfig, pruning_config=None, pruned_dir=None, calibration=None) -> str:
+    """The folder or Hub id to load: the base itself, or its pruned copy when a quantized base is pruned.
+
+    Raises:
+        ValueError: If a pruned copy is needed and ``pruned_dir`` is missing.
+    """
+    path = str(model_args.model_name_or_path)
+    quantized = model_args.load_in_4bit or model_args.load_in_8bit
+    if quantized and pruning_config is not None and pruning_config.enabled and not pruning_config.pruning_masks_path:
+        if pruned_dir is None:
+            raise ValueError("pruned_dir: needed to prune a full-precision copy before quantizing the base")
+        path = str(prune_before_quantization(path, pruning_config, pruned_dir, calibration=calibration))
+        logger.info("quantizing the pruned full-precision copy %s", path)
+    return path
+
+
+def _load_kwargs(model_args: GeoModelConfig, path: str, quant: BitsAndBytesConfig | None) -> dict:
+    kwargs = {"dtype": model_args.torch_dtype()}
+    if path == str(model_args.model_name_or_path):  # a local pruned copy has no revision
+        kwargs["revision"] = model_args.model_revision
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return kwargs
+
+
+def make_trainable(model, model_args: GeoModelConfig, family: Family, quantized: bool, activation_checkpointing: bool):
+    """Wrap the model in LoRA (``use_peft``) or unfreeze the language model; returns the model to train.
+
+    Under PEFT the adapter's ``base_model_name_or_path`` is the base the user named (a Hub id stays a Hub id), never
+    the local pruned copy the weights were read from: the pushed adapter then links to its real base.
+    """
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing)
+    if model_args.use_peft:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(model_args, family))
+        for peft_config in model.peft_config.values():
+            peft_config.base_model_name_or_path = str(model_args.model_name_or_path)
+            peft_config.revision = model_args.model_revision
+        return model
+    # Full fine-tuning of the language model; the vision parts stay frozen unless asked.
+    for prefix in family.vision_modules:
+        is_projector = "projector" in prefix
+        train = model_args.train_projector if is_projector else model_args.train_vision_tower
+        for name, parameter in model.named_parameters():
+            if name.startswith(prefix + "."):
+                parameter.requires_grad_(train)
+    return model
+
+
 def load_model(
     model_args: GeoModelConfig,
     *,
@@ -151,53 +209,23 @@ def load_model(
         ValueError: If a pruned copy is needed and ``pruned_dir`` is missing, or a vision prefix is not in the model.
     """
     family = resolve_family(model_args)
-    path = str(model_args.model_name_or_path)
-    quantized = model_args.load_in_4bit or model_args.load_in_8bit
-    if quantized and pruning_config is not None and pruning_config.enabled and not pruning_config.pruning_masks_path:
-        if pruned_dir is None:
-            raise ValueError("pruned_dir: needed to prune a full-precision copy before quantizing the base")
-        path = str(prune_before_quantization(path, pruning_config, pruned_dir, calibration=calibration))
-        logger.info("quantizing the pruned full-precision copy %s", path)
+    path = base_source(model_args, pruning_config, pruned_dir, calibration)
     quant = quantization_config(model_args, family)
-    kwargs = {"dtype": model_args.torch_dtype(), "revision": model_args.model_revision}
-    if path != str(model_args.model_name_or_path):
-        kwargs.pop("revision")
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": torch.cuda.current_device()}
-    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(path, **_load_kwargs(model_args, path, quant))
     if family_of(model).name != family.name:
         raise ValueError(f"family {family.name!r}: the model at {path} is a {family_of(model).name!r}")
-
-    if quant is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=activation_checkpointing)
-    if model_args.use_peft:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora_config(model_args, family))
-    else:
-        # Full fine-tuning of the language model; the vision parts stay frozen unless asked.
-        for prefix in family.vision_modules:
-            is_projector = "projector" in prefix
-            train = model_args.train_projector if is_projector else model_args.train_vision_tower
-            for name, parameter in model.named_parameters():
-                if name.startswith(prefix + "."):
-                    parameter.requires_grad_(train)
+    model = make_trainable(model, model_args, family, quant is not None, activation_checkpointing)
     if quant is not None:
         model.config.use_cache = False
     trainable = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
     n_trainable = sum(n for _, n in trainable)
+    quantization = None if quant is None else ("nf4" if model_args.load_in_4bit else "int8")
     logger.info(
         "model %s (%s, %s): %d trainable of %d parameters (%.3f %%)",
         path,
         family.name,
-        quant and ("nf4" if model_args.load_in_4bit else "int8") or model_args.torch_dtype(),
+        quantization or model_args.torch_dtype(),
         n_trainable,
         total,
         100.0 * n_trainable / max(total, 1),
@@ -206,7 +234,7 @@ def load_model(
         model=model,
         family=family,
         base_path=path,
-        quantization=None if quant is None else ("nf4" if model_args.load_in_4bit else "int8"),
+        quantization=quantization,
         trainable_parameters=n_trainable,
         total_parameters=total,
         trainable_names=[n for n, _ in trainable],

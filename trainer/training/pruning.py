@@ -1,31 +1,25 @@
 """Unstructured pruning of the language model's linear weights: global magnitude (the paper) and Wanda.
 
 Pure functions compute boolean masks (``True`` = kept) keyed by canonical module names (:mod:`trainer.models.masks`);
-:func:`compute_masks` is the one entry point the callback and :func:`prune_before_quantization` call.
+:func:`compute_masks` is the one entry point the callback calls on a loaded model, :func:`prune_before_quantization`
+the one that writes a pruned copy of a checkpoint for QLoRA.
 
 * **Targets** (:func:`collect_targets`): the ``nn.Linear`` weights under the family's language-model prefix,
   excluding embeddings, ``lm_head``, the vision tower(s), the projector, LoRA A/B and ``modules_to_save`` copies.
   Quantized (bitsandbytes 4-bit/8-bit) weights are refused: prune a full-precision copy, then quantize.
-* **Magnitude**: one global threshold over all targets; weights with ``|w| <= threshold`` are pruned. The threshold
-  never needs all weights sorted in memory: a random sample (sized per layer in proportion to the layer) brackets
-  the target quantile, then one chunked pass counts the weights below the bracket and keeps only those inside it,
-  whose ``kthvalue`` is the exact global threshold (:func:`exact_threshold`). :func:`sampled_threshold` is the
-  sample estimate alone.
-* **Wanda** (Sun et al. 2023): score ``|W_ij| * ||X_j||_2`` where ``||X_j||_2`` is the L2 norm of input channel
-  ``j`` over the calibration tokens; the comparison group is each output row (the paper's choice for LLMs), so every
-  row loses the same fraction of its weights.
+* **Magnitude** (:mod:`trainer.training.magnitude`): one exact global threshold over all targets.
+* **Wanda** (:mod:`trainer.training.wanda`): ``|W| * ||X||_2`` per output row, from calibration activations.
 """
 
 import json
 import logging
-import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from dataset_builder.atomic import atomic_dir
 from trainer.models.families import Family, family_of
@@ -36,14 +30,37 @@ from trainer.models.masks import (
     check_full_precision,
     mask_sparsity,
     save_masks,
+    save_packed_masks,
 )
+from trainer.training.checkpoint_pruning import (
+    StreamingUnsupported,
+    checkpoint_entries,
+    copy_side_files,
+    local_checkpoint,
+    prune_checkpoint,
+    target_entries,
+)
+from trainer.training.magnitude import exact_threshold, magnitude_masks, sampled_threshold
+from trainer.training.wanda import calibration_batches, collect_input_norms, wanda_masks
 
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "METHODS",
+    "PruningConfig",
+    "calibration_batches",
+    "collect_input_norms",
+    "collect_targets",
+    "compute_masks",
+    "exact_threshold",
+    "magnitude_masks",
+    "prune_before_quantization",
+    "sampled_threshold",
+    "wanda_masks",
+]
+
 METHODS = ("none", "magnitude", "wanda")
-# Elements per chunk of a weight processed at a time (64 MB of float32): bounds the extra memory of a pass.
-CHUNK = 16 * 1024 * 1024
 _EXCLUDED_PARTS = ("lm_head", "embed_tokens", ".lora_", "modules_to_save", "original_module")
 
 
@@ -145,212 +162,6 @@ def collect_targets(
     return targets
 
 
-def _chunks(weight: torch.Tensor) -> Iterator[torch.Tensor]:
-    flat = weight.detach().reshape(-1)
-    for start in range(0, flat.numel(), CHUNK):
-        yield flat[start : start + CHUNK].abs().float()
-
-
-def _n_pruned(total: int, sparsity: float) -> int:
-    return min(total - 1, max(1, round(sparsity * total)))
-
-
-def sample_magnitudes(weights: dict[str, torch.Tensor], sample_size: int, seed: int = 0) -> torch.Tensor:
-    """Sorted ``|w|`` of about ``sample_size`` weights drawn uniformly over all ``weights`` (with replacement).
-
-    Each layer contributes in proportion to its size, so the sample is a uniform draw over the union.
-    """
-    total = sum(w.numel() for w in weights.values())
-    generator = torch.Generator().manual_seed(seed)
-    parts = []
-    for weight in weights.values():
-        n = max(1, round(sample_size * weight.numel() / total))
-        index = torch.randint(weight.numel(), (n,), generator=generator).to(weight.device)
-        parts.append(weight.detach().reshape(-1)[index].abs().float().cpu())
-    return torch.cat(parts).sort().values
-
-
-def sampled_threshold(weights: dict[str, torch.Tensor], sparsity: float, sample_size: int, seed: int = 0) -> float:
-    """The global magnitude threshold estimated from a uniform sample: its ``sparsity`` quantile.
-
-    The sparsity it reaches has a standard error of about ``sqrt(s (1 - s) / sample_size)`` (0.02 % absolute at
-    s = 5 % with a million samples).
-    """
-    sample = sample_magnitudes(weights, sample_size, seed)
-    return float(sample[min(sample.numel() - 1, max(0, math.ceil(sparsity * sample.numel()) - 1))])
-
-
-def exact_threshold(
-    weights: dict[str, torch.Tensor], sparsity: float, sample_size: int, seed: int = 0, *, sigmas: float = 6.0
-) -> float:
-    """The exact global magnitude threshold: the k-th smallest ``|w|`` over all weights, ``k = round(s N)``.
-
-    Memory stays bounded: a sample brackets the k-th value (± ``sigmas`` binomial standard errors), one chunked pass
-    counts the weights below the bracket and keeps those inside it (about 2 sigmas sqrt(s (1 - s) / sample_size) of
-    all weights: 0.26 % at s = 5 % with a million samples), and ``kthvalue`` over those gives the exact value. If the
-    bracket misses (probability ~1e-9 at 6 sigmas) it widens and retries.
-    """
-    total = sum(w.numel() for w in weights.values())
-    k = _n_pruned(total, sparsity)
-    sample = sample_magnitudes(weights, sample_size, seed)
-    m = sample.numel()
-    q = k / total
-    width = sigmas * math.sqrt(q * (1 - q) / m) + 2 / m
-    while True:
-        lo_i, hi_i = math.floor((q - width) * m), math.ceil((q + width) * m)
-        lo = float(sample[lo_i]) if lo_i >= 0 else -math.inf
-        hi = float(sample[hi_i]) if hi_i < m else math.inf
-        below, inside = 0, []
-        for weight in weights.values():
-            for a in _chunks(weight):
-                below += int((a < lo).sum())
-                inside.append(a[(a >= lo) & (a <= hi)].cpu())
-        candidates = torch.cat(inside)
-        if below < k <= below + candidates.numel():
-            return float(candidates.kthvalue(k - below).values)
-        logger.warning("threshold bracket [%g, %g] missed the %d-th magnitude; widening it", lo, hi, k)
-        width *= 4
-
-
-def magnitude_masks(
-    weights: dict[str, torch.Tensor],
-    sparsity: float,
-    *,
-    sample_size: int = 1_000_000,
-    exact: bool = True,
-    seed: int = 0,
-) -> tuple[dict[str, torch.Tensor], float]:
-    """Global unstructured magnitude masks: prune every weight with ``|w| <= threshold``.
-
-    With ``exact``, exactly ``round(sparsity * N)`` weights are pruned: where several weights equal the threshold
-    (frequent in bf16), the surplus is kept, the last ones in module order.
-
-    Args:
-        weights: Canonical name -> full-precision weight.
-        sparsity: Target fraction pruned, in (0, 1).
-        sample_size: Weights sampled to find the threshold.
-        exact: Refine the sampled threshold to the exact one (:func:`exact_threshold`); else use the sample's.
-        seed: Seed of the sample.
-
-    Returns:
-        ``(masks, threshold)``; masks are boolean CPU tensors, ``True`` = kept.
-
-    Raises:
-        TypeError: If a weight is quantized (bitsandbytes 4-bit/8-bit).
-    """
-    for name, weight in weights.items():
-        check_full_precision(name, weight)
-    find = exact_threshold if exact else sampled_threshold
-    threshold = find(weights, sparsity, sample_size, seed)
-    masks = {}
-    for name, weight in weights.items():
-        mask = torch.cat([(a > threshold).cpu() for a in _chunks(weight)])
-        masks[name] = mask.reshape(weight.shape)
-    if exact:
-        _keep_excess_ties(weights, masks, threshold, _n_pruned(sum(w.numel() for w in weights.values()), sparsity))
-    return masks, threshold
-
-
-def _keep_excess_ties(weights: dict, masks: dict, threshold: float, k: int) -> None:
-    # Low-precision weights (bf16 has 8 significant bits) repeat magnitudes, so |w| <= threshold can cover more than
-    # k weights. Keep the surplus of those equal to the threshold, the last ones in module order, so that exactly k
-    # are pruned, deterministically.
-    excess = sum(int(m.numel() - m.count_nonzero()) for m in masks.values()) - k
-    for name in reversed(list(weights)):
-        if excess <= 0:
-            return
-        ties = torch.cat([(a == threshold).cpu() for a in _chunks(weights[name])]).nonzero().squeeze(1)
-        keep = ties[max(0, ties.numel() - excess) :]
-        masks[name].view(-1)[keep] = True
-        excess -= keep.numel()
-
-
-def wanda_masks(
-    weights: dict[str, torch.Tensor], input_norms: dict[str, torch.Tensor], sparsity: float
-) -> dict[str, torch.Tensor]:
-    """Wanda masks: in each output row, prune the ``round(s * in_features)`` weights of lowest ``|W_ij| ||X_j||``.
-
-    Args:
-        weights: Canonical name -> full-precision weight ``(out_features, in_features)``.
-        input_norms: Canonical name -> L2 norm of each input channel over the calibration tokens.
-        sparsity: Target fraction pruned per row, in (0, 1).
-
-    Returns:
-        Boolean CPU masks, ``True`` = kept.
-
-    Raises:
-        TypeError: If a weight is quantized.
-        ValueError: If a weight has no input norms or they do not match its width.
-    """
-    masks = {}
-    for name, weight in weights.items():
-        check_full_precision(name, weight)
-        if name not in input_norms:
-            raise ValueError(f"{name}: no calibration input norms (did the calibration batches reach this layer?)")
-        norms = input_norms[name].to(weight.device, torch.float32)
-        if norms.shape != (weight.shape[1],):
-            raise ValueError(f"{name}: input norms have shape {tuple(norms.shape)}, expected ({weight.shape[1]},)")
-        k = round(sparsity * weight.shape[1])
-        mask = torch.ones(weight.shape, dtype=torch.bool)
-        rows = max(1, CHUNK // weight.shape[1])
-        for start in range(0, weight.shape[0] if k else 0, rows):
-            score = weight.detach()[start : start + rows].abs().float() * norms
-            pruned = score.topk(k, dim=1, largest=False).indices.cpu()
-            mask[start : start + rows].scatter_(1, pruned, False)
-        masks[name] = mask
-    return masks
-
-
-@torch.no_grad()
-def collect_input_norms(
-    model: nn.Module, targets: dict[str, nn.Linear], batches: Iterable[dict]
-) -> dict[str, torch.Tensor]:
-    """L2 norm of every input channel of each target layer over all tokens of the calibration batches.
-
-    Runs the model forward in eval mode with forward hooks on the targets; the training mode is restored after.
-
-    Args:
-        model: The model (plain or PEFT); batches are moved to its device.
-        targets: Canonical name -> linear layer (from :func:`collect_targets`).
-        batches: Model inputs, e.g. collated training batches.
-
-    Raises:
-        ValueError: If no batch was given.
-    """
-    sums = {name: torch.zeros(layer.in_features, dtype=torch.float32) for name, layer in targets.items()}
-
-    def hook(name):
-        def accumulate(module, inputs, output):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-            sums[name] += (x * x).sum(0).cpu()
-
-        return accumulate
-
-    handles = [layer.register_forward_hook(hook(name)) for name, layer in targets.items()]
-    was_training = model.training
-    device = next(model.parameters()).device
-    n = 0
-    try:
-        model.eval()
-        for batch in tqdm(batches, desc="wanda calibration", leave=False):
-            model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
-            n += 1
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    if n == 0:
-        raise ValueError("wanda pruning needs calibration batches, got none")
-    return {name: s.sqrt() for name, s in sums.items()}
-
-
-def calibration_batches(dataset, collator, n_batches: int, batch_size: int) -> Iterator[dict]:
-    """The first ``n_batches`` batches of ``dataset`` through ``collator``, in dataset order (no RNG is consumed)."""
-    n_rows = min(len(dataset), n_batches * batch_size)
-    for start in range(0, n_rows, batch_size):
-        yield collator([dataset[i] for i in range(start, min(start + batch_size, n_rows))])
-
-
 def compute_masks(
     model: nn.Module, config: PruningConfig, batches: Iterable[dict] | None = None, family: Family | None = None
 ) -> tuple[dict[str, torch.Tensor], dict]:
@@ -411,14 +222,21 @@ def prune_before_quantization(
     config: PruningConfig,
     out_dir: str | Path,
     calibration: Iterable[dict] | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Prune a full-precision copy of a base model, for QLoRA: the trainer then loads the copy in 4-bit.
+    """Prune a copy of a base model in its own dtype, for QLoRA: the trainer then loads the copy in 4-bit.
 
     NF4 and int8 quantization keep pruned weights exactly zero, so pruning first and quantizing after is exact,
-    whereas pruning the packed bytes of a loaded 4-bit model corrupts it. The copy holds the model
-    (``save_pretrained``), the processor files and the masks (:func:`trainer.models.masks.save_masks`), so the training
-    callback finds the masks there and saves them beside the adapter.
+    whereas pruning the packed bytes of a loaded 4-bit model corrupts it. The copy holds the model, the processor
+    files and the masks (:func:`trainer.models.masks.save_masks`), so the training callback finds the masks there and
+    saves them beside the adapter.
+
+    * ``magnitude`` streams the checkpoint's safetensors shards tensor by tensor
+      (:mod:`trainer.training.checkpoint_pruning`): the exact global threshold over all target weights, masks in the
+      checkpoint's dtype, the copy written in that dtype; peak memory is one weight plus the packed masks.
+    * ``wanda`` needs activations: the model is loaded whole (in its own dtype, or ``dtype``), calibrated, pruned
+      and saved with ``save_pretrained``. So is a magnitude checkpoint that cannot be streamed (no safetensors, a
+      target missing from the shards) or an explicit ``dtype``.
 
     Args:
         model_path: Local folder or Hub id of the base model.
@@ -426,7 +244,7 @@ def prune_before_quantization(
         out_dir: Folder for the pruned copy. If it already holds a copy pruned the same way from the same model, it
             is reused.
         calibration: Calibration model inputs (wanda only).
-        dtype: Dtype the base is loaded and saved in.
+        dtype: Load and save the copy in this dtype (the loaded path); ``None`` keeps the checkpoint's.
 
     Returns:
         The path of the pruned copy.
@@ -434,8 +252,6 @@ def prune_before_quantization(
     Raises:
         FileExistsError: If ``out_dir`` exists and is not such a copy.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     out = Path(out_dir)
     wanted = {"method": config.pruning_method, "target_sparsity": config.pruning_sparsity, "source": str(model_path)}
     if out.exists():
@@ -445,12 +261,54 @@ def prune_before_quantization(
             logger.info("reusing the pruned copy in %s", out)
             return out
         raise FileExistsError(f"out_dir {str(out)!r} exists and is not a copy of {model_path} pruned the same way")
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype)
+    if config.pruning_method == "magnitude" and dtype is None:
+        try:
+            return _prune_streaming(model_path, config, out)
+        except StreamingUnsupported as why:
+            logger.warning("cannot prune %s tensor by tensor (%s): loading it whole instead", model_path, why)
+    return _prune_loaded(model_path, config, out, calibration, dtype)
+
+
+def _prune_streaming(model_path: str | Path, config: PruningConfig, out: Path) -> Path:
+    folder = local_checkpoint(model_path)
+    entries = checkpoint_entries(folder)
+    with torch.device("meta"):  # the module tree and names, no weights
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(folder))
+    targets = target_entries(model, collect_targets(model), entries)
+    with atomic_dir(out) as tmp:
+        pruned = prune_checkpoint(
+            folder,
+            tmp,
+            targets,
+            config.pruning_sparsity,
+            sample_size=config.pruning_threshold_sample_size,
+            exact=config.pruning_exact_threshold,
+            seed=config.pruning_seed,
+        )
+        metadata = {
+            "method": "magnitude",
+            "target_sparsity": config.pruning_sparsity,
+            "threshold": pruned.threshold,
+            "comparison_group": "global",
+            "threshold_method": "exact" if config.pruning_exact_threshold else "sampled",
+            "threshold_sample_size": config.pruning_threshold_sample_size,
+            "source": str(model_path),
+            "dtype": pruned.dtype,
+            "pruned_by": "streaming the safetensors shards tensor by tensor",
+        }
+        save_packed_masks(pruned.packed, pruned.shapes, pruned.pruned, tmp, metadata)
+    logger.info("saved the pruned copy of %s (%s) to %s", model_path, pruned.dtype, out)
+    return out
+
+
+def _prune_loaded(model_path, config: PruningConfig, out: Path, calibration, dtype: torch.dtype | None) -> Path:
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype or "auto")
     masks, metadata = compute_masks(model, config, calibration)
     apply_masks(model, masks)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-        AutoProcessor.from_pretrained(model_path).save_pretrained(tmp)
-        save_masks(masks, tmp, {**metadata, "source": str(model_path), "dtype": str(dtype)})
-    logger.info("saved the pruned full-precision copy of %s to %s", model_path, out)
+        copy_side_files(local_checkpoint(model_path), tmp, weights=False)
+        metadata = {**metadata, "source": str(model_path), "dtype": str(model.dtype), "pruned_by": "loading the model"}
+        save_masks(masks, tmp, metadata)
+    logger.info("saved the pruned copy of %s (%s) to %s", model_path, model.dtype, out)
     return out

@@ -1,0 +1,141 @@
+"""The model card's load snippet runs as a user would run it: only transformers, peft, safetensors and torch.
+
+The snippet is cut out of the rendered card and run in a fresh interpreter in which none of the project's packages
+can be imported, against a tiny base and a pruned adapter pushed to the loopback Hub; it must give the same logits as
+the project's own loader.
+"""
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from huggingface_hub import HfApi
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from dataset_builder.prompts import PROMPT_TEMPLATES
+from model_cards.render import render_model_card
+from model_cards.validate import validate_card
+from trainer.models.families import get_family
+from trainer.models.loading import load_for_inference
+from trainer.models.masks import apply_masks, save_masks
+from trainer.tiny.models import build_tiny_model
+from trainer.training.pruning import PruningConfig, compute_masks
+from upload.push import main as push_main
+
+
+PROJECT_PACKAGES = ("trainer", "dataset_builder", "model_cards", "upload", "spaces_demo", "tests")
+ALLOWED_IMPORTS = {"json", "torch", "huggingface_hub", "peft", "safetensors", "transformers"}
+INPUT_IDS = [[1, 5, 9, 12, 7, 3]]
+
+# Run before the snippet: the project's packages (installed editable in this venv) cannot be imported.
+BLOCKER = textwrap.dedent(
+    f"""
+    import importlib.abc, sys
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {PROJECT_PACKAGES!r}:
+                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: not installed for this user)")
+            return None
+    sys.meta_path.insert(0, Blocker())
+    for package in {PROJECT_PACKAGES!r}:
+        try:
+            __import__(package)
+        except ModuleNotFoundError:
+            pass
+        else:
+            raise SystemExit(f"{{package}} is importable: the check would prove nothing")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def published(hub_server, tmp_path_factory):
+    """A tiny base and its 5 %-pruned LoRA adapter (with processor and masks) on the loopback Hub."""
+    root = tmp_path_factory.mktemp("card-snippet")
+    base = build_tiny_model("llava-next-video", root / "base", image_size=32, corpus=list(PROMPT_TEMPLATES))
+    model = AutoModelForImageTextToText.from_pretrained(base)
+    masks, metadata = compute_masks(model, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05))
+    apply_masks(model, masks)
+    family = get_family("llava-next-video")
+    lora = LoraConfig(r=4, target_modules=family.lora_target_modules, init_lora_weights=False)
+    adapter = root / "adapter"
+    peft_model = get_peft_model(model, lora)
+    peft_model.peft_config["default"].base_model_name_or_path = "geo-org/tiny-base"
+    peft_model.save_pretrained(adapter)
+    AutoProcessor.from_pretrained(base).save_pretrained(adapter)
+    save_masks(masks, adapter, metadata)
+    api = HfApi()
+    api.create_repo("geo-org/tiny-base", exist_ok=True)
+    api.upload_folder(folder_path=str(base), repo_id="geo-org/tiny-base")
+    text = render_model_card(adapter, "geo-org/tiny-pruned-lora", dataset_repo_id="geo-org/geollava")
+    validate_card(text, "model")
+    (adapter / "README.md").write_text(text)
+    assert push_main(["model", str(adapter), "--repo-id", "geo-org/tiny-pruned-lora"]) == 0
+    return base, adapter, text
+
+
+def _snippet(card: str) -> str:
+    section = card.split("## Load it", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_card_metadata_names_the_real_base_and_the_masks(published):
+    _, _, text = published
+    meta = validate_card(text, "model")
+    assert meta["base_model"] == "geo-org/tiny-base" and meta["library_name"] == "peft"
+    assert meta["pipeline_tag"] == "image-text-to-text" and meta["datasets"] == ["geo-org/geollava"]
+    assert "## Pruning" in text and "`pruning_masks.safetensors` in this repository" in text
+    assert "sparsity reached | 0.0500" in text and "## Intended use and limits" in text
+
+
+def test_snippet_imports_only_the_four_libraries(published):
+    tree = ast.parse(_snippet(published[2]))
+    modules = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    modules |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    # huggingface_hub is installed by transformers itself.
+    assert modules <= ALLOWED_IMPORTS, modules - ALLOWED_IMPORTS
+
+
+def test_snippet_runs_without_the_project_and_matches_the_project_loader(published, tmp_path):
+    base, adapter, text = published
+    out = tmp_path / "logits.pt"
+    check = textwrap.dedent(
+        f"""
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor({INPUT_IDS!r})).logits
+        torch.save(logits, {str(out)!r})
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HOME"] = str(tmp_path / "fresh-hf-home")  # an empty cache: everything comes from the Hub
+    script = BLOCKER + _snippet(text) + check
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, _, _ = load_for_inference(base, adapter, device="cpu")
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor(INPUT_IDS)).logits
+    assert torch.equal(torch.load(out), expected)
+    # Without the masks the base would differ: the snippet's masking is what makes the logits equal.
+    plain = AutoModelForImageTextToText.from_pretrained(base)
+    with torch.no_grad():
+        unmasked = get_peft_model_logits(plain, adapter)
+    assert not torch.equal(unmasked, expected)
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "geo-org/tiny-base"
+
+
+def get_peft_model_logits(base, adapter) -> torch.Tensor:
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    return model(input_ids=torch.tensor(INPUT_IDS)).logits
