@@ -108,8 +108,11 @@ def test_snippet_imports_only_the_four_libraries(published):
 def test_snippet_runs_without_the_project_and_matches_the_project_loader(published, tmp_path):
     base, adapter, text = published
     out = tmp_path / "logits.pt"
+    # One thread on both sides: a matmul's reduction order (so its last bits) depends on the thread count, and an
+    # earlier test in this process may have changed ours.
     check = textwrap.dedent(
         f"""
+        torch.set_num_threads(1)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor({INPUT_IDS!r})).logits
         torch.save(logits, {str(out)!r})
@@ -123,8 +126,13 @@ def test_snippet_runs_without_the_project_and_matches_the_project_loader(publish
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     model, _, _ = load_for_inference(base, adapter, device="cpu")
-    with torch.no_grad():
-        expected = model(input_ids=torch.tensor(INPUT_IDS)).logits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            expected = model(input_ids=torch.tensor(INPUT_IDS)).logits
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(torch.load(out), expected)
     # Without the masks the base would differ: the snippet's masking is what makes the logits equal.
     plain = AutoModelForImageTextToText.from_pretrained(base)
