@@ -185,9 +185,10 @@ def write_markdown(result: dict) -> str:
         f"| pycocoevalcap: PTB tokenizer, BLEU-1..4, ROUGE-L, CIDEr-D, METEOR 1.5 | {r['levircc_set_seconds']} |",
         f"| **all `geollava-score` computes** | **{r['score_rows_seconds']}** ({r['score_rows_cpu_seconds']}) |",
         "",
-        f"GeoLLaVA set / floor: **{r['ratio_geollava_set']}x** (target <= {TARGET_RATIO}x: "
-        f"{'met' if r['target_met'] else 'NOT met'}); everything / floor: {r['ratio_everything']}x "
-        "(pycocoevalcap's METEOR is a Java process of its own).",
+        f"GeoLLaVA set / floor: **{r['ratio_geollava_set']}x** in wall time, **{r['ratio_geollava_set_cpu']}x** in "
+        f"CPU time (target <= {TARGET_RATIO}x: {'met' if r['target_met'] else 'NOT met'}); everything / floor: "
+        f"{r['ratio_everything']}x in wall time (pycocoevalcap's PTB tokenizer and METEOR are Java processes of their "
+        "own). Wall times move with the other jobs on a shared machine; CPU times much less.",
         "",
         "| fast precision | rows | encoder metrics, seconds fp32 -> fast (CPU) | speed-up wall (CPU) "
         "| BERTScore F1: max / mean abs per-row difference, on the mean | SBERT cosine: same |",
@@ -249,9 +250,11 @@ def main():
         "score_rows_seconds": round(geo_wall + coco_wall, 2),
         "score_rows_cpu_seconds": round(geo_cpu + coco_cpu, 2),
         "ratio_geollava_set": round(geo_wall / floor, 3),
+        # CPU time is what a shared machine disturbs least: the same work costs the same CPU seconds
+        "ratio_geollava_set_cpu": round(geo_cpu / (floor_encoder_cpu + floor_rouge_cpu), 3),
         "ratio_everything": round((geo_wall + coco_wall) / floor, 3),
         "target_ratio": TARGET_RATIO,
-        "target_met": geo_wall / floor <= TARGET_RATIO,
+        "target_met": max(geo_wall / floor, geo_cpu / (floor_encoder_cpu + floor_rouge_cpu)) <= TARGET_RATIO,
         "fast_precisions": fast,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

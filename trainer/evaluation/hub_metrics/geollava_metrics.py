@@ -12,13 +12,12 @@ it when the folder is staged (``trainer.evaluation.hub_metrics.stage_metric_modu
 below into imports of those copies).
 """
 
-import datasets
 import evaluate
 
 from dataset_builder.changes import CHANGE_KINDS
 from trainer.evaluation.grounding import NO_CHANGE
 from trainer.evaluation.metric_sets import EncoderOptions, geollava_set
-from trainer.evaluation.metrics import MINILM_BERTSCORE_LAYERS, PAPER_SBERT_MODEL
+from trainer.evaluation.metrics import MINILM_BERTSCORE_LAYERS, PAPER_SBERT_MODEL, module_info
 from trainer.evaluation.shared_encoder import PRECISIONS
 
 
@@ -80,20 +79,11 @@ class GeollavaMetrics(evaluate.Metric):
     """ROUGE, sentence BLEU-2, BERTScore, SBERT cosine and grounding, as ``geollava-score`` computes them."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string"),
-                        "references": datasets.Sequence(datasets.Value("string")),
-                    }
-                ),
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-            ],
-            reference_urls=["https://arxiv.org/abs/2410.19552", "https://arxiv.org/abs/1904.09675"],
+        return module_info(
+            _DESCRIPTION,
+            _CITATION,
+            _KWARGS_DESCRIPTION,
+            ["https://arxiv.org/abs/2410.19552", "https://arxiv.org/abs/1904.09675"],
         )
 
     def _compute(

@@ -11,10 +11,9 @@ code, copied beside it when the folder is staged (``trainer.evaluation.hub_metri
 rewrites the import below into an import of that copy).
 """
 
-import datasets
 import evaluate
 
-from trainer.evaluation.metrics import coco_caption_metrics
+from trainer.evaluation.metrics import coco_caption_metrics, module_info
 
 
 _DESCRIPTION = """The change-captioning metrics of LEVIR-CC (RSICCformer, CCExpert): bleu1..bleu4 (option "closest"),
@@ -50,20 +49,11 @@ class LevirccMetrics(evaluate.Metric):
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and S*m, as ``geollava-score`` computes them."""
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features(
-                    {
-                        "predictions": datasets.Value("string"),
-                        "references": datasets.Sequence(datasets.Value("string")),
-                    }
-                ),
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-            ],
-            reference_urls=["https://github.com/Chen-Yang-Liu/RSICC", "https://github.com/tylin/coco-caption"],
+        return module_info(
+            _DESCRIPTION,
+            _CITATION,
+            _KWARGS_DESCRIPTION,
+            ["https://github.com/Chen-Yang-Liu/RSICC", "https://github.com/tylin/coco-caption"],
         )
 
     def _compute(self, predictions, references, meteor: bool = True):
