@@ -7,7 +7,8 @@
 
 Every stage runs the project's console scripts as a user would, prints one line with its time, and leaves its output
 under outputs/quickstart/. The last stage pushes the dataset, the adapter and the Space to a loopback Hub
-(`geollava-hub`, a stand-in for huggingface.co) and loads them back in a fresh process with an empty cache.
+(`geollava-hub`, a stand-in for huggingface.co) and loads them back in a fresh process with an empty cache
+(`python -m upload.roundtrip`). The profiles are data: trainer/recipes/quickstart/profiles.yaml.
 `--profile ci` runs the same chain at test size (the test suite runs it).
 """
 
@@ -19,73 +20,25 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from dataset_builder.atomic import write_json, write_text
+from quickstart_profiles import Profile, load_profiles
+from quickstart_report import print_summary, write_report
+
 from upload.loopback import serve_hub
+from upload.roundtrip import RoundTripError, run_in_fresh_process
 
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ORG = "geollava-org"
 REPOS = {"dataset": f"{ORG}/geollava", "model": f"{ORG}/geollava-tiny-lora", "space": f"{ORG}/geollava-demo"}
-FAMILY = "llava-next-video"
-RECIPES = ROOT / "trainer" / "recipes" / "tiny"
+#: The output folders of a run's first four stages.
+FOLDERS = ("fmow", "dataset", "base", "adapter")
 
 
-@dataclass(frozen=True)
-class Profile:
-    """What one quickstart run builds and trains; every stage's options come from here."""
-
-    out: Path
-    synth: dict
-    frame_size: int
-    base: dict
-    recipe: Path
-    train_overrides: tuple[str, ...] = ()
-    sample_size: int = 1000
-    eval_options: dict = field(default_factory=lambda: {"batch_size": 16, "max_new_tokens": 96})
-
-
-# The embedded default: sizes chosen so the whole job fits in a few minutes on 2 cores. The base's vision tower gets
-# the stand-in for a pretrained one: seconds of training on single synthetic scenes (trainer/tiny/vision_pretrain.py).
-DEFAULT = Profile(
-    out=ROOT / "outputs" / "quickstart",
-    synth={"locations": 2000, "seed": 0, "image_size": 128, "splits": "train,val"},
-    frame_size=64,
-    base={"family": FAMILY, "vision_pretrain_steps": 600, "vision_pretrain_images": 3000},
-    recipe=RECIPES / "qlora_prune.yaml",
-)
-# The same data; a 6-layer language model with a large RoPE base, trained ~8x longer: what naming the change kinds
-# takes (docs/training.md, "A third round").
-LONG = Profile(
-    out=ROOT / "outputs" / "quickstart-long",
-    synth=DEFAULT.synth,
-    frame_size=DEFAULT.frame_size,
-    base={**DEFAULT.base, "num_layers": 6, "vision_layers": 2, "rope_theta": 1e6},
-    recipe=RECIPES / "lora_prune_deep.yaml",
-)
-SIMPLE_SYNTH = {**DEFAULT.synth, "locations": 3100, "two_dates": True}
-PROFILES = {
-    "default": DEFAULT,
-    "long": LONG,
-    # Simpler scenes: two dates a location, so every pair has one change or none (about as many pairs as the
-    # default's); with the default model and with the long profile's (docs/training.md, "Simpler scenes").
-    "simple": replace(DEFAULT, out=ROOT / "outputs" / "quickstart-simple", synth=SIMPLE_SYNTH),
-    "long-simple": replace(LONG, out=ROOT / "outputs" / "quickstart-long-simple", synth=SIMPLE_SYNTH),
-    # The whole chain at test size, for the test suite: every artifact and round trip, no quality.
-    "ci": Profile(
-        out=ROOT / "outputs" / "quickstart-ci",
-        synth={"locations": 24, "seed": 0, "image_size": 64, "splits": "train,val", "oversize_fraction": 0},
-        frame_size=32,
-        base={"family": FAMILY, "image_size": 32, "vision_pretrain_steps": 5, "vision_pretrain_images": 20},
-        recipe=RECIPES / "qlora_prune.yaml",
-        train_overrides=("--max_steps", "6", "--dataloader_num_workers", "0", "--disable_tqdm", "true"),
-        sample_size=5,
-        eval_options={"batch_size": 8, "max_new_tokens": 8, "meteor": "false", "model_metrics": "false"},
-    ),
-}
+PROFILES = load_profiles()
 
 
 class Stages:
@@ -97,6 +50,7 @@ class Stages:
         self.state = {} if fresh or not self.state_path.exists() else json.loads(self.state_path.read_text())
 
     def run(self, name: str, title: str, fn, key: dict | None = None, outputs: tuple[Path, ...] = ()):
+        """Run ``fn`` unless the stage ran before with the same ``key`` and its ``outputs`` still exist."""
         self.done += 1
         fingerprint = hashlib.sha256(json.dumps(key or {}, sort_keys=True, default=str).encode()).hexdigest()
         start = time.perf_counter()
@@ -128,223 +82,178 @@ def sh(*args: str | Path, logs: Path, env: dict | None = None, log: str | None =
         sys.exit(f"\nstage failed: {' '.join(cmd)}\n--- last lines of {log_path} ---\n{tail}")
 
 
-VERIFY = r"""
-import json, sys
-import torch
-from datasets import load_dataset
-from peft import PeftModel
-from transformers import AutoModelForImageTextToText
-from dataset_builder.atomic import write_json, write_text
-from upload.loopback import serve_hub
-from trainer.models.masks import apply_masks, load_masks
-from huggingface_hub import snapshot_download
-
-repos, local_dataset, local_adapter, base = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-report = {}
-for config in ("default", "sample_10k"):
-    hub = load_dataset(repos["dataset"], config)
-    local = load_dataset(local_dataset, config, download_mode="force_redownload")
-    for split in local:
-        assert hub[split].features == local[split].features, (config, split)
-        assert hub[split]["id"] == local[split]["id"], (config, split)
-        assert hub[split]["conversations"] == local[split]["conversations"], (config, split)
-    report[config] = {split: hub[split].num_rows for split in hub}
-adapter_dir = snapshot_download(repos["model"])
-model = AutoModelForImageTextToText.from_pretrained(base)
-masks = load_masks(adapter_dir)
-if masks:
-    apply_masks(model, masks)
-model = PeftModel.from_pretrained(model, repos["model"])
-ref = AutoModelForImageTextToText.from_pretrained(base)
-if masks:
-    apply_masks(ref, load_masks(local_adapter))
-ref = PeftModel.from_pretrained(ref, local_adapter)
-for (name, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items(), strict=True):
-    assert torch.equal(a, b), name
-report["adapter_tensors_identical"] = True
-report["masks"] = len(masks or {})
-print(json.dumps(report))
-"""
+def _flags(options: dict) -> list[str]:
+    flags = []
+    for key, value in options.items():
+        flags += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fresh", action="store_true", help="start over (delete the output folder)")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="default", help="what to build and train")
-    parser.add_argument("--out", type=Path, help="output folder (default: the profile's, under outputs/)")
-    args = parser.parse_args(argv)
-    profile = PROFILES[args.profile]
-    out = (args.out or profile.out).resolve()
-    if args.fresh:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    total_start = time.perf_counter()
-    stages = Stages(10, args.fresh, out)
-    fmow, dataset, base = out / "fmow", out / "dataset", out / "base"
-    adapter, eval_base, eval_trained = out / "adapter", out / "eval_base", out / "eval_trained"
-    cards = out / "cards"
+@dataclass
+class Job:
+    """One quickstart run: its profile, its folders, and the keys that decide when a stage is reused."""
 
-    def run(*cmd: str | Path, **kwargs) -> None:
-        sh(*cmd, logs=logs, **kwargs)
+    profile: Profile
+    out: Path
 
-    print(
-        "GeoLLaVA quickstart: synthetic fMoW -> dataset -> tiny LLaVA-NeXT-Video -> LoRA + pruning -> Hub"
-        + ("" if args.profile == "default" else f" ({args.profile} profile)"),
-        flush=True,
-    )
+    def __post_init__(self):
+        self.fmow, self.dataset, self.base, self.adapter = (self.out / n for n in FOLDERS)
+        self.eval_base, self.eval_trained = self.out / "eval_base", self.out / "eval_trained"
+        self.cards, self.logs, self.hub = self.out / "cards", self.out / "logs", self.out / "hub"
+
+    def run(self, *cmd: str | Path, **kwargs) -> None:
+        """Run a console script, its log under ``logs/``."""
+        sh(*cmd, logs=self.logs, **kwargs)
+
+    @property
+    def build_key(self) -> dict:
+        """What the dataset depends on."""
+        p = self.profile
+        return {"synth": p.synth, "frame_size": p.frame_size, "sample_size": p.sample_size}
+
+    @property
+    def recipe_key(self) -> dict:
+        """What the adapter (and its evaluation) depends on."""
+        p = self.profile
+        return {
+            **self.build_key,
+            **p.base,
+            "recipe": p.recipe.read_text(),
+            "overrides": p.train_overrides,
+            "eval": p.eval_options,
+        }
+
+    def eval_args(self) -> tuple:
+        """The geollava-eval flags both evaluations share."""
+        return ("--dataset", self.dataset, "--split", "test", *_flags(self.profile.eval_options))
+
+
+# --- the stages, in order ------------------------------------------------------------------------------------------
+
+
+def stage_data(stages: Stages, job: Job) -> None:
+    """Set-up check, synthetic fMoW, the dataset."""
+    p = job.profile
     stages.run(
         "setup", "set-up: .venv installed (make venv)", lambda: None, {"python": sys.version}, (ROOT / ".venv",)
     )
     stages.run(
         "synth",
-        f"geollava-synth: {profile.synth['locations']} synthetic fMoW locations",
-        lambda: run("geollava-synth", "--out", fmow, *_flags(profile.synth)),
-        profile.synth,
-        (fmow / "groundtruth",),
+        f"geollava-synth: {p.synth['locations']} synthetic fMoW locations",
+        lambda: job.run("geollava-synth", "--out", job.fmow, *_flags(p.synth)),
+        p.synth,
+        (job.fmow / "groundtruth",),
     )
-    build_key = {"synth": profile.synth, "frame_size": profile.frame_size, "sample_size": profile.sample_size}
+    build = ("geollava-build", "--fmow-root", job.fmow, "--out", job.dataset, "--annotator", "synthetic")
+    sizes = ("--frame-size", p.frame_size, "--sample-size", p.sample_size, "--num-proc", 2)
     stages.run(
         "build",
         "geollava-build: pairs, clips, conversations (synthetic)",
-        lambda: run(
-            "geollava-build",
-            "--fmow-root",
-            fmow,
-            "--out",
-            dataset,
-            "--annotator",
-            "synthetic",
-            "--frame-size",
-            profile.frame_size,
-            "--sample-size",
-            profile.sample_size,
-            "--num-proc",
-            2,
-        ),
-        build_key,
-        (dataset / "README.md",),
+        lambda: job.run(*build, *sizes),
+        job.build_key,
+        (job.dataset / "README.md",),
     )
+
+
+def stage_base(stages: Stages, job: Job) -> None:
+    """The tiny base model, then its evaluation."""
+    p = job.profile
     stages.run(
         "base",
         "geollava-tiny-model: a tiny base, vision tower pretrained",
-        lambda: run("geollava-tiny-model", "--out", base, *_flags(profile.base)),
-        profile.base,
-        (base / "config.json",),
+        lambda: job.run("geollava-tiny-model", "--out", job.base, *_flags(p.base)),
+        p.base,
+        (job.base / "config.json",),
     )
-    eval_args = ("--dataset", dataset, "--split", "test", *_flags(profile.eval_options))
     stages.run(
         "eval_base",
         "geollava-eval: the base model on the test split",
-        lambda: run("geollava-eval", "--model", base, *eval_args, "--out", eval_base, log="eval_base"),
-        {**build_key, **profile.base, "eval": profile.eval_options},
-        (eval_base / "metrics.json",),
+        lambda: job.run(
+            "geollava-eval", "--model", job.base, *job.eval_args(), "--out", job.eval_base, log="eval_base"
+        ),
+        {**job.build_key, **p.base, "eval": p.eval_options},
+        (job.eval_base / "metrics.json",),
     )
-    recipe_key = {
-        **build_key,
-        **profile.base,
-        "recipe": profile.recipe.read_text(),
-        "overrides": profile.train_overrides,
-        "eval": profile.eval_options,
-    }
+
+
+def stage_train(stages: Stages, job: Job) -> None:
+    """Training (resumed from its last checkpoint when one exists), then the trained adapter's evaluation."""
+    p = job.profile
+    train = ("geollava-train", "--config", p.recipe, "--model_name_or_path", job.base, "--dataset_name", job.dataset)
     stages.run(
         "train",
         "geollava-train: tiny recipe, LoRA/QLoRA + 5 % pruning",
-        lambda: run(
-            "geollava-train",
-            "--config",
-            profile.recipe,
-            "--model_name_or_path",
-            base,
-            "--dataset_name",
-            dataset,
+        lambda: job.run(
+            *train,
             "--output_dir",
-            adapter,
-            *profile.train_overrides,
+            job.adapter,
+            *p.train_overrides,
             # A long run interrupted after a checkpoint goes on from it.
-            *(("--resume_from_checkpoint", "true") if any(adapter.glob("checkpoint-*")) else ()),
+            *(("--resume_from_checkpoint", "true") if any(job.adapter.glob("checkpoint-*")) else ()),
         ),
-        recipe_key,
-        (adapter / "adapter_config.json",),
+        job.recipe_key,
+        (job.adapter / "adapter_config.json",),
     )
+    model = ("geollava-eval", "--model", job.base, "--adapter", job.adapter)
     stages.run(
         "eval_trained",
         "geollava-eval: the trained adapter on the test split",
-        lambda: run(
-            "geollava-eval",
-            "--model",
-            base,
-            "--adapter",
-            adapter,
-            *eval_args,
-            "--out",
-            eval_trained,
-            log="eval_trained",
-        ),
-        recipe_key,
-        (eval_trained / "metrics.json",),
+        lambda: job.run(*model, *job.eval_args(), "--out", job.eval_trained, log="eval_trained"),
+        job.recipe_key,
+        (job.eval_trained / "metrics.json",),
     )
 
-    def render_cards():
-        run("geollava-card", "dataset", dataset, "--repo-id", REPOS["dataset"], log="card_dataset")
-        run(
-            "geollava-card",
-            "model",
-            adapter,
-            "--repo-id",
-            REPOS["model"],
-            "--metrics",
-            eval_trained / "metrics.json",
-            "--dataset-repo-id",
-            REPOS["dataset"],
-            log="card_model",
-        )
-        space = cards / "space"
-        shutil.rmtree(space, ignore_errors=True)
-        shutil.copytree(ROOT / "spaces_demo", space, ignore=shutil.ignore_patterns("__pycache__"))
-        run(
-            "geollava-card",
-            "space",
-            space,
-            "--repo-id",
-            REPOS["space"],
-            "--model-repo-id",
-            REPOS["model"],
-            "--dataset-repo-id",
-            REPOS["dataset"],
-            log="card_space",
-        )
 
-    stages.run("cards", "geollava-card: dataset, model and Space cards", render_cards, None, ())
+def render_cards(job: Job) -> None:
+    """The dataset, model and Space cards (the Space's under cards/space, beside a copy of spaces_demo/)."""
+    job.run("geollava-card", "dataset", job.dataset, "--repo-id", REPOS["dataset"], log="card_dataset")
+    metrics = ("--metrics", job.eval_trained / "metrics.json")
+    model = ("geollava-card", "model", job.adapter, "--repo-id", REPOS["model"], *metrics)
+    job.run(*model, "--dataset-repo-id", REPOS["dataset"], log="card_model")
+    space = job.cards / "space"
+    shutil.rmtree(space, ignore_errors=True)
+    shutil.copytree(ROOT / "spaces_demo", space, ignore=shutil.ignore_patterns("__pycache__"))
+    repos = ("--repo-id", REPOS["space"], "--model-repo-id", REPOS["model"], "--dataset-repo-id", REPOS["dataset"])
+    job.run("geollava-card", "space", space, *repos, log="card_space")
 
-    hub_result = {}
 
-    def push_and_verify():
-        shutil.rmtree(out / "hub", ignore_errors=True)
-        with serve_hub(out / "hub", log_path=logs / "geollava-hub.log") as url:
-            env = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_quickstart_local_token"}
-            run("geollava-push", "dataset", dataset, "--repo-id", REPOS["dataset"], env=env, log="push_dataset")
-            run("geollava-push", "model", adapter, "--repo-id", REPOS["model"], env=env, log="push_model")
-            run("geollava-push", "space", cards / "space", "--repo-id", REPOS["space"], env=env, log="push_space")
-            fresh_home = out / "fresh_hf_home"
-            shutil.rmtree(fresh_home, ignore_errors=True)
-            proc = subprocess.run(
-                [sys.executable, "-c", VERIFY, json.dumps(REPOS), str(dataset), str(adapter), str(base)],
-                env={**os.environ, **env, "HF_HOME": str(fresh_home)},
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
+def push_and_load_back(job: Job) -> dict:
+    """Push the three artifacts to a loopback Hub, then load them back in a fresh process; return its report."""
+    shutil.rmtree(job.hub, ignore_errors=True)
+    with serve_hub(job.hub, log_path=job.logs / "geollava-hub.log") as url:
+        env = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_quickstart_local_token"}
+        job.run("geollava-push", "dataset", job.dataset, "--repo-id", REPOS["dataset"], env=env, log="push_dataset")
+        job.run("geollava-push", "model", job.adapter, "--repo-id", REPOS["model"], env=env, log="push_model")
+        space = job.cards / "space"
+        job.run("geollava-push", "space", space, "--repo-id", REPOS["space"], env=env, log="push_space")
+        fresh_home = job.out / "fresh_hf_home"
+        shutil.rmtree(fresh_home, ignore_errors=True)
+        try:
+            return run_in_fresh_process(
+                REPOS,
+                job.dataset,
+                job.adapter,
+                job.base,
+                env=env,
+                hf_home=fresh_home,
+                log_path=job.logs / "verify.log",
             )
-            (logs / "verify.log").write_text(proc.stdout + proc.stderr)
-            if proc.returncode != 0:
-                sys.exit(f"round trip failed:\n{proc.stderr[-4000:]}")
-            hub_result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        except RoundTripError as err:
+            sys.exit(str(err))
 
-    stages.run("hub", "geollava-hub + geollava-push, then load back (fresh cache)", push_and_verify, None, ())
-    report = write_report(out, args.profile, stages, hub_result, time.perf_counter() - total_start)
-    stages.run("report", f"report: {_shown(out / 'report.md')} + report.json", lambda: None, None, ())
-    print_summary(out, report)
-    return 0
+
+def stage_release(stages: Stages, job: Job) -> dict:
+    """Cards, then the Hub round trip; returns the round trip's report."""
+    stages.run("cards", "geollava-card: dataset, model and Space cards", lambda: render_cards(job), None, ())
+    hub_result: dict = {}
+    stages.run(
+        "hub",
+        "geollava-hub + geollava-push, then load back (fresh cache)",
+        lambda: hub_result.update(push_and_load_back(job)),
+        None,
+        (),
+    )
+    return hub_result
 
 
 def _shown(path: Path) -> str:
@@ -352,68 +261,43 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def _flags(options: dict) -> list[str]:
-    flags = []
-    for key, value in options.items():
-        flags += [f"--{key.replace('_', '-')}", str(value)]
-    return flags
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: --fresh, --profile, --out."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="start over (delete the output folder)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default", help="what to build and train")
+    parser.add_argument("--out", type=Path, help="output folder (default: the profile's, under outputs/)")
+    return parser.parse_args(argv)
 
 
-def write_report(out: Path, profile: str, stages: Stages, hub: dict, total_seconds: float) -> dict:
-    """Write report.json and report.md from the stages' own output files."""
-    base_metrics = json.loads((out / "eval_base" / "metrics.json").read_text())
-    trained_metrics = json.loads((out / "eval_trained" / "metrics.json").read_text())
-    build = json.loads((out / "dataset" / "build_report.json").read_text())
-    pruning_path = out / "adapter" / "pruning.json"
-    pruning = json.loads(pruning_path.read_text()) if pruning_path.exists() else {}
-    report = {
-        "profile": profile,
-        "stage_seconds": stages.times,
-        "main_job_seconds": round(total_seconds, 1),
-        "rows": build.get("pairs_per_split", {}),
-        "metrics": {"base": base_metrics, "trained": trained_metrics},
-        "sparsity": pruning.get("sparsity_reached", pruning.get("sparsity")),
-        "repos": REPOS,
-        "hub_round_trip": hub,
-    }
-    write_json(out / "report.json", report, indent=2)
-    keys = ["rougeL", "rouge1", "sentence_bleu2", "bertscore_f1", "grounding_f1", "cider_d", "s_m"]
-    lines = [
-        "# GeoLLaVA quickstart report" + ("" if profile == "default" else f" ({profile} profile)"),
-        "",
-        f"Main job: **{report['main_job_seconds']} s** on {os.cpu_count()} cores. Rows: {report['rows']}.",
-        f"Sparsity reached: {report['sparsity']}. Repos (loopback Hub): {', '.join(REPOS.values())}.",
-        "",
-        "| metric | base | trained |",
-        "|---|---|---|",
-    ]
-    for key in keys:
-        if key in base_metrics or key in trained_metrics:
-            lines.append(f"| {key} | {_fmt(base_metrics.get(key))} | {_fmt(trained_metrics.get(key))} |")
-    lines += ["", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {seconds} |" for name, seconds in stages.times.items()]
-    write_text(out / "report.md", "\n".join(lines) + "\n")
-    return report
-
-
-def _fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, int | float) else "—"
-
-
-def print_summary(out: Path, report: dict) -> None:
-    base, trained = report["metrics"]["base"], report["metrics"]["trained"]
-    print()
-    print((out / "report.md").read_text())
+def main(argv: list[str] | None = None) -> int:
+    """Run the stages in order, then write and print the report."""
+    args = parse_args(argv)
+    profile = PROFILES[args.profile]
+    job = Job(profile, (args.out or profile.out).resolve())
+    if args.fresh:
+        shutil.rmtree(job.out, ignore_errors=True)
+    job.out.mkdir(parents=True, exist_ok=True)
+    total_start = time.perf_counter()
+    stages = Stages(10, args.fresh, job.out)
     print(
-        f"ROUGE-L {_fmt(base.get('rougeL'))} -> {_fmt(trained.get('rougeL'))}, "
-        f"grounding F1 {_fmt(base.get('grounding_f1'))} -> {_fmt(trained.get('grounding_f1'))}"
+        "GeoLLaVA quickstart: synthetic fMoW -> dataset -> tiny LLaVA-NeXT-Video -> LoRA + pruning -> Hub"
+        + ("" if args.profile == "default" else f" ({args.profile} profile)"),
+        flush=True,
     )
-    print("\nNext:")
-    if out == DEFAULT.out:
-        print("  make demo                      # the Space on this tiny model, in your browser")
-    else:
-        print(f"  BASE_MODEL_ID={_shown(out / 'base')} ADAPTER_ID={_shown(out / 'adapter')} make demo")
-    print("  see README.md 'Real fMoW, real models, the real Hub' for the same commands at full scale")
+    stage_data(stages, job)
+    stage_base(stages, job)
+    stage_train(stages, job)
+    hub_result = stage_release(stages, job)
+    report = write_report(
+        job.out, args.profile, profile.bars, stages.times, hub_result, time.perf_counter() - total_start, REPOS
+    )
+    stages.run("report", f"report: {_shown(job.out / 'report.md')} + report.json", lambda: None, None, ())
+    demo = f"BASE_MODEL_ID={_shown(job.base)} ADAPTER_ID={_shown(job.adapter)} make demo"
+    if job.out == PROFILES["default"].out:
+        demo = "make demo                      # the Space on this tiny model, in your browser"
+    print_summary(job.out, report, demo)
+    return 0
 
 
 if __name__ == "__main__":

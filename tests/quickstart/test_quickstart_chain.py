@@ -11,6 +11,11 @@ from dataset_builder.synthetic.synth import SynthConfig
 
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import quickstart  # noqa: E402  (scripts/ is not a package)
+import quickstart_report  # noqa: E402
+
+
 STAGES = ["setup", "synth", "build", "base", "eval_base", "train", "eval_trained", "cards", "hub"]
 
 
@@ -42,6 +47,11 @@ def test_quickstart_chain_at_test_size_then_a_rerun_reuses_it(tmp_path):
         assert metrics["n_rows"] == rows["test"]
         for key in ("rougeL", "grounding_f1", "grounding_precision", "grounding_recall", "bleu4", "cider_d"):
             assert isinstance(metrics[key], float) and metrics[key] >= 0, (which, key)
+    # the third column: always naming the test split's most common change kinds, scored on its ground truth
+    majority = report["metrics"]["majority"]
+    assert majority["kinds"] and majority["grounding_rows"] == rows["test"]
+    assert 0 < majority["grounding_f1"] <= 1
+    assert report["bars"] == []  # the ci profile checks no quality bar
     assert report["sparsity"] == pytest.approx(0.05, abs=0.005)
     assert report["repos"] == {
         "dataset": "geollava-org/geollava",
@@ -62,6 +72,7 @@ def test_quickstart_chain_at_test_size_then_a_rerun_reuses_it(tmp_path):
     assert {p.name for p in (out / "cards").iterdir()} >= {"space"}
     md = (out / "report.md").read_text()
     assert md.startswith("# GeoLLaVA quickstart report (ci profile)") and "| grounding_f1 |" in md
+    assert "| metric | base | trained | majority |" in md and "most common change kinds" in md
     assert "ROUGE-L" in first.stdout and f"ADAPTER_ID={out / 'adapter'} make demo" in first.stdout
     assert not list(out.glob("**/.*.tmp")), "no half-written file is left behind"
 
@@ -76,11 +87,6 @@ def test_quickstart_chain_at_test_size_then_a_rerun_reuses_it(tmp_path):
 
 
 def test_profiles_name_their_recipes_and_keep_the_default_contract():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import quickstart
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
     default = quickstart.PROFILES["default"]
     assert default.out == ROOT / "outputs" / "quickstart" and default.recipe.name == "qlora_prune.yaml"
     assert quickstart.PROFILES["long"].recipe.name == "lora_prune_deep.yaml"
@@ -92,3 +98,52 @@ def test_profiles_name_their_recipes_and_keep_the_default_contract():
         assert quickstart.PROFILES[name].synth["two_dates"] is True, name
         SynthConfig(out="x", **quickstart.PROFILES[name].synth)  # the flags geollava-synth is given are valid
     assert quickstart.PROFILES["long-simple"].base == quickstart.PROFILES["long"].base
+    # issue 22's decision: the 5-minute default's bars; long-simple is the reference for grounding F1 >= 0.80
+    assert default.bars == {
+        "grounding_f1_min": 0.3,
+        "grounding_f1_vs_base": 2.5,
+        "rougeL_min": 0.6,
+        "rougeL_gain": 0.4,
+    }
+    assert quickstart.PROFILES["long-simple"].bars["grounding_f1_min"] == 0.8
+    assert quickstart.PROFILES["ci"].bars == {}
+
+
+def _profiles(tmp_path, text):
+    path = tmp_path / "profiles.yaml"
+    path.write_text(text)
+    return quickstart.load_profiles(path)
+
+
+def test_profiles_extend_by_merging_mappings_and_bad_files_are_named(tmp_path):
+    base = (
+        "a: {out: o/a, synth: {x: 1, y: 2}, frame_size: 8, base: {f: t}, recipe: r.yaml, train_overrides: [--k, '1']}"
+    )
+    profiles = _profiles(tmp_path, base + "\nb: {extends: a, out: o/b, synth: {y: 3}, frame_size: 16}\n")
+    a, b = profiles["a"], profiles["b"]
+    assert b.synth == {"x": 1, "y": 3} and b.frame_size == 16 and b.base == a.base and b.recipe == a.recipe
+    assert a.out == ROOT / "o" / "a" and a.train_overrides == ("--k", "1")
+    with pytest.raises(ValueError, match="profile 'b' extends 'c', which is not defined"):
+        _profiles(tmp_path, base + "\nb: {extends: c}\n")
+    with pytest.raises(ValueError, match=r"profile 'b': unknown field\(s\) \['frames'\]"):
+        _profiles(tmp_path, base + "\nb: {extends: a, frames: 3}\n")
+    with pytest.raises(ValueError, match="profile 'b': .*bars: unknown"):
+        _profiles(tmp_path, base + "\nb: {extends: a, bars: {bleu_min: 1}}\n")
+    with pytest.raises(ValueError, match="in a circle: b -> c -> b"):
+        _profiles(tmp_path, base + "\nb: {extends: c}\nc: {extends: b}\n")
+
+
+def test_bars_say_which_are_met():
+    bars = {"grounding_f1_min": 0.3, "grounding_f1_vs_base": 2.5, "rougeL_min": 0.6, "rougeL_gain": 0.4}
+    checked = quickstart_report.check_bars(
+        bars, {"grounding_f1": 0.1, "rougeL": 0.05}, {"grounding_f1": 0.3, "rougeL": 0.5}
+    )
+    assert [(c["bar"], c["met"]) for c in checked] == [
+        ("trained grounding F1 >= 0.3", True),
+        ("trained grounding F1 >= 2.5x the base's", True),
+        ("trained ROUGE-L >= 0.6", False),
+        ("trained ROUGE-L >= the base's + 0.4", True),
+    ]
+    assert checked[1]["target"] == pytest.approx(0.25) and checked[3]["target"] == pytest.approx(0.45)
+    # a metric that was not computed meets no bar
+    assert not quickstart_report.check_bars({"grounding_f1_min": 0.3}, {}, {})[0]["met"]

@@ -69,3 +69,23 @@ def test_default_extractor_is_the_dataset_builders():
     got = grounding_scores([text], [[]])
     assert got["grounding_rows"] == 1
     assert got["grounding_f1"] == (1.0 if changes.extract_change_kinds(text) == {"no_change"} else 0.0)
+
+
+def test_majority_answer_names_the_most_common_kinds_and_is_hand_computed():
+    from trainer.evaluation.grounding import majority_baseline
+
+    road, forest = {"kind": "road_built"}, {"kind": "forest_cleared"}
+    # road on 3 rows, no_change on 2 (an empty list or None), forest on 1: 6 true kinds over 5 rows
+    changes = [[road], [road], [road, forest], [], None]
+    got = majority_baseline(changes)
+    # "road" alone: tp 3, fp 2, fn 3 -> F1 6/11; "road + no_change": tp 5, fp 5, fn 1 -> F1 10/16 (the best);
+    # all three: tp 6, fp 9, fn 0 -> F1 12/21
+    assert got["kinds"] == ["road_built", "no_change"]
+    assert got["grounding_f1"] == pytest.approx(10 / 16)
+    assert got["grounding_precision"] == pytest.approx(5 / 10) and got["grounding_recall"] == pytest.approx(5 / 6)
+    assert got["grounding_rows"] == 5
+    # the same numbers as scoring a model that always writes that answer
+    always = grounding_scores(["a road; nothing else changed"] * 5, changes, extract=lambda _: set(got["kinds"]))
+    assert always["grounding_f1"] == got["grounding_f1"]
+    with pytest.raises(ValueError, match="no row"):
+        majority_baseline([])

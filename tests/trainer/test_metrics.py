@@ -143,3 +143,106 @@ def test_bertscore_bf16_is_close_to_float32_and_says_so():
     fast, info = metrics.bertscore_f1(preds, refs, bf16=True)
     assert fast == pytest.approx(exact, abs=5e-3)
     assert "bfloat16" in info.detail
+
+
+# --- one encoder pass for both (issue 22): the same numbers as the libraries, within 1e-6 in float32 -------------
+
+BERT_PREDS = ["A new road was built.", "", "Trees were cut down in the north."]
+BERT_REFS = [["A road has been built."], ["Nothing changed."], ["A forest was cleared.", "Trees were removed."]]
+SBERT_PREDS = ["A new road was built.", "The lake shrank.", "identical text"]
+SBERT_REFS = [["A road has been built."], ["A forest was cleared.", "The lake is smaller."], ["identical text"]]
+
+
+def _minilm_encoder(layer=6):
+    from trainer.evaluation.shared_encoder import SharedEncoder, mean_pooling_max_length
+
+    return SharedEncoder(metrics.minilm_path(), layer, mean_pooling_max_length(metrics.minilm_path()))
+
+
+def test_default_models_share_one_encoder_and_others_do_not(tmp_path):
+    from trainer.evaluation.metric_sets import EncoderOptions, shared_encoder_for
+
+    assert shared_encoder_for(EncoderOptions()) == _minilm_encoder()
+    assert (
+        shared_encoder_for(EncoderOptions(bertscore_model=metrics.minilm_path(), bertscore_layers=4)).bertscore_layer
+        == 4
+    )
+    # another sentence model than BERTScore's: each metric from its own library
+    assert shared_encoder_for(EncoderOptions(sbert_model=str(tmp_path))) is None
+
+
+def test_mean_pooling_is_recognised_and_other_poolings_are_not(tmp_path):
+    import shutil
+
+    from trainer.evaluation.shared_encoder import mean_pooling_max_length
+
+    assert mean_pooling_max_length(metrics.minilm_path()) == 256
+    copy = tmp_path / "cls"
+    shutil.copytree(metrics.minilm_path(), copy, ignore=shutil.ignore_patterns("*.safetensors"))
+    config = copy / "1_Pooling" / "config.json"
+    config.write_text(config.read_text().replace('"pooling_mode_cls_token": false', '"pooling_mode_cls_token": true'))
+    assert mean_pooling_max_length(copy) is None
+    assert mean_pooling_max_length(tmp_path) is None  # not a sentence-transformers folder
+
+
+@pytest.mark.parametrize("layer", [6, 4])
+def test_one_pass_equals_bert_score_and_sentence_transformers(layer):
+    import bert_score
+
+    from trainer.evaluation.shared_encoder import score_both
+
+    preds, refs = BERT_PREDS + SBERT_PREDS, BERT_REFS + SBERT_REFS
+    bert, cos, seconds = score_both(preds, refs, _minilm_encoder(layer))
+    expected, _ = metrics.bertscore_f1(preds, refs, model_type=metrics.minilm_path(), num_layers=layer)
+    assert bert == pytest.approx(expected, abs=1e-6) and bert[1] == 0.0
+    # and bert-score called directly, one row at a time (its batching plays no part)
+    _, _, f1 = bert_score.score([preds[2]], [refs[2]], model_type=metrics.minilm_path(), num_layers=layer)
+    assert bert[2] == pytest.approx(float(f1[0]), abs=1e-6)
+    reference_cos, _ = metrics.sbert_cosine(preds, refs)
+    assert cos == pytest.approx(reference_cos, abs=1e-6)
+    assert set(seconds) == {"encoder", "bertscore_matching", "sbert_pooling"}
+
+
+def test_a_sentence_longer_than_the_pooling_window_is_pooled_as_sentence_transformers_truncates_it():
+    from trainer.evaluation.shared_encoder import score_both
+
+    long = " ".join(["a wide new road was built between the northern fields and the river"] * 24)  # ~340 tokens
+    preds, refs = [long, "a road was built"], [["a new road was built near the river"], [long]]
+    bert, cos, _ = score_both(preds, refs, _minilm_encoder())
+    expected_bert, _ = metrics.bertscore_f1(preds, refs)
+    expected_cos, _ = metrics.sbert_cosine(preds, refs)
+    assert bert == pytest.approx(expected_bert, abs=1e-6) and cos == pytest.approx(expected_cos, abs=1e-6)
+
+
+def test_each_distinct_sentence_goes_through_the_encoder_once_in_length_sorted_batches():
+    from trainer.evaluation import shared_encoder
+
+    encoder = _minilm_encoder()
+    _, model = shared_encoder._load(encoder.path, "fp32")
+    widths = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        refs = ["No change.", "A road was built in the north of the image.", "A lake grew."]
+        # LEVIR-CC-like: rows repeat references, predictions repeat too
+        emb = shared_encoder.embed(["No change.", "A lake grew.", *refs, *refs, "No change."], encoder, batch_size=2)
+    finally:
+        hook.remove()
+    assert len(emb.index) == 3 and sum(rows for rows, _ in widths) == 3
+    assert [width for _, width in widths] == sorted((width for _, width in widths), reverse=True)
+
+
+def test_fast_precisions_stay_close_and_say_so():
+    from trainer.evaluation.metric_sets import EncoderOptions, encoder_metrics
+
+    preds, refs = BERT_PREDS + SBERT_PREDS, BERT_REFS + SBERT_REFS
+    exact = encoder_metrics(preds, refs, EncoderOptions())
+    assert "one encoder pass shared" in exact.models["bertscore_f1"]["detail"]
+    # int8 quantizes activations too: up to ~0.1 off per row (measured in benchmarks/results/scoring.md)
+    for precision, tolerance in (("int8", 0.15), ("bf16", 0.01)):
+        fast = encoder_metrics(preds, refs, EncoderOptions(precision=precision))
+        for key in ("bertscore_f1", "sbert_cosine"):
+            assert fast.per_row[key] != exact.per_row[key], (precision, key)
+            assert fast.per_row[key] == pytest.approx(exact.per_row[key], abs=tolerance), (precision, key)
+            assert f"encoder in {precision}" in fast.models[key]["detail"]

@@ -125,3 +125,63 @@ def test_grounding_when_rows_carry_changes(tmp_path):
     result = json.loads(out.read_text())
     assert result["grounding_rows"] == 2 and "1 scored rows have no 'changes'" in result["grounding_note"]
     assert 0.0 <= result["grounding_f1"] <= 1.0
+
+
+def test_one_encoder_pass_by_default_and_a_fast_precision_prints_its_measured_deviation(tmp_path, capsys, monkeypatch):
+    from trainer.evaluation import shared_encoder
+
+    pred = _write(tmp_path / "p.jsonl", ROWS)
+    base = ["--predictions", str(pred), "--meteor", "false"]
+    assert main([*base, "--out", str(tmp_path / "exact.json")]) == 0
+    exact = json.loads((tmp_path / "exact.json").read_text())
+    assert exact["precision"] == {"encoder": "fp32", "deviation_from_fp32": None}
+    for key in ("bertscore_f1", "sbert_cosine"):
+        assert "one encoder pass shared by bertscore_f1 and sbert_cosine" in exact["models"][key]["detail"]
+    # the libraries' own values on the same rows (macro means)
+    preds = [r["prediction"] for r in ROWS]
+    refs = [r.get("references") or [r["reference"]] for r in ROWS]
+    assert exact["bertscore_f1"] == pytest.approx(sum(metrics.bertscore_f1(preds, refs)[0]) / 4, abs=1e-6)
+    assert exact["sbert_cosine"] == pytest.approx(sum(metrics.sbert_cosine(preds, refs)[0]) / 4, abs=1e-6)
+    breakdown = {"encoder", "bertscore_matching", "sbert_pooling", "rouge", "bleu"}
+    assert {"rouge_bleu", "sbert_cosine", "bertscore_f1", "levircc", *breakdown} <= set(exact["timings_s"])
+
+    measured = {
+        "bertscore_f1": {"max_abs": 0.061, "mean_abs": 0.038},
+        "sbert_cosine": {"max_abs": 0.06, "mean_abs": 0.02},
+    }
+    deviation = tmp_path / "precision_deviation.json"
+    deviation.write_text(
+        json.dumps({"measured": "2026-12-06", "rows": 6042, "precisions": {"int8": {"deviation": measured}}})
+    )
+    monkeypatch.setattr(shared_encoder, "DEVIATION_FILE", deviation)
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "int8.json"), "--precision", "int8"]) == 0
+    fast = json.loads((tmp_path / "int8.json").read_text())
+    assert fast["precision"]["encoder"] == "int8" and fast["precision"]["deviation_from_fp32"]["deviation"] == measured
+    assert (
+        "at most bertscore_f1 6.1e-02, sbert_cosine 6.0e-02 on the benchmark rows"
+        in fast["models"]["bertscore_f1"]["detail"]
+    )
+    printed = capsys.readouterr().out
+    assert "encoder in int8: per-row deviation from fp32 at most bertscore_f1 6.1e-02 (mean 3.8e-02)" in printed
+    assert "measured on 6042 benchmark rows on 2026-12-06" in printed
+
+
+def test_bertscore_bf16_is_precision_bf16_and_contradictions_are_refused(tmp_path, capsys):
+    pred = _write(tmp_path / "p.jsonl", ROWS[:1])
+    args = [
+        "--predictions",
+        str(pred),
+        "--out",
+        str(tmp_path / "m.json"),
+        "--meteor",
+        "false",
+        "--model_metrics",
+        "false",
+    ]
+    assert main([*args, "--bertscore_bf16", "true"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["precision"]["encoder"] == "bf16"
+    assert main([*args, "--bertscore_bf16", "true", "--precision", "int8"]) == 2
+    assert "contradicts --precision int8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not a precision this scorer knows
+        main([*args, "--precision", "fp8"])

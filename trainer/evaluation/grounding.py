@@ -15,6 +15,7 @@ from dataset_builder.changes import extract_change_kinds
 
 
 NO_CHANGE = "no_change"
+_HEADLINE = ("grounding_precision", "grounding_recall", "grounding_f1")
 
 
 def true_kinds(changes: Sequence[dict] | None) -> set[str]:
@@ -104,3 +105,32 @@ def grounding_scores(
             "f1": f,
         }
     return out
+
+
+def majority_baseline(changes: Sequence[Sequence[dict] | None]) -> dict:
+    """The score of always giving one answer: the split's most common change kinds, from its ground truth alone.
+
+    Kinds (``no_change`` among them) are ranked by the number of rows holding them; the answer names the ``k`` most
+    common, ``k`` chosen for the best micro F1 (the fewest kinds on a tie). It is scored by :func:`grounding_scores`,
+    as a model's captions are: the bar a model must clear to show it looks at the images.
+
+    Args:
+        changes: The true ``changes`` list of each row (empty = no change).
+
+    Returns:
+        ``kinds`` (the answer), ``grounding_precision``, ``grounding_recall``, ``grounding_f1``, ``grounding_rows``.
+
+    Raises:
+        ValueError: If there is no row.
+    """
+    if not changes:
+        raise ValueError("no row: the majority answer needs the true changes of at least one row")
+    counts = Counter(kind for row_changes in changes for kind in true_kinds(row_changes))
+    ranked = sorted(counts, key=lambda kind: (-counts[kind], kind))
+    best: dict = {}
+    for k in range(1, len(ranked) + 1):
+        answer = set(ranked[:k])
+        scores = grounding_scores([""] * len(changes), changes, extract=lambda _text, answer=answer: answer)
+        if not best or scores["grounding_f1"] > best["grounding_f1"]:
+            best = {"kinds": ranked[:k], **{key: scores[key] for key in (*_HEADLINE, "grounding_rows")}}
+    return best

