@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData, SpaceHardware
 
 from dataset_builder.atomic import write_json, write_text
 from dataset_builder.card import write_dataset_card
@@ -214,8 +214,6 @@ def space_settings(
     Raises:
         ValueError: For a hardware name the Hub does not know, or an id that is not ``ORG/NAME``.
     """
-    from huggingface_hub import SpaceHardware
-
     hardware = hardware or DEFAULT_SPACE_HARDWARE
     known = [h.value for h in SpaceHardware]
     if hardware not in known:
