@@ -28,6 +28,7 @@ __all__ = [
     "SPACE_CONFIG_FILE",
     "CardArguments",
     "main",
+    "read_space_settings",
     "render_model_card",
     "render_space_card",
     "space_settings",
@@ -269,6 +270,25 @@ def render_space_card(
             config_file=SPACE_CONFIG_FILE,
         )
     )
+
+
+def read_space_settings(folder: Path) -> dict:
+    """What a Space folder's ``space_config.json`` names, as keyword arguments of :func:`write_space_release`.
+
+    Returns:
+        Any of ``model_repo_id``, ``dataset_repo_id``, ``base_model``, ``hardware``; ``{}`` without the file.
+
+    Raises:
+        ValueError: If the file is not a JSON object (naming it).
+    """
+    data = _load(Path(folder) / SPACE_CONFIG_FILE)
+    keys = {
+        "adapter": "model_repo_id",
+        "dataset": "dataset_repo_id",
+        "base_model": "base_model",
+        "hardware": "hardware",
+    }
+    return {keys[k]: v for k, v in data.items() if k in keys and v}
 
 
 def write_space_release(

@@ -16,7 +16,6 @@ import ast
 import functools
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import re
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from model_cards.render import SPACE_CONFIG_FILE, write_space_release
+from model_cards.render import SPACE_CONFIG_FILE, read_space_settings, write_space_release
 from upload.staging import staged_files
 
 
@@ -217,33 +216,6 @@ def space_requirements(closure: Closure) -> list[str]:
     return lines
 
 
-def folder_settings(folder: Path) -> dict:
-    """The settings a folder already holds (its ``space_config.json``, e.g. from ``geollava-card space``), or {}.
-
-    Returns:
-        ``model_repo_id``, ``dataset_repo_id``, ``base_model``, ``hardware`` (those the file names).
-
-    Raises:
-        ValueError: If the file is not a JSON object.
-    """
-    path = Path(folder) / SPACE_CONFIG_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    keys = {
-        "adapter": "model_repo_id",
-        "dataset": "dataset_repo_id",
-        "base_model": "base_model",
-        "hardware": "hardware",
-    }
-    return {keys[k]: v for k, v in data.items() if k in keys and v}
-
-
 def requirements_text(closure: Closure) -> str:
     """The Space's ``requirements.txt``: :func:`space_requirements` under a header that says where they come from."""
     header = (
@@ -270,10 +242,7 @@ def stage_space(
     out: Path | str,
     *,
     repo_id: str,
-    model_repo_id: str | None = None,
-    dataset_repo_id: str | None = None,
-    base_model: str | None = None,
-    hardware: str | None = None,
+    **release: str | None,
 ) -> Path:
     """Write the Space repo for the app in ``folder`` into the empty folder ``out``.
 
@@ -285,11 +254,9 @@ def stage_space(
         folder: The app's folder (``spaces_demo/`` or a copy).
         out: Where to stage it (created; must be empty).
         repo_id: The Space's Hub id (shown in its card).
-        model_repo_id: Hub id of the adapter it serves.
-        dataset_repo_id: Hub id of the dataset it names.
-        base_model: Hub id of the base model (default: the adapter's ``base_model_name_or_path``).
-        hardware: The Hub hardware name its card suggests.
-        Each of the four defaults to what ``folder``'s own ``space_config.json`` says (:func:`folder_settings`).
+        **release: What it serves, any of ``model_repo_id`` (the adapter's Hub id), ``base_model`` (default: the
+            adapter's ``base_model_name_or_path``), ``dataset_repo_id``, ``hardware`` (a Hub hardware name); each
+            defaults to what ``folder``'s own ``space_config.json`` says (``model_cards.render.read_space_settings``).
 
     Returns:
         ``out``.
@@ -303,8 +270,10 @@ def stage_space(
         raise FileNotFoundError(f"{folder}: no app.py (a Space folder holds the app, e.g. spaces_demo/)")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: not empty")
-    given = {"model_repo_id": model_repo_id, "dataset_repo_id": dataset_repo_id, "base_model": base_model}
-    settings = folder_settings(folder) | {k: v for k, v in (given | {"hardware": hardware}).items() if v}
+    unknown = set(release) - {"model_repo_id", "base_model", "dataset_repo_id", "hardware"}
+    if unknown:
+        raise ValueError(f"{sorted(unknown)}: not a setting of a Space")
+    settings = read_space_settings(folder) | {k: v for k, v in release.items() if v}
     if not settings.get("model_repo_id"):
         logger.warning("the Space names no adapter: pass --model-repo-id, or set ADAPTER_ID in the Space's variables")
     closure = import_closure(folder / "app.py")

@@ -154,3 +154,12 @@ def test_pushed_space_holds_the_bundle_and_the_hub_reads_its_card(hub_server, tm
         assert (pulled / rel).is_file(), rel
     assert (pulled / "trainer/models/loading.py").read_bytes() == (ROOT / "trainer/models/loading.py").read_bytes()
     assert not (pulled / "__init__.py").exists() and not (pulled / "model_cards").exists()
+
+
+def test_a_broken_settings_file_in_the_folder_is_named(tmp_path):
+    (tmp_path / "app.py").write_text("import os\n")
+    (tmp_path / "space_config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"space_config.json: expected a JSON object"):
+        stage_space(tmp_path, tmp_path / "out", repo_id="geo-org/demo")
+    with pytest.raises(ValueError, match="not a setting"):
+        stage_space(tmp_path, tmp_path / "out", repo_id="geo-org/demo", model_id="a/b")
