@@ -23,10 +23,9 @@ import sys
 from pathlib import Path
 
 from huggingface_hub import SpaceCard
-from packaging.requirements import Requirement
 
 from model_cards.validate import validate_card
-from upload.space_bundle import canonical
+from upload.space_bundle import canonical, split_requirement
 from upload.staging import staged_files
 
 
@@ -79,7 +78,7 @@ def _script_requirements(folder: Path, scripts: list[Path], widget: bool) -> lis
         if top not in owners:
             raise ValueError(f"{folder}: a script imports {top!r}, which no installed distribution provides")
         dists.add(canonical(owners[top][0]))
-    named = {canonical(Requirement(r).name) for r in fixed} | {"gradio"}  # gradio: the card's sdk_version
+    named = {split_requirement(r)[0] for r in fixed} | {"gradio"}  # gradio: the card's sdk_version
     return fixed + sorted(dists - named)
 
 

@@ -23,8 +23,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.requirements import Requirement
-
 from model_cards.render import SPACE_CONFIG_FILE, read_space_settings, write_space_release
 from upload.staging import staged_files
 
@@ -58,6 +56,21 @@ GENERATED = ("README.md", "requirements.txt", SPACE_CONFIG_FILE)
 def canonical(name: str) -> str:
     """A distribution name in PEP 503 normal form (``Pillow`` -> ``pillow``, ``huggingface_hub`` -> ...-hub)."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*([^;]*?)\s*(?:;(.*))?$")
+
+
+def split_requirement(text: str) -> tuple[str, str, str]:
+    """``(canonical name, version specifier, marker)`` of a requirement line such as ``pytest>=8; extra == "dev"``.
+
+    Raises:
+        ValueError: If ``text`` is not a requirement.
+    """
+    match = _REQUIREMENT.match(text)
+    if not match:
+        raise ValueError(f"{text!r}: not a requirement")
+    return canonical(match.group(1)), match.group(2).replace(" ", ""), (match.group(3) or "").strip()
 
 
 @dataclass
@@ -176,9 +189,9 @@ def _declared() -> dict[str, str]:
     """The project's own requirements (``pyproject.toml``, as installed): canonical name -> requirement text."""
     declared = {}
     for text in importlib.metadata.requires("geollava") or []:
-        requirement = Requirement(text)
-        if requirement.marker is None or "extra" not in str(requirement.marker):
-            declared[canonical(requirement.name)] = f"{canonical(requirement.name)}{requirement.specifier}"
+        name, specifier, marker = split_requirement(text)
+        if "extra" not in marker:
+            declared[name] = f"{name}{specifier}"
     return declared
 
 
