@@ -10,7 +10,7 @@ LONG ?=
 # a quickstart profile by name (scripts/quickstart.py --help); LONG=1 is PROFILE=long
 PROFILE ?=
 
-.PHONY: quickstart test bench gpu-check lint format demo venv clean
+.PHONY: quickstart test bench gpu-check lint format demo space-check venv clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,13 @@ format: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
+
+# The Space as huggingface.co would build it: pushed to a loopback Hub, pulled into an empty folder, installed into a
+# fresh venv from its requirements.txt alone, started with no checkout on the path, one pair through gradio_client
+# checked against geollava-predict. Minutes (the venv install): not part of `make test`. Timings:
+# benchmarks/results/space_check.md.
+space-check: $(STAMP)
+	$(BIN)/python scripts/space_check.py
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -11,9 +11,11 @@ import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 #: Parquet row groups of 100 rows, as `datasets` writes image datasets (the Hub's viewer pages by row group).
@@ -121,9 +123,13 @@ def write_json(
 
 
 def write_parquet(
-    table: pa.Table, path: str | Path, *, row_group_size: int | None = ROW_GROUP_ROWS, fsync: bool = False
+    table: "pa.Table", path: str | Path, *, row_group_size: int | None = ROW_GROUP_ROWS, fsync: bool = False
 ) -> Path:
     """Write a Parquet shard atomically, in row groups of ``row_group_size`` rows; returns ``path``."""
+    # pyarrow here, not at the top: the Space ships this module (through the pruning masks' writer) and installs
+    # no pyarrow; only the builder writes Parquet.
+    import pyarrow.parquet as pq
+
     with atomic_path(path, fsync=fsync) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size)
     return Path(path)

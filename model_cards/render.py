@@ -4,8 +4,9 @@
 
 ``dataset`` renders ``README.md`` of a built dataset folder from its build report and shards; ``model`` renders the
 adapter folder's ``README.md`` from ``run_summary.json``, ``pruning.json`` and ``metrics.json`` (``model-index`` with
-the evaluation's metric keys); ``space`` writes the Space's ``README.md`` front matter. Every card is validated
-offline (its YAML parses back into the Hub's card-data classes) before it is written.
+the evaluation's metric keys); ``space`` writes the Space's ``README.md`` and ``space_config.json`` (which base and
+adapter it serves, its dataset and suggested hardware). Every card is validated offline (its YAML parses back into
+the Hub's card-data classes) before it is written.
 """
 
 import json
@@ -15,15 +16,25 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, SpaceCard, SpaceCardData, SpaceHardware
 
-from dataset_builder.atomic import write_text
+from dataset_builder.atomic import write_json, write_text
 from dataset_builder.card import write_dataset_card
 from model_cards.cli import parse_kind_folder_args
 from model_cards.validate import validate_card, validate_card_file
 
 
-__all__ = ["CardArguments", "main", "render_model_card", "render_space_card", "validate_card"]
+__all__ = [
+    "SPACE_CONFIG_FILE",
+    "CardArguments",
+    "main",
+    "read_space_settings",
+    "render_model_card",
+    "render_space_card",
+    "space_settings",
+    "validate_card",
+    "write_space_release",
+]
 
 
 logger = logging.getLogger(__name__)
@@ -179,10 +190,57 @@ def render_model_card(
     return str(card)
 
 
-def render_space_card(repo_id: str, model_repo_id: str | None, dataset_repo_id: str | None) -> str:
-    """The Space README (front matter for the Hub + a short body)."""
-    import gradio
+#: The Space's settings, written beside its app.py: which base and adapter it serves (``BASE_MODEL_ID`` and
+#: ``ADAPTER_ID`` override them), the dataset it names and the hardware it suggests. spaces_demo/app.py reads it.
+SPACE_CONFIG_FILE = "space_config.json"
+#: ZeroGPU: the app loads on the CPU and moves the model to the GPU inside its ``@spaces.GPU`` function.
+DEFAULT_SPACE_HARDWARE = "zero-a10g"
 
+
+def space_settings(
+    model_repo_id: str | None,
+    dataset_repo_id: str | None,
+    base_model: str | None = None,
+    hardware: str | None = None,
+) -> dict:
+    """The Space's settings (``space_config.json``): base model, adapter, dataset and suggested hardware.
+
+    Args:
+        model_repo_id: Hub id of the adapter the Space serves.
+        dataset_repo_id: Hub id of the dataset it was trained on.
+        base_model: Hub id of the base model (``None``: the adapter's own ``base_model_name_or_path``, read by the
+            app when it starts).
+        hardware: The Hub's hardware name the card suggests (default :data:`DEFAULT_SPACE_HARDWARE`).
+
+    Raises:
+        ValueError: For a hardware name the Hub does not know, or an id that is not ``ORG/NAME``.
+    """
+    hardware = hardware or DEFAULT_SPACE_HARDWARE
+    known = [h.value for h in SpaceHardware]
+    if hardware not in known:
+        raise ValueError(f"hardware: {hardware!r} is not a Space hardware of the Hub ({', '.join(known)})")
+    for name, value in (
+        ("model_repo_id", model_repo_id),
+        ("dataset_repo_id", dataset_repo_id),
+        ("base_model", base_model),
+    ):
+        if value is not None and not REPO_ID.match(value):
+            raise ValueError(f"{name}: {value!r} is not a Hub id of the form ORG/NAME")
+    return {"base_model": base_model, "adapter": model_repo_id, "dataset": dataset_repo_id, "hardware": hardware}
+
+
+def render_space_card(
+    repo_id: str,
+    model_repo_id: str | None,
+    dataset_repo_id: str | None,
+    base_model: str | None = None,
+    hardware: str | None = None,
+) -> str:
+    """The Space README: front matter for the Hub (models, dataset, suggested hardware) and a short body."""
+    import gradio  # the card's sdk_version is the gradio this app is written and tested with
+
+    settings = space_settings(model_repo_id, dataset_repo_id, base_model, hardware)
+    models = [m for m in (model_repo_id, base_model) if m]
     data = SpaceCardData(
         title="GeoLLaVA demo",
         sdk="gradio",
@@ -190,7 +248,7 @@ def render_space_card(repo_id: str, model_repo_id: str | None, dataset_repo_id: 
         python_version="3.11",
         app_file="app.py",
         license="apache-2.0",
-        models=[model_repo_id] if model_repo_id else None,
+        models=models or None,
         datasets=[dataset_repo_id] if dataset_repo_id else None,
         tags=["remote-sensing", "change-captioning", "geollava"],
         short_description="Describe what changed between two satellite images",
@@ -198,13 +256,59 @@ def render_space_card(repo_id: str, model_repo_id: str | None, dataset_repo_id: 
         colorFrom="blue",
         colorTo="green",
         pinned=False,
+        suggested_hardware=settings["hardware"],
     )
-    return str(SpaceCard.from_template(data, template_path=str(TEMPLATES / "space_readme.md"), model=model_repo_id))
+    return str(
+        SpaceCard.from_template(
+            data,
+            template_path=str(TEMPLATES / "space_readme.md"),
+            model=model_repo_id,
+            base_model=base_model,
+            dataset=dataset_repo_id,
+            hardware=settings["hardware"],
+            repo_id=repo_id,
+            config_file=SPACE_CONFIG_FILE,
+        )
+    )
+
+
+def read_space_settings(folder: Path) -> dict:
+    """What a Space folder's ``space_config.json`` names, as keyword arguments of :func:`write_space_release`.
+
+    Returns:
+        Any of ``model_repo_id``, ``dataset_repo_id``, ``base_model``, ``hardware``; ``{}`` without the file.
+
+    Raises:
+        ValueError: If the file is not a JSON object (naming it).
+    """
+    data = _load(Path(folder) / SPACE_CONFIG_FILE)
+    keys = {
+        "adapter": "model_repo_id",
+        "dataset": "dataset_repo_id",
+        "base_model": "base_model",
+        "hardware": "hardware",
+    }
+    return {keys[k]: v for k, v in data.items() if k in keys and v}
+
+
+def write_space_release(
+    folder: Path,
+    repo_id: str,
+    model_repo_id: str | None = None,
+    dataset_repo_id: str | None = None,
+    base_model: str | None = None,
+    hardware: str | None = None,
+) -> Path:
+    """Write the Space's ``README.md`` (validated) and ``space_config.json`` into ``folder``; returns the README."""
+    text = render_space_card(repo_id, model_repo_id, dataset_repo_id, base_model, hardware)
+    validate_card(text, "space")
+    write_json(Path(folder) / SPACE_CONFIG_FILE, space_settings(model_repo_id, dataset_repo_id, base_model, hardware))
+    return _write(Path(folder), text)
 
 
 USAGE = (
     "geollava-card {dataset,model,space} FOLDER --repo-id ORG/NAME [--metrics METRICS_JSON] "
-    "[--dataset-repo-id ORG/NAME] [--model-repo-id ORG/NAME] [--base-model HUB_ID]"
+    "[--dataset-repo-id ORG/NAME] [--model-repo-id ORG/NAME] [--base-model HUB_ID] [--hardware zero-a10g]"
 )
 
 
@@ -219,7 +323,12 @@ class CardArguments:
     dataset_repo_id: str | None = field(default=None, metadata={"help": "ORG/NAME of the dataset (model, space)."})
     model_repo_id: str | None = field(default=None, metadata={"help": "ORG/NAME of the adapter the Space serves."})
     base_model: str | None = field(
-        default=None, metadata={"help": "Hub id of the base model (model cards; default: the adapter's own)."}
+        default=None,
+        metadata={"help": "Hub id of the base model (model cards, the Space; default: the adapter's own)."},
+    )
+    hardware: str | None = field(
+        default=None,
+        metadata={"help": f"The Space's suggested hardware, a Hub hardware name (default {DEFAULT_SPACE_HARDWARE})."},
     )
 
     def __post_init__(self):
@@ -251,14 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.kind == "dataset":
             target = write_dataset_card(folder, repo_id=args.repo_id)
             validate_card_file(target, "dataset")
-        else:
-            if args.kind == "model":
-                metrics = Path(args.metrics) if args.metrics else None
-                text = render_model_card(folder, args.repo_id, metrics, args.dataset_repo_id, args.base_model)
-            else:
-                text = render_space_card(args.repo_id, args.model_repo_id, args.dataset_repo_id)
+        elif args.kind == "model":
+            metrics = Path(args.metrics) if args.metrics else None
+            text = render_model_card(folder, args.repo_id, metrics, args.dataset_repo_id, args.base_model)
             validate_card(text, args.kind)
             target = _write(folder, text)
+        else:
+            target = write_space_release(
+                folder, args.repo_id, args.model_repo_id, args.dataset_repo_id, args.base_model, args.hardware
+            )
     except (FileNotFoundError, KeyError, ValueError, json.JSONDecodeError) as err:
         print(f"geollava-card: {err}", file=sys.stderr)
         return 1

@@ -2,8 +2,10 @@
 
     BASE_MODEL_ID=outputs/quickstart/base ADAPTER_ID=outputs/quickstart/adapter python spaces_demo/app.py
 
-The base model and the adapter (with its pruning masks) are named by environment variables, local paths or Hub ids,
-so the same app runs a 7B model on a GPU Space and the quickstart's tiny model on a CPU. It calls the same function as
+The base model and the adapter (with its pruning masks) are named by ``space_config.json`` beside this file (written
+by ``geollava-push space``), or by the environment variables ``BASE_MODEL_ID`` and ``ADAPTER_ID`` (local paths or Hub
+ids), which override it; without a base, the adapter's own ``base_model_name_or_path`` is used. So the same app runs
+a 7B model on a GPU Space and the quickstart's tiny model on a CPU. It calls the same function as
 ``geollava-predict``, so both give the same text for the same pair.
 
 Device: the model is loaded on the CPU and moved, inside the ``@spaces.GPU`` function, to ``GEOLLAVA_DEVICE``
@@ -11,6 +13,7 @@ Device: the model is loaded on the CPU and moved, inside the ``@spaces.GPU`` fun
 ``GEOLLAVA_DTYPE`` says otherwise: the same rule as ``geollava-eval --device`` (``trainer.models.device``).
 """
 
+import json
 import logging
 import os
 import threading
@@ -25,7 +28,7 @@ from dataset_builder.images import ImageTooLarge
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.evaluation.predict import describe_pair, read_image
 from trainer.models.device import place, resolve_device, resolve_dtype
-from trainer.models.loading import load_for_inference
+from trainer.models.loading import adapter_folder, load_for_inference
 
 
 try:  # ZeroGPU on Hugging Face Spaces; a pass-through everywhere else.
@@ -42,6 +45,9 @@ except ImportError:  # pragma: no cover - `spaces` is in the requirements; keep 
 logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
+#: Which base and adapter to serve, written beside the app by `geollava-push space` (model_cards.render's
+#: SPACE_CONFIG_FILE; the app cannot import model_cards, a stage the Space does not ship).
+CONFIG_FILE = Path(__file__).parent / "space_config.json"
 #: Larger inputs are resized (with a note): the model sees a few hundred pixels anyway.
 MAX_SIDE = int(os.environ.get("GEOLLAVA_MAX_SIDE", "2048"))
 DEFAULT_MAX_NEW_TOKENS = int(os.environ.get("GEOLLAVA_MAX_NEW_TOKENS", "128"))
@@ -63,14 +69,40 @@ _MODEL = {}
 _LOCK = threading.Lock()
 
 
+def model_ids() -> tuple[str, str | None]:
+    """The base model and the adapter to serve: ``BASE_MODEL_ID``/``ADAPTER_ID``, else :data:`CONFIG_FILE`.
+
+    A base named by neither is the adapter's own ``base_model_name_or_path`` (its ``adapter_config.json``).
+
+    Raises:
+        RuntimeError: If no base model can be found, or the config file is not a JSON object.
+    """
+    settings = {}
+    if CONFIG_FILE.is_file():
+        try:
+            settings = json.loads(CONFIG_FILE.read_text())
+        except json.JSONDecodeError as err:
+            raise RuntimeError(f"{CONFIG_FILE.name}: not valid JSON ({err})") from err
+        if not isinstance(settings, dict):
+            raise RuntimeError(f"{CONFIG_FILE.name}: expected a JSON object, got {type(settings).__name__}")
+    adapter = os.environ.get("ADAPTER_ID") or settings.get("adapter") or None
+    base = os.environ.get("BASE_MODEL_ID") or settings.get("base_model") or None
+    if not base and adapter:
+        config = adapter_folder(adapter) / "adapter_config.json"
+        base = json.loads(config.read_text()).get("base_model_name_or_path") if config.is_file() else None
+    if not base:
+        raise RuntimeError(
+            f"no base model: set BASE_MODEL_ID (a local path or a Hub id), or name it in {CONFIG_FILE.name} "
+            "(`geollava-push space ... --base-model ORG/NAME`)"
+        )
+    return base, adapter
+
+
 def get_model():
-    """Load (once) the base model + adapter named by ``BASE_MODEL_ID`` / ``ADAPTER_ID``."""
+    """Load (once) the base model + adapter named by :func:`model_ids`."""
     with _LOCK:
         if not _MODEL:
-            base = os.environ.get("BASE_MODEL_ID")
-            if not base:
-                raise RuntimeError("set BASE_MODEL_ID (a local path or a Hub id) to the base model")
-            adapter = os.environ.get("ADAPTER_ID") or None
+            base, adapter = model_ids()
             # ZeroGPU: load on the CPU; the GPU exists only inside @spaces.GPU functions (on_device moves it there).
             model, processor, family = load_for_inference(
                 base, adapter, dtype=os.environ.get("GEOLLAVA_DTYPE"), device="cpu"

@@ -1,6 +1,9 @@
-"""Push a dataset folder, an adapter folder or the Space to the Hub as ONE commit (a large folder: resumable parts).
+"""Push a dataset, an adapter, the Space or a metric to the Hub as ONE commit (a large folder: resumable parts).
 
     geollava-push dataset outputs/quickstart/dataset --repo-id my-org/geollava [--revision BRANCH] [--dry-run]
+    geollava-push space spaces_demo --repo-id my-org/geollava-demo --model-repo-id my-org/geollava-lora \
+        --base-model llava-hf/LLaVA-NeXT-Video-7B-hf --dataset-repo-id my-org/geollava [--hardware zero-a10g]
+    geollava-push metric outputs/metrics/geollava_metrics --repo-id my-org/geollava_metrics
 
 Creates the repo if needed, stages exactly what belongs to the artifact (``upload.staging``: never checkpoints or
 optimizer state) and uploads it with one ``upload_folder`` commit; LFS blobs go up before the commit, so a push cut
@@ -8,11 +11,17 @@ midway leaves no commit and a rerun sends only what is missing. A folder of more
 or ``--large-folder-bytes`` bytes (a full-scale dataset: 100K clips) is pushed in commits of ``--files-per-commit``
 files instead, which a rerun resumes where the last one stopped (``upload.large_push``). The endpoint comes from
 ``HF_ENDPOINT`` (huggingface.co by default) and the token from ``HF_TOKEN`` or the login cache; never printed.
+
+A Space is staged first into a temporary folder that stands alone (``upload.space_bundle``: the app, the project
+modules it imports, its inference-only requirements, ``space_config.json`` naming the base and adapter it serves,
+and its card); a metric (an ``evaluate`` module folder) is staged as the Hub's metric kind of Space
+(``upload.metric_space``: tagged ``evaluate`` and ``metric``), which ``evaluate.load("ORG/NAME")`` loads.
 """
 
 import logging
 import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +29,9 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants
 
 from model_cards.cli import parse_kind_folder_args
 from upload.large_push import push_in_parts
-from upload.staging import ALLOW, KINDS, staged_files
+from upload.metric_space import stage_metric
+from upload.space_bundle import stage_space
+from upload.staging import ALLOW, KINDS, REPO_TYPE, staged_files
 
 
 __all__ = ["PushArguments", "main", "push", "repo_url", "staged_files"]
@@ -29,9 +40,12 @@ logger = logging.getLogger(__name__)
 
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 USAGE = (
-    "geollava-push {dataset,model,space} FOLDER --repo-id ORG/NAME [--private] [--revision BRANCH] [--dry-run]\n"
-    "       [--large-folder-files N] [--large-folder-bytes B] [--files-per-commit K]"
+    "geollava-push {dataset,model,space,metric} FOLDER --repo-id ORG/NAME [--private] [--revision BRANCH]\n"
+    "       [--dry-run] [--large-folder-files N] [--large-folder-bytes B] [--files-per-commit K]\n"
+    "       space only: [--model-repo-id ORG/NAME] [--base-model ORG/NAME] [--dataset-repo-id ORG/NAME] [--hardware H]"
 )
+#: The flags of a Space push: what the Space serves (written into its space_config.json and card).
+SPACE_FLAGS = ("model_repo_id", "base_model", "dataset_repo_id", "hardware")
 #: Above either, a push is cut into resumable commits: one commit of thousands of files is slow and can time out.
 LARGE_FOLDER_FILES, LARGE_FOLDER_BYTES = 1000, 5_000_000_000
 #: The Hub recommends under 100 files a commit (hub docs, "Repository limitations and recommendations").
@@ -58,6 +72,16 @@ class PushArguments:
     files_per_commit: int = field(
         default=FILES_PER_COMMIT, metadata={"help": "Files per commit of a large push (the Hub advises under 100)."}
     )
+    model_repo_id: str | None = field(
+        default=None, metadata={"help": "Space: Hub id of the adapter it serves (default: its space_config.json's)."}
+    )
+    base_model: str | None = field(
+        default=None, metadata={"help": "Space: Hub id of the base model (default: the adapter's own base model)."}
+    )
+    dataset_repo_id: str | None = field(default=None, metadata={"help": "Space: Hub id of the dataset it names."})
+    hardware: str | None = field(
+        default=None, metadata={"help": "Space: the hardware its card suggests (a Hub name; default zero-a10g)."}
+    )
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -71,11 +95,18 @@ class PushArguments:
         for name in ("large_folder_files", "large_folder_bytes", "files_per_commit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: {getattr(self, name)} must be at least 1")
+        for name in SPACE_FLAGS:
+            if getattr(self, name) is not None and self.kind != "space":
+                raise ValueError(f"{name}: only a space push takes it (this is a {self.kind} push)")
+
+    def release(self) -> dict:
+        """The Space flags that were given, by name."""
+        return {name: getattr(self, name) for name in SPACE_FLAGS if getattr(self, name) is not None}
 
 
 def repo_url(kind: str, repo_id: str) -> str:
     """The repo's URL on the configured endpoint (``HF_ENDPOINT``)."""
-    prefix = {"dataset": "datasets/", "space": "spaces/", "model": ""}[kind]
+    prefix = {"dataset": "datasets/", "space": "spaces/", "model": ""}[REPO_TYPE[kind]]
     return f"{constants.ENDPOINT}/{prefix}{repo_id}"
 
 
@@ -90,11 +121,15 @@ def push(
     large_folder_files: int = LARGE_FOLDER_FILES,
     large_folder_bytes: int = LARGE_FOLDER_BYTES,
     files_per_commit: int = FILES_PER_COMMIT,
+    release: dict | None = None,
 ) -> dict:
     """Push ``folder`` as one commit, or in resumable commits when it is large.
 
+    A ``space`` or ``metric`` folder is staged first into a temporary folder (``upload.space_bundle``,
+    ``upload.metric_space``) and that is pushed.
+
     Args:
-        kind: ``dataset``, ``model`` or ``space``.
+        kind: ``dataset``, ``model``, ``space`` or ``metric``.
         folder: The artifact's folder.
         repo_id: ``ORG/NAME`` on the Hub.
         private: Create the repo private.
@@ -103,6 +138,8 @@ def push(
         large_folder_files: Above this many files, push in parts (``upload.large_push``).
         large_folder_bytes: Above this many bytes, push in parts.
         files_per_commit: Files per commit of a push in parts.
+        release: A Space's settings, any of ``model_repo_id``, ``base_model``, ``dataset_repo_id``, ``hardware``
+            (default: the folder's ``space_config.json``).
 
     Returns:
         The plan: ``kind``, ``repo_id``, ``url``, ``revision``, ``files`` (path + bytes), ``total_bytes``,
@@ -111,10 +148,35 @@ def push(
 
     Raises:
         FileNotFoundError: The folder is missing or holds nothing that belongs to a ``kind``.
+        ValueError: ``release`` for another kind than ``space``; what the Space or metric staging refuses.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
+    if release and kind != "space":
+        raise ValueError(f"{sorted(release)}: only a space push takes these (this is a {kind} push)")
+    options = {
+        "revision": revision,
+        "dry_run": dry_run,
+        "private": private,
+        "large": (large_folder_files, large_folder_bytes, files_per_commit),
+    }
+    if kind not in ("space", "metric"):
+        return _push_folder(kind, folder, repo_id, **options)
+    with tempfile.TemporaryDirectory(prefix=f"geollava-{kind}-") as tmp:
+        staged = Path(tmp) / "repo"
+        if kind == "space":
+            stage_space(folder, staged, repo_id=repo_id, **(release or {}))
+        else:
+            stage_metric(folder, staged, repo_id=repo_id)
+        return _push_folder(kind, staged, repo_id, **options)
+
+
+def _push_folder(
+    kind: str, folder: Path, repo_id: str, *, revision: str | None, dry_run: bool, private: bool, large: tuple
+) -> dict:
+    """The plan of pushing ``folder`` as it is (sent unless ``dry_run``); see :func:`push`."""
+    large_folder_files, large_folder_bytes, files_per_commit = large
     files = staged_files(kind, folder)
     if not files:
         raise FileNotFoundError(f"{folder}: nothing to push for a {kind} (expected e.g. {ALLOW[kind][:3]})")
@@ -139,7 +201,7 @@ def send(plan: dict, folder: Path, *, private: bool = False) -> dict:
     Returns:
         ``plan`` with ``commit`` (and ``parts``, ``resumed_files`` for a push in parts).
     """
-    kind, repo_id, paths = plan["kind"], plan["repo_id"], [f["path"] for f in plan["files"]]
+    kind, repo_id, paths = REPO_TYPE[plan["kind"]], plan["repo_id"], [f["path"] for f in plan["files"]]
     revision = None if plan["revision"] == "main" else plan["revision"]
     api = HfApi()
     api.create_repo(
@@ -147,7 +209,7 @@ def send(plan: dict, folder: Path, *, private: bool = False) -> dict:
     )
     if revision:
         api.create_branch(repo_id, branch=revision, repo_type=kind, exist_ok=True)
-    message = f"Upload {kind} with geollava-push ({len(paths)} files)"
+    message = f"Upload {plan['kind']} with geollava-push ({len(paths)} files)"
     if plan["files_per_commit"]:
         parts = push_in_parts(
             api,
@@ -191,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             large_folder_files=args.large_folder_files,
             large_folder_bytes=args.large_folder_bytes,
             files_per_commit=args.files_per_commit,
+            release=args.release(),
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"geollava-push: {err}", file=sys.stderr)

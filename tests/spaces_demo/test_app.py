@@ -1,3 +1,5 @@
+import json
+
 import av
 import numpy as np
 import pytest
@@ -96,3 +98,29 @@ def test_clip_with_two_frames_works_and_one_frame_is_refused(app, tmp_path):
 def test_blocks_build_with_examples_and_api(app):
     demo = app.build_demo()
     assert "describe" in str(demo.config)
+
+
+def test_model_ids_come_from_the_pushed_settings_and_the_variables_override_them(space_model, tmp_path, monkeypatch):
+    from model_cards.render import SPACE_CONFIG_FILE, write_space_release
+    from spaces_demo import app as module
+
+    base, adapter = space_model
+    assert module.CONFIG_FILE.name == SPACE_CONFIG_FILE  # the file geollava-push/geollava-card write
+    monkeypatch.setattr(module, "CONFIG_FILE", tmp_path / SPACE_CONFIG_FILE)
+    monkeypatch.delenv("BASE_MODEL_ID", raising=False)
+    monkeypatch.delenv("ADAPTER_ID", raising=False)
+    with pytest.raises(RuntimeError, match="no base model"):
+        module.model_ids()
+    write_space_release(tmp_path, "geo-org/demo", "geo-org/tiny-lora", None, "geo-org/tiny-base")
+    assert module.model_ids() == ("geo-org/tiny-base", "geo-org/tiny-lora")
+    monkeypatch.setenv("BASE_MODEL_ID", str(base))
+    monkeypatch.setenv("ADAPTER_ID", str(adapter))
+    assert module.model_ids() == (str(base), str(adapter))
+    # no base named anywhere: the adapter's own base_model_name_or_path
+    monkeypatch.delenv("BASE_MODEL_ID")
+    (tmp_path / SPACE_CONFIG_FILE).write_text(json.dumps({"adapter": "geo-org/tiny-lora"}))
+    own = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert own and module.model_ids() == (own, str(adapter))
+    (tmp_path / SPACE_CONFIG_FILE).write_text("[1, 2]")
+    with pytest.raises(RuntimeError, match="expected a JSON object"):
+        module.model_ids()
