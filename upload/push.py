@@ -3,7 +3,7 @@
     geollava-push dataset outputs/quickstart/dataset --repo-id my-org/geollava [--revision BRANCH] [--dry-run]
     geollava-push space spaces_demo --repo-id my-org/geollava-demo --model-repo-id my-org/geollava-lora \
         --base-model llava-hf/LLaVA-NeXT-Video-7B-hf --dataset-repo-id my-org/geollava [--hardware zero-a10g]
-    geollava-push metric outputs/metrics/geollava_metrics --repo-id my-org/geollava_metrics
+    geollava-push metric geollava_metrics --repo-id my-org/geollava_metrics   # or an evaluate module's folder
 
 Creates the repo if needed, stages exactly what belongs to the artifact (``upload.staging``: never checkpoints or
 optimizer state) and uploads it with one ``upload_folder`` commit; LFS blobs go up before the commit, so a push cut
@@ -28,6 +28,8 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 
 from model_cards.cli import parse_kind_folder_args
+from trainer.evaluation.hub_metrics.staging import MODULES as METRIC_MODULES
+from trainer.evaluation.hub_metrics.staging import stage_metric_module
 from upload.large_push import push_in_parts
 from upload.metric_space import stage_metric
 from upload.space_bundle import stage_space
@@ -57,7 +59,12 @@ class PushArguments:
     """What to push, where, and how."""
 
     kind: str = field(metadata={"help": f"What the folder holds: one of {', '.join(KINDS)} (first positional)."})
-    folder: str = field(metadata={"help": "The artifact's folder (second positional)."})
+    folder: str = field(
+        metadata={
+            "help": "The artifact's folder (second positional); for a metric, also a module of the project by name "
+            "(geollava_metrics, levircc_metrics), staged first."
+        }
+    )
     repo_id: str = field(metadata={"help": "ORG/NAME of the repo on the Hub (created if needed)."})
     private: bool = field(default=False, metadata={"help": "Create the repo private (an existing repo is unchanged)."})
     revision: str | None = field(default=None, metadata={"help": "Branch to commit to (created from main if needed)."})
@@ -88,8 +95,9 @@ class PushArguments:
             raise ValueError(f"kind: {self.kind!r} is not one of {KINDS}")
         if not REPO_ID.match(self.repo_id or ""):
             raise ValueError(f"repo_id: {self.repo_id!r} is not of the form ORG/NAME")
-        if not Path(self.folder).is_dir():
-            raise ValueError(f"folder: {self.folder!r} is not a folder")
+        if not Path(self.folder).is_dir() and not (self.kind == "metric" and self.folder in METRIC_MODULES):
+            known = f" or one of the project's metric modules {sorted(METRIC_MODULES)}" * (self.kind == "metric")
+            raise ValueError(f"folder: {self.folder!r} is not a folder{known}")
         if self.revision is not None and not self.revision.strip():
             raise ValueError(f"revision: {self.revision!r} is empty")
         for name in ("large_folder_files", "large_folder_bytes", "files_per_commit"):
@@ -150,6 +158,10 @@ def push(
         FileNotFoundError: The folder is missing or holds nothing that belongs to a ``kind``.
         ValueError: ``release`` for another kind than ``space``; what the Space or metric staging refuses.
     """
+    if kind == "metric" and not Path(folder).is_dir() and str(folder) in METRIC_MODULES:
+        with tempfile.TemporaryDirectory(prefix="geollava-metric-module-") as tmp:
+            module = stage_metric_module(str(folder), tmp, repo_id=repo_id)
+            return push(kind, module, repo_id, private=private, revision=revision, dry_run=dry_run)
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi, SpaceCard
+from huggingface_hub import SpaceCard
 
 from trainer.evaluation import metrics
 from trainer.evaluation.hub_metrics import stage_metric_module, staging
@@ -154,9 +154,12 @@ def test_a_module_loads_offline_without_the_project(staged, tmp_path):
 def test_a_pushed_module_loads_from_its_hub_id(hub_server, staged):
     import evaluate
 
-    api = HfApi()
-    api.create_repo("geo-org/levircc_metrics", repo_type="space", space_sdk="gradio", exist_ok=True)
-    api.upload_folder(folder_path=str(staged["levircc_metrics"]), repo_id="geo-org/levircc_metrics", repo_type="space")
+    from upload.push import main as push_main
+
+    # As the README deploys it: the project's module by name, staged and pushed as a metric Space.
+    assert push_main(["metric", "levircc_metrics", "--repo-id", "geo-org/levircc_metrics"]) == 0
+    card = SpaceCard.load("geo-org/levircc_metrics", repo_type="space")
+    assert {"evaluate", "metric"} <= set(card.data.tags)
     hub = evaluate.load("geo-org/levircc_metrics", download_mode="force_redownload")
     local = evaluate.load(str(staged["levircc_metrics"]))
     kwargs = {"predictions": PREDICTIONS, "references": REFERENCES, "meteor": False}
