@@ -73,28 +73,6 @@ def _check(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> N
             raise ValueError(f"row {i}: references must be a non-empty list of strings, got {refs!r}")
 
 
-def module_info(description: str, citation: str, inputs_description: str, reference_urls: list[str]):
-    """The ``evaluate.MetricInfo`` of a metric module: its texts, and inputs of a prediction and its references.
-
-    A row's references are a list of strings or one string; other arguments (``change_kinds``) are keywords.
-    """
-    import datasets
-    import evaluate
-
-    string = datasets.Value("string")
-    features = [
-        datasets.Features({"predictions": string, "references": datasets.Sequence(string)}),
-        datasets.Features({"predictions": string, "references": string}),
-    ]
-    return evaluate.MetricInfo(
-        description=description,
-        citation=citation,
-        inputs_description=inputs_description,
-        features=features,
-        reference_urls=reference_urls,
-    )
-
-
 def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 

@@ -16,8 +16,9 @@ import evaluate
 
 from dataset_builder.changes import CHANGE_KINDS
 from trainer.evaluation.grounding import NO_CHANGE
+from trainer.evaluation.metric_info import module_info
 from trainer.evaluation.metric_sets import EncoderOptions, geollava_set
-from trainer.evaluation.metrics import MINILM_BERTSCORE_LAYERS, PAPER_SBERT_MODEL, module_info
+from trainer.evaluation.metrics import MINILM_BERTSCORE_LAYERS, PAPER_SBERT_MODEL
 from trainer.evaluation.shared_encoder import PRECISIONS
 
 

@@ -13,7 +13,8 @@ rewrites the import below into an import of that copy).
 
 import evaluate
 
-from trainer.evaluation.metrics import coco_caption_metrics, module_info
+from trainer.evaluation.metric_info import module_info
+from trainer.evaluation.metrics import coco_caption_metrics
 
 
 _DESCRIPTION = """The change-captioning metrics of LEVIR-CC (RSICCformer, CCExpert): bleu1..bleu4 (option "closest"),

@@ -51,6 +51,7 @@ MODULES = {
 VENDORED = {
     "trainer.evaluation.metric_sets": "metric_sets",
     "trainer.evaluation.metrics": "metrics",
+    "trainer.evaluation.metric_info": "metric_info",
     "trainer.evaluation.shared_encoder": "shared_encoder",
     "trainer.evaluation.grounding": "grounding",
     "dataset_builder.changes": "changes",
