@@ -68,7 +68,12 @@ def test_a_staged_folder_carries_the_metric_code_with_relative_imports_only(stag
     # evaluate copies exactly the files the script imports itself: every copy, nothing missing
     imports = evaluate.loading.get_imports(str(folder / "geollava_metrics.py"))
     assert {name for kind, name, _, _ in imports if kind == "internal"} == copies
-    assert {p.stem for p in staged["levircc_metrics"].glob("*.py")} == {"levircc_metrics", "app", "metrics", "metric_info"}
+    assert {p.stem for p in staged["levircc_metrics"].glob("*.py")} == {
+        "levircc_metrics",
+        "app",
+        "metrics",
+        "metric_info",
+    }
     # the copies are the project's own code, byte for byte apart from the import lines
     project = Path(staging.__file__).parents[1] / "metrics.py"
     assert (folder / "metrics.py").read_text() == project.read_text()
