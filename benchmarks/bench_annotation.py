@@ -9,7 +9,6 @@ input-token error measures our implementation of the rule, not OpenAI's tokenize
 """
 
 import io
-import json
 import os
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from results_io import write_results  # noqa: E402
 
 from dataset_builder.annotation.base import AnnotationRequest  # noqa: E402
 from dataset_builder.annotation.cost import estimate_cost, load_price_table, pricing_for, request_input_tokens  # noqa: E402
@@ -136,9 +137,6 @@ def main() -> None:
         "expected_output_tokens": EXPECTED_OUTPUT_TOKENS,
         "prices": "dataset_builder/annotation/openai_prices.yaml",
     }
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "annotation.json").write_text(json.dumps(result, indent=2) + "\n")
     t = result["throughput"]
     lines = [
         "# Annotation benchmark",
@@ -169,8 +167,7 @@ def main() -> None:
             f"| {r['images']} | {r['api']} | {r['input_tokens_per_pair']:,} | {r['input_tokens']:,} | "
             f"{r['output_tokens']:,} | {r['cost_usd']:,.2f} | {r['max_cost_usd']:,.2f} |"
         )
-    (out / "annotation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_results("annotation", result, lines))
 
 
 if __name__ == "__main__":

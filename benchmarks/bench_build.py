@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_io import write_results
+
 from dataset_builder.build import BuildConfig, build
 from dataset_builder.fmow import scan_fmow
 from dataset_builder.frames import encode_jpeg, load_frame, write_mp4
@@ -77,9 +79,9 @@ def main():
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "build.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "build.md").write_text(
+    write_results(
+        "build",
+        result,
         "# Build benchmark\n\n"
         f"{result['pairs']} pairs from {result['images_seen']} synthetic {IMAGE_SIZE}px images, frames "
         f"{FRAME_SIZE}px, 100 rows per shard, {result['cores']} cores (shared); one run of `bench_build.py`.\n\n"
@@ -87,7 +89,7 @@ def main():
         f"| {result['pairs_per_s']} | {result['images_per_s']} | {result['build_seconds']} "
         f"| {result['floor_seconds']} | {result['ratio_to_floor']} |\n\n"
         f"`--num-proc 2`: {result['build_seconds_num_proc_2']} s ({result['speedup_num_proc_2']}× the 1-process "
-        f"build). Output {result['output_mb']} MB; peak RSS of the benchmark process {result['peak_rss_mb']} MB.\n"
+        f"build). Output {result['output_mb']} MB; peak RSS of the benchmark process {result['peak_rss_mb']} MB.\n",
     )
     print(json.dumps(result))
 

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_io import write_results
+
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -43,8 +45,6 @@ def main() -> int:
         "load_average_1min": round(os.getloadavg()[0], 2),
         "parsers": counts["parsers"],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fuzz.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Fuzz campaign (hypothesis, derandomized)",
         "",
@@ -60,8 +60,7 @@ def main() -> int:
         lines.append(f"| {parser} | {tests} | {info['inputs']} | {outcomes} |")
     total = sum(info["inputs"] for info in result["parsers"].values())
     lines += ["", f"{total} inputs in all; no unhandled exception (pytest exit status {proc.returncode})."]
-    (RESULTS / "fuzz.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_results("fuzz", result, lines))
     return proc.returncode
 
 

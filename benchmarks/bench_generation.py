@@ -6,7 +6,6 @@ Goal (issue 7): >= 4x rows/s at batch 16 on 2 CPU cores, outputs equal to batch 
 Writes benchmarks/results/generation.json and .md.
 """
 
-import json
 import os
 import platform
 import sys
@@ -20,6 +19,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from results_io import write_results  # noqa: E402
 
 from dataset_builder.prompts import PROMPT_TEMPLATES  # noqa: E402
 from trainer.evaluation.generation import generate_batch  # noqa: E402
@@ -78,9 +79,6 @@ def main():
         "goal": "speed-up >= 4x at batch 16, outputs equal to batch 1",
         "goal_met": results[16]["speedup_vs_batch_1"] >= 4 and results[16]["equal_to_batch_1"],
     }
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "generation.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
         "# Batched generation (tiny model, CPU)",
         "",
@@ -93,9 +91,8 @@ def main():
     for bs, r in results.items():
         equal = "yes" if r["equal_to_batch_1"] else f"no ({r['n_differing_rows']} rows differ)"
         lines.append(f"| {bs} | {r['seconds']} | {r['rows_per_s']} | {r['speedup_vs_batch_1']}x | {equal} |")
-    lines += ["", f"Goal (>= 4x at batch 16, equal outputs): {'met' if summary['goal_met'] else 'NOT met'}.", ""]
-    (out / "generation.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    lines += ["", f"Goal (>= 4x at batch 16, equal outputs): {'met' if summary['goal_met'] else 'NOT met'}."]
+    print(write_results("generation", summary, lines))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_io import write_results  # noqa: E402
+
 from dataset_builder.atomic import write_parquet  # noqa: E402
 from dataset_builder.rows import features  # noqa: E402
 from upload.loopback import serve_hub  # noqa: E402
@@ -150,9 +152,7 @@ def main() -> None:
     if build.exists():
         pairs_per_s = json.loads(build.read_text())["pairs_per_s"]
         result["build_hours_at_paper_scale"] = round(PAPER_PAIRS / pairs_per_s / 3600, 2)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "push.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "push.md").write_text(render(result))
+    write_results("push", result, render(result))
     print(json.dumps(result))
 
 

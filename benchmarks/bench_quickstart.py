@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from results_io import write_results
+
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -95,13 +97,9 @@ def markdown(result: dict) -> str:
 def main() -> int:
     reports = [run_once(i) for i in range(RUNS)]
     result = summarize(reports)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     # the default profile's are the quickstart's numbers; a check with another profile gets its own files
     name = "quickstart" if PROFILE == "default" else f"quickstart_{PROFILE.replace('-', '_')}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (RESULTS / f"{name}.md").write_text(text)
-    print(text)
+    print(write_results(name, result, markdown(result)))
     return 0
 
 

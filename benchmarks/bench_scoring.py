@@ -13,7 +13,6 @@ prints with the metrics of a fast precision.
 """
 
 import datetime
-import json
 import os
 import platform
 import random
@@ -27,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from results_io import write_results  # noqa: E402
+
+from dataset_builder.atomic import write_json  # noqa: E402
 from trainer.evaluation import metrics, shared_encoder  # noqa: E402
 from trainer.evaluation.metric_sets import (  # noqa: E402
     EncoderOptions,
@@ -257,12 +259,9 @@ def main():
         "target_met": max(geo_wall / floor, geo_cpu / (floor_encoder_cpu + floor_rouge_cpu)) <= TARGET_RATIO,
         "fast_precisions": fast,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scoring.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = write_markdown(result)
-    (RESULTS / "scoring.md").write_text(markdown)
+    markdown = write_results("scoring", result, write_markdown(result))
     stored = {"measured": result["measured"], "rows": N_ROWS, "cpu": result["cpu"], "precisions": fast}
-    shared_encoder.DEVIATION_FILE.write_text(json.dumps(stored, indent=2) + "\n")
+    write_json(shared_encoder.DEVIATION_FILE, stored, indent=2)
     print(markdown)
 
 

@@ -35,48 +35,49 @@ PEAK_TFLOPS = (
 )
 
 
+def _llama(vocab: int, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, positions: int, **kw):
+    """A Llama (Vicuna) language model config: untied embeddings, pad/BOS/EOS 0/1/2 as in Vicuna's tokenizer."""
+    sizes = {
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+    }
+    sizes |= {"num_attention_heads": heads, "num_key_value_heads": kv_heads, "max_position_embeddings": positions}
+    return LlamaConfig(**sizes, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, **kw)
+
+
+def _clip(hidden: int, intermediate: int, layers: int, heads: int, image: int, patch: int, **kw) -> CLIPVisionConfig:
+    """A CLIP vision tower config."""
+    sizes = {"hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers}
+    return CLIPVisionConfig(**sizes, num_attention_heads=heads, image_size=image, patch_size=patch, **kw)
+
+
+def _llava_next_video(text: LlamaConfig, vision: CLIPVisionConfig, **kw) -> LlavaNextVideoConfig:
+    """The two towers joined as LLaVA-NeXT-Video joins them: the penultimate vision layer, CLS dropped."""
+    return LlavaNextVideoConfig(
+        text_config=text,
+        vision_config=vision,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        tie_word_embeddings=False,
+        **kw,
+    )
+
+
 def real_config() -> LlavaNextVideoConfig:
     """LLaVA-NeXT-Video-7B-hf's config, written out (values of the Hub ``config.json``)."""
-    text = LlamaConfig(
-        vocab_size=32064,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        hidden_act="silu",
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
-    )
-    return LlavaNextVideoConfig(
-        vision_config=vision,
-        text_config=text,
+    return _llava_next_video(
+        _llama(32064, 4096, 11008, layers=32, heads=32, kv_heads=32, positions=4096, rms_norm_eps=1e-5),
+        _clip(1024, 4096, layers=24, heads=16, image=336, patch=14, projection_dim=768, layer_norm_eps=1e-5),
         image_token_index=32001,
         video_token_index=32000,
         projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
         image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
         spatial_pool_mode="average",
         spatial_pool_stride=2,
         image_seq_length=576,
         video_seq_length=288,
-        tie_word_embeddings=False,
     )
 
 
@@ -186,33 +187,14 @@ def peak_tflops(device_name: str, override: float | None) -> float | None:
 
 def tiny_config() -> LlavaNextVideoConfig:
     """The same structure at test size (64 wide, 2 layers, 32 px): the dry run on a CPU."""
-    text = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    return LlavaNextVideoConfig(
-        text_config=text,
-        vision_config=vision,
+    return _llava_next_video(
+        _llama(128, 64, 128, layers=2, heads=4, kv_heads=2, positions=256),
+        _clip(64, 128, layers=2, heads=2, image=32, patch=8),
         video_token_index=126,
         image_token_index=127,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
         image_grid_pinpoints=[[32, 64], [64, 32], [64, 64]],
         image_seq_length=16,
         video_seq_length=8,
-        tie_word_embeddings=False,
     )
 
 

@@ -344,18 +344,13 @@ class CardArguments:
             raise ValueError(f"metrics: {self.metrics!r} is not a file")
 
 
-def parse_args(argv: list[str] | None = None) -> CardArguments:
-    """Parse ``KIND FOLDER --repo-id ...`` (the two positionals become ``--kind``/``--folder``)."""
-    return parse_kind_folder_args(
-        CardArguments, argv, prog="geollava-card", usage=USAGE, description=__doc__.splitlines()[0]
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-card``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        args = parse_args(argv)
+        args = parse_kind_folder_args(
+            CardArguments, argv, prog="geollava-card", usage=USAGE, description=__doc__.splitlines()[0]
+        )
         folder = Path(args.folder)
         if args.kind == "dataset":
             target = write_dataset_card(folder, repo_id=args.repo_id)

@@ -243,18 +243,13 @@ def send(plan: dict, folder: Path, *, private: bool = False) -> dict:
     return plan | {"commit": getattr(commit, "oid", None)}
 
 
-def parse_args(argv: list[str] | None = None) -> PushArguments:
-    """Parse ``KIND FOLDER --repo-id ...`` (the two positionals become ``--kind``/``--folder``)."""
-    return parse_kind_folder_args(
-        PushArguments, argv, prog="geollava-push", usage=USAGE, description=__doc__.splitlines()[0]
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-push``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        args = parse_args(argv)
+        args = parse_kind_folder_args(
+            PushArguments, argv, prog="geollava-push", usage=USAGE, description=__doc__.splitlines()[0]
+        )
         plan = push(
             args.kind,
             args.folder,

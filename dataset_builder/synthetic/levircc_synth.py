@@ -78,6 +78,35 @@ def references_for(change: dict | None, rng: np.random.Generator) -> list[str]:
     return [f" {text} ." for text in picks]
 
 
+def make_split_folders(root: Path, split: str) -> None:
+    """Create ``images/{split}/A`` and ``images/{split}/B`` under ``root``: where the official layout keeps a split."""
+    for side in ("A", "B"):
+        (root / "images" / split / side).mkdir(parents=True, exist_ok=True)
+
+
+def caption_entry(
+    split: str, filename: str, imgid: int, first_sentid: int, raws: list[str], changed: bool | None
+) -> dict:
+    """One pair's entry of ``LevirCCcaptions.json`` as the official release writes it.
+
+    Args:
+        split: ``train``, ``val`` or ``test`` (also the entry's ``filepath``).
+        filename: The PNG's name in ``images/{split}/A`` and ``B``.
+        imgid: The pair's running number over the whole file.
+        first_sentid: The running number of its first sentence.
+        raws: Its reference sentences, as the release spells them (leading space, spaced full stop).
+        changed: Its ``changeflag``; ``None`` leaves the field out (as older copies of the release do).
+    """
+    sentences = [
+        {"tokens": raw.split(), "raw": raw, "imgid": imgid, "sentid": first_sentid + i} for i, raw in enumerate(raws)
+    ]
+    entry = {"filepath": split, "filename": filename, "imgid": imgid, "split": split}
+    entry |= {"sentids": [s["sentid"] for s in sentences], "sentences": sentences}
+    if changed is not None:
+        entry["changeflag"] = int(changed)
+    return entry
+
+
 def generate_levircc(root: Path, pairs: int, seed: int = 0, size: int = 256) -> dict:
     """Write a synthetic LEVIR-CC tree.
 
@@ -99,8 +128,7 @@ def generate_levircc(root: Path, pairs: int, seed: int = 0, size: int = 256) -> 
     plan = {"train": max(1, left), **plan}
     images, imgid, sentid = [], 0, 0
     for split, count in plan.items():
-        for side in ("A", "B"):
-            (root / "images" / split / side).mkdir(parents=True, exist_ok=True)
+        make_split_folders(root, split)
         for k in range(count):
             filename = f"{split}_{k + 1:06d}.png"
             scene = random_scene(rng)
@@ -114,23 +142,10 @@ def generate_levircc(root: Path, pairs: int, seed: int = 0, size: int = 256) -> 
                 target = root / "images" / split / side / filename
                 with atomic_path(target) as tmp:
                     render(state, size, size, rng).save(tmp, format="PNG")
-            sentences = [
-                {"tokens": raw.split(), "raw": raw, "imgid": imgid, "sentid": sentid + i}
-                for i, raw in enumerate(references_for(change, rng))
-            ]
-            images.append(
-                {
-                    "filepath": split,
-                    "filename": filename,
-                    "imgid": imgid,
-                    "split": split,
-                    "sentids": [s["sentid"] for s in sentences],
-                    "sentences": sentences,
-                    "changeflag": int(change is not None),
-                }
-            )
+            raws = references_for(change, rng)
+            images.append(caption_entry(split, filename, imgid, sentid, raws, change is not None))
             imgid += 1
-            sentid += len(sentences)
+            sentid += len(raws)
     target = root / "LevirCCcaptions.json"
     write_json(target, {"images": images}, indent=None)
     return plan

@@ -229,15 +229,15 @@ def diff_scenes(before: dict, after: dict) -> list[dict]:
     def box_change(kind: str, box: list[float]) -> None:
         changes.append({"kind": kind, "location": location_of(*_centre(box)), "size": size_of(box[2] * box[3])})
 
-    def boxes(items: list[dict]) -> list[list[float]]:
-        return [item["box"] for item in items]
+    def new_boxes(kind: str, layer: str, old: dict, new: dict) -> None:
+        """One ``kind`` change per box of ``layer`` in ``new`` and not in ``old``."""
+        old_boxes = [item["box"] for item in old[layer]]
+        for box in (item["box"] for item in new[layer]):
+            if box not in old_boxes:
+                box_change(kind, box)
 
-    for box in boxes(after["buildings"]):
-        if box not in boxes(before["buildings"]):
-            box_change("building_built", box)
-    for box in boxes(before["buildings"]):
-        if box not in boxes(after["buildings"]):
-            box_change("building_demolished", box)
+    new_boxes("building_built", "buildings", before, after)
+    new_boxes("building_demolished", "buildings", after, before)
     old_roads = {(r["axis"], r["pos"]): r["width"] for r in before["roads"]}
     for road in after["roads"]:
         key, point = (road["axis"], road["pos"]), location_of(*_road_point(road))
@@ -248,12 +248,8 @@ def diff_scenes(before: dict, after: dict) -> list[dict]:
         if old is not None and road["width"] > old:
             size = size_of(road["width"] - old)
             changes.append({"kind": "road_widened", "location": location_of(*_road_point(road)), "size": size})
-    for box in boxes(after["construction"]):
-        if box not in boxes(before["construction"]):
-            box_change("field_to_construction", box)
-    for box in boxes(before["forests"]):
-        if box not in boxes(after["forests"]):
-            box_change("forest_cleared", box)
+    new_boxes("field_to_construction", "construction", before, after)
+    new_boxes("forest_cleared", "forests", after, before)
     if before["water"] and after["water"] and before["water"]["level"] != after["water"]["level"]:
         old, new = before["water"]["level"], after["water"]["level"]
         changes.append(

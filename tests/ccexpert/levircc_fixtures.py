@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dataset_builder.synthetic.levircc_synth import caption_entry, make_split_folders
+
 
 CHANGED = [
     " a road has been built along the river .",
@@ -35,8 +37,7 @@ def write_levircc_tree(
     rng = np.random.default_rng(seed)
     images, imgid, sentid = [], 0, 0
     for split, count in pairs.items():
-        for side in ("A", "B"):
-            (root / "images" / split / side).mkdir(parents=True, exist_ok=True)
+        make_split_folders(root, split)
         for k in range(count):
             filename = f"{split}_{3 * k // 2:06d}.png"
             before = rng.integers(0, 120, (size, size, 3), dtype=np.uint8)
@@ -47,22 +48,9 @@ def write_levircc_tree(
             Image.fromarray(before).save(root / "images" / split / "A" / filename)
             Image.fromarray(after).save(root / "images" / split / "B" / filename)
             raws = CHANGED if changed else UNCHANGED
-            sentences = [
-                {"tokens": raw.split(), "raw": raw, "imgid": imgid, "sentid": sentid + i} for i, raw in enumerate(raws)
-            ]
-            entry = {
-                "filepath": split,
-                "filename": filename,
-                "imgid": imgid,
-                "split": split,
-                "sentids": [s["sentid"] for s in sentences],
-                "sentences": sentences,
-            }
-            if changeflag:
-                entry["changeflag"] = int(changed)
-            images.append(entry)
+            images.append(caption_entry(split, filename, imgid, sentid, raws, changed if changeflag else None))
             imgid += 1
-            sentid += len(sentences)
+            sentid += len(raws)
     data = {"images": images}
     (root / "LevirCCcaptions.json").write_text(json.dumps(data))
     return data

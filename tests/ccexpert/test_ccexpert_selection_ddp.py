@@ -6,15 +6,14 @@ Run as a script by ``accelerate launch``, this file is the worker: the real ``tr
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import trainer.sft
+from tests.trainer.helpers import launch_two_processes
 from trainer.evaluation.selection import BestBySmCallback
-from upload.loopback import free_port
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,37 +59,11 @@ def test_two_processes_evaluate_and_save_on_the_main_process_only(tmp_path):
     base = build_tiny_model("ccexpert", tmp_path / "base", image_size=32, corpus=["what difference happened"])
     marks, out = tmp_path / "marks", tmp_path / "s3"
     marks.mkdir()
-    env = {**os.environ, "GEOLLAVA_RANK_DIR": str(marks), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "trainer/recipes/accelerate_configs/cpu_2proc.yaml",
-        "--main_process_port",
-        str(free_port()),
-        __file__,
-        "--config",
-        "trainer/recipes/ccexpert/tiny_stage3.yaml",
-        "--model_name_or_path",
-        str(base),
-        "--dataset_name",
-        str(tmp_path / "ds"),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "4",
-        "--per_device_train_batch_size",
-        "2",
-        "--selection_every_steps",
-        "2",
-        "--selection_max_rows",
-        "4",
-        "--disable_tqdm",
-        "true",
-    ]
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    options = {"config": "trainer/recipes/ccexpert/tiny_stage3.yaml", "model_name_or_path": base}
+    options |= {"dataset_name": tmp_path / "ds", "output_dir": out, "max_steps": 4, "per_device_train_batch_size": 2}
+    options |= {"selection_every_steps": 2, "selection_max_rows": 4, "disable_tqdm": "true"}
+    launch = ["--config_file", "trainer/recipes/accelerate_configs/cpu_2proc.yaml"]
+    launch_two_processes(__file__, launch, options, {"GEOLLAVA_RANK_DIR": str(marks)}, timeout=400)
 
     marked = sorted(p.name for p in marks.iterdir())
     evaluations = [m for m in marked if m.startswith("_evaluate-")]

@@ -6,7 +6,6 @@ Run as a script by ``accelerate launch``, this file is the worker: it runs the r
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from safetensors.torch import load_file, save_file
 import trainer.sft
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from dataset_builder.rows import features
+from tests.trainer.helpers import launch_two_processes
 from trainer.tiny.models import build_tiny_model
-from upload.loopback import free_port
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east.", "No change.", "USER: ASSISTANT:"]
@@ -88,49 +87,12 @@ def test_two_process_cpu_run_agrees(tmp_path):
     model = build_tiny_model("llava-next-video", tmp_path / "model", image_size=32, corpus=CORPUS)
     out, ranks = tmp_path / "adapter", tmp_path / "ranks"
     ranks.mkdir()
-    env = {
-        **os.environ,
-        "GEOLLAVA_RANK_DIR": str(ranks),
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "MASTER_ADDR": "127.0.0.1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "trainer/recipes/accelerate_configs/multi_gpu.yaml",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--main_process_ip",
-        "127.0.0.1",
-        "--main_process_port",
-        str(free_port()),
-        __file__,
-        "--config",
-        "trainer/recipes/tiny/lora.yaml",
-        "--model_name_or_path",
-        str(model),
-        "--dataset_name",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        str(STEPS),
-        "--per_device_train_batch_size",
-        str(BATCH),
-        "--logging_steps",
-        "1",
-        "--disable_tqdm",
-        "true",
-    ]
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    launch = ["--config_file", "trainer/recipes/accelerate_configs/multi_gpu.yaml", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--main_process_ip", "127.0.0.1"]
+    options = {"config": "trainer/recipes/tiny/lora.yaml", "model_name_or_path": model, "dataset_name": data}
+    options |= {"output_dir": out, "max_steps": STEPS, "per_device_train_batch_size": BATCH, "logging_steps": 1}
+    env = {"GEOLLAVA_RANK_DIR": str(ranks), "MASTER_ADDR": "127.0.0.1"}
+    launch_two_processes(__file__, launch, options | {"disable_tqdm": "true"}, env, timeout=240)
 
     records = [json.loads((ranks / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 and r["global_step"] == STEPS for r in records)

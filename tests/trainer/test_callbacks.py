@@ -6,12 +6,14 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig, TrainerCallback
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from dataset_builder.rows import features
+from tests.trainer.helpers import tiny_sft_args
 from trainer.models.families import build_messages, get_family
+from trainer.models.loading import quantization_config
 from trainer.models.masks import MASKS_FILE, load_masks, mask_sparsity
 from trainer.tiny.models import build_tiny_model
 from trainer.training.callbacks import CALLBACKS, PruningCallback, get_callbacks
@@ -82,25 +84,11 @@ def _load(path, **kwargs):
 
 
 def _args(out, **kwargs):
-    defaults = dict(
-        output_dir=str(out),
-        max_steps=4,
-        per_device_train_batch_size=2,
-        learning_rate=1e-2,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_steps=2,
-        remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,
-        bf16=False,
-        activation_checkpointing=False,
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
-    return SFTConfig(**{**defaults, **kwargs})
+    # TRL's SFTConfig as the project's trainer sets it up for the video collator (no dataset preparation)
+    defaults = {"max_steps": 4, "per_device_train_batch_size": 2, "save_steps": 2, "remove_unused_columns": False}
+    defaults |= {"dataset_kwargs": {"skip_prepare_dataset": True}, "max_length": None, "bf16": False}
+    defaults |= {"activation_checkpointing": False, "report_to": "none"}
+    return tiny_sft_args(SFTConfig, out, **(defaults | kwargs))
 
 
 def _lora():
@@ -261,13 +249,8 @@ def test_wanda_callback_calibrates_on_training_batches(tiny_path, dataset, tmp_p
 
 # ---- QLoRA ----------------------------------------------------------------------------------------------------------
 def _bnb_4bit():
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float32,
-        llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
-    )
+    """The project's own QLoRA config (NF4, double quantization; vision and lm_head kept), fp32 compute on CPU."""
+    return quantization_config(get_family("llava-next-video"), compute_dtype=torch.float32)
 
 
 def test_qlora_trains_on_a_pruned_copy_and_saves_its_masks(tiny_path, dataset, tmp_path):

@@ -4,14 +4,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from datasets import Dataset
 from PIL import Image as PILImage
 
 from dataset_builder.prompts import PROMPT_TEMPLATES, human_turn
 from dataset_builder.rows import features
+from tests.trainer.helpers import tiny_base_and_adapter
 from trainer.evaluation.run_eval import main, row_prompt_and_references
-from trainer.tiny.models import build_tiny_model
 
 
 CAPTIONS = [
@@ -36,16 +35,8 @@ CHANGES = [
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    from trainer.models.families import get_family
-
     root = tmp_path_factory.mktemp("eval")
-    base = build_tiny_model("llava-next-video", root / "base", image_size=32, corpus=CORPUS)
-    lora = LoraConfig(r=4, target_modules=get_family("llava-next-video").lora_target_modules, init_lora_weights=False)
-    torch.manual_seed(0)
-    get_peft_model(AutoModelForImageTextToText.from_pretrained(base), lora).save_pretrained(root / "adapter")
+    base, adapter = tiny_base_and_adapter("llava-next-video", root, CORPUS)
 
     rng = np.random.default_rng(0)
     n = len(CAPTIONS)
@@ -70,7 +61,7 @@ def tiny_run(tmp_path_factory):
         "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: test\n"
         "    path: data/default/test-*.parquet\n---\n# tiny\n"
     )
-    return base, root / "adapter", data
+    return base, adapter, data
 
 
 def test_eval_end_to_end_every_metric_report_plots_and_resume(tiny_run, tmp_path, capsys):

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
+from tests.trainer.helpers import tiny_base_and_adapter
 from trainer.evaluation.predict import describe_pair, main, read_image
 from trainer.models.loading import load_for_inference
-from trainer.tiny.models import build_tiny_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east. Nothing changed."]
@@ -19,17 +19,8 @@ CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east. Nothin
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    from trainer.models.families import get_family
-
     root = tmp_path_factory.mktemp("predict")
-    base = build_tiny_model("video-llava", root / "base", image_size=32, corpus=CORPUS)
-    lora = LoraConfig(r=4, target_modules=get_family("video-llava").lora_target_modules, init_lora_weights=False)
-    torch.manual_seed(0)
-    get_peft_model(AutoModelForImageTextToText.from_pretrained(base), lora).save_pretrained(root / "adapter")
-    return base, root / "adapter"
+    return tiny_base_and_adapter("video-llava", root, CORPUS)
 
 
 @pytest.fixture()

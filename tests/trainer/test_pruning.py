@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+from transformers import AutoModelForImageTextToText
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.models.families import get_family
+from trainer.models.loading import quantization_config
 from trainer.models.masks import apply_masks, load_masks, mask_sparsity
 from trainer.tiny.models import build_tiny_model
 from trainer.training.pruning import (
@@ -223,13 +224,8 @@ def test_wanda_on_a_model_prunes_each_row_equally(tiny_path):
 
 # ---- quantized bases ------------------------------------------------------------------------------------------------
 def _bnb_4bit():
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float32,
-        llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
-    )
+    """The project's own QLoRA config (NF4, double quantization; vision and lm_head kept), fp32 compute on CPU."""
+    return quantization_config(get_family("llava-next-video"), compute_dtype=torch.float32)
 
 
 def test_pruning_a_packed_4bit_base_raises(tiny_path):

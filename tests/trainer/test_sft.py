@@ -13,6 +13,7 @@ from trl import SFTTrainer
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from dataset_builder.rows import features
+from tests.trainer.helpers import tiny_sft_args
 from trainer.models.families import FAMILIES
 from trainer.models.loading import load_for_inference
 from trainer.models.masks import load_masks
@@ -66,19 +67,8 @@ def tiny_path(tmp_path_factory):
 
 
 def _sft(out, **kwargs):
-    defaults = dict(
-        output_dir=str(out),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
-    return GeoSFTConfig(**{**defaults, **kwargs})
+    defaults = {"max_steps": 3, "per_device_train_batch_size": 4, "save_strategy": "no"}
+    return tiny_sft_args(GeoSFTConfig, out, **(defaults | kwargs))
 
 
 def _train(path, family, dataset, out, model_kwargs=None, **sft_kwargs):

@@ -15,20 +15,10 @@ def _touch(root, *paths):
 
 
 def test_model_staging_never_carries_training_state(tmp_path):
-    keep = [
-        "README.md",
-        "adapter_config.json",
-        "adapter_model.safetensors",
-        "pruning_masks.safetensors",
-        "pruning.json",
-        "run_summary.json",
-        "metrics.json",
-        "training_curves.png",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "processor_config.json",
-        "chat_template.jinja",
-    ]
+    # the adapter, its masks and processor, the card, the evaluation and the run's summary
+    adapter = ["adapter_config.json", "adapter_model.safetensors", "pruning_masks.safetensors", "pruning.json"]
+    processor = ["tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"]
+    keep = ["README.md", "metrics.json", "training_curves.png", "run_summary.json", *adapter, *processor]
     drop = [
         "optimizer.pt",
         "scheduler.pt",

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless backend
 
 from dataset_builder.atomic import atomic_path, write_text
+from trainer.evaluation.metric_sets import LEVIRCC_KEYS
 
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ PAPER_TABLE1: dict[str, tuple[float, float, float, float, float]] = {
 PLOT_ROWS = ("Video-LLaVA base", "Video-LLaVA 100K LoRA", "LLaVA-NeXT 100K QLoRA", "LLaVA-NeXT 10K Prune 5%")
 #: CCExpert-7B on LEVIR-CC (its table gives these x100).
 CCEXPERT_7B = {"bleu4": 0.6549, "meteor": 0.4182, "rougeL_coco": 0.7655, "cider_d": 1.4332, "s_m": 0.8180}
-LEVIRCC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL_coco", "cider_d", "s_m")
 
 PLOTS = {
     "paper": "metrics_vs_paper.png",

@@ -35,18 +35,8 @@ PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
 #: What produced predictions.jsonl; a resumed run must match it, or it would mix two models' outputs.
 GENERATION_FILE = "generation_config.json"
-GENERATION_KEYS = (
-    "model",
-    "adapter",
-    "dataset",
-    "config",
-    "split",
-    "max_new_tokens",
-    "load_in_4bit",
-    "dtype",
-    "do_sample",
-    "num_beams",
-)
+GENERATION_KEYS = ("model", "adapter", "dataset", "config", "split")  # what was captioned
+GENERATION_KEYS += ("max_new_tokens", "load_in_4bit", "dtype", "do_sample", "num_beams")  # and how
 
 
 @dataclass

@@ -10,6 +10,11 @@ import numpy as np
 from PIL import Image
 
 
+def lm_projections(prefix: str = "language_model") -> str:
+    """LoRA target regex: the attention and MLP projections of the language model under ``prefix``."""
+    return rf".*{prefix}\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+
+
 @dataclass(frozen=True)
 class Family:
     """What the rest of the project needs to know about one model family.
@@ -21,9 +26,10 @@ class Family:
         visual: ``"video"`` (the two frames as one 2-frame clip) or ``"images"`` (two image slots).
         vision_modules: In-memory module prefixes of the vision tower(s) and projector: frozen by default, never
             quantized, never pruned.
-        language_model: In-memory prefix of the language model.
-        lora_target_modules: Default LoRA target regex: attention and MLP projections of the language model only.
         example_model_id: The real checkpoint this family is used with.
+        language_model: In-memory prefix of the language model (all five families: ``model.language_model``).
+        lora_target_modules: Default LoRA target regex: attention and MLP projections of the language model only
+            (:func:`lm_projections`).
     """
 
     name: str
@@ -31,15 +37,13 @@ class Family:
     model_class: str
     visual: str
     vision_modules: tuple[str, ...]
-    language_model: str
-    lora_target_modules: str
     example_model_id: str
+    language_model: str = "model.language_model"
+    lora_target_modules: str = lm_projections()
 
 
-def lm_projections(prefix: str = "language_model") -> str:
-    """LoRA target regex: the attention and MLP projections of the language model under ``prefix``."""
-    return rf".*{prefix}\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
-
+#: The LLaVA layout's vision tower and projector, which LLaVA-NeXT-Video, LLaVA-OneVision and CCExpert extend.
+LLAVA_VISION = ("model.vision_tower", "model.multi_modal_projector")
 
 FAMILIES: dict[str, Family] = {
     family.name: family
@@ -49,9 +53,7 @@ FAMILIES: dict[str, Family] = {
             model_type="llava_next_video",
             model_class="LlavaNextVideoForConditionalGeneration",
             visual="video",
-            vision_modules=("model.vision_tower", "model.multi_modal_projector", "model.vision_resampler"),
-            language_model="model.language_model",
-            lora_target_modules=lm_projections(),
+            vision_modules=(*LLAVA_VISION, "model.vision_resampler"),
             example_model_id="llava-hf/LLaVA-NeXT-Video-7B-hf",
         ),
         Family(
@@ -60,30 +62,24 @@ FAMILIES: dict[str, Family] = {
             model_class="VideoLlavaForConditionalGeneration",
             visual="video",
             vision_modules=("model.image_tower", "model.video_tower", "model.multi_modal_projector"),
-            language_model="model.language_model",
-            lora_target_modules=lm_projections(),
             example_model_id="LanguageBind/Video-LLaVA-7B-hf",
         ),
         Family(
+            # As a 2-frame video: 2 x 196 + 1 tokens on the real models, against anyres tiling (thousands) for images.
             name="llava-onevision",
             model_type="llava_onevision",
             model_class="LlavaOnevisionForConditionalGeneration",
-            # As a 2-frame video: 2 x 196 + 1 tokens on the real models, against anyres tiling (thousands) for images.
             visual="video",
-            vision_modules=("model.vision_tower", "model.multi_modal_projector"),
-            language_model="model.language_model",
-            lora_target_modules=lm_projections(),
+            vision_modules=LLAVA_VISION,
             example_model_id="llava-hf/llava-onevision-qwen2-7b-ov-hf",
         ),
         Family(
+            # Two images: as a video, the 2 frames are one temporal patch and the two dates fuse into the same tokens.
             name="qwen2.5-vl",
             model_type="qwen2_5_vl",
             model_class="Qwen2_5_VLForConditionalGeneration",
-            # Two images: as a video, the 2 frames are one temporal patch and the two dates fuse into the same tokens.
             visual="images",
             vision_modules=("model.visual",),
-            language_model="model.language_model",
-            lora_target_modules=lm_projections(),
             example_model_id="Qwen/Qwen2.5-VL-7B-Instruct",
         ),
     )

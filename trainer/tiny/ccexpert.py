@@ -18,7 +18,7 @@ from transformers import (
 from trainer.models.ccexpert.configuration_ccexpert import CCExpertConfig
 from trainer.models.ccexpert.modeling_ccexpert import CCExpertForConditionalGeneration
 from trainer.models.ccexpert.template import CCEXPERT_CHAT_TEMPLATE, CCEXPERT_PROMPT, CCEXPERT_SYSTEM
-from trainer.tiny.families import TinyModelConfig, onevision_processor, siglip_config, text_kwargs
+from trainer.tiny.families import TinyModelConfig, onevision_processor, save_tiny, siglip_config, text_kwargs
 from trainer.tiny.tokenizer import build_tokenizer, chatml_tokenizer, token_ids, tokenizer_corpus
 
 
@@ -103,13 +103,7 @@ def build_tiny_ccexpert(
     model, processor = ccexpert_model_and_processor(
         cfg, tokenizer, token_ids(tokenizer), vision_layers=vision_layers, gate_init=gate_init
     )
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    n_params = sum(p.numel() for p in model.parameters())
+    out, n_params = save_tiny(model, processor, out_dir)
     module_params = sum(p.numel() for p in model.model.integration_module.parameters())
     info = {"family": "ccexpert", "parameters": n_params, "integration_module_parameters": module_params}
     info |= {"vocab_size": len(processor.tokenizer), "vision_layers": vision_layers, **vars(cfg)}

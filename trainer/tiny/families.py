@@ -1,6 +1,7 @@
 """Tiny configs of the four families: real transformers classes, tiny sizes, random weights."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -117,6 +118,10 @@ def text_kwargs(cfg: TinyModelConfig, tokenizer, ids: dict) -> dict:
     )
 
 
+# The processor side of a CLIP tower read with its CLS token dropped ("default"): one extra token per image.
+CLIP_PROCESSOR = {"vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
+
+
 def clip_config(cfg: TinyModelConfig, patch: int) -> CLIPVisionConfig:
     """A tiny CLIP vision tower config (LLaVA-NeXT-Video, Video-LLaVA)."""
     return CLIPVisionConfig(
@@ -130,22 +135,33 @@ def clip_config(cfg: TinyModelConfig, patch: int) -> CLIPVisionConfig:
     )
 
 
+def _clip_llama(cfg: TinyModelConfig, tokenizer, ids: dict) -> dict:
+    """The config fields LLaVA-NeXT-Video and Video-LLaVA share.
+
+    A CLIP tower read at its penultimate layer (CLS token dropped), a Llama language model with untied embeddings,
+    and the two visual tokens.
+    """
+    return {
+        "vision_config": clip_config(cfg, cfg.patch_size),
+        "text_config": LlamaConfig(**text_kwargs(cfg, tokenizer, ids)),
+        "image_token_index": ids["image"],
+        "video_token_index": ids["video"],
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "tie_word_embeddings": False,
+    }
+
+
 def _llava_next_video(cfg: TinyModelConfig, tokenizer, ids: dict):
     patch, size = cfg.patch_size, cfg.image_size
     pinpoints = [[size, size], [size, 2 * size], [2 * size, size]]
     config = LlavaNextVideoConfig(
-        vision_config=clip_config(cfg, patch),
-        text_config=LlamaConfig(**text_kwargs(cfg, tokenizer, ids)),
-        image_token_index=ids["image"],
-        video_token_index=ids["video"],
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
+        **_clip_llama(cfg, tokenizer, ids),
         image_grid_pinpoints=pinpoints,
         spatial_pool_mode="average",
         spatial_pool_stride=2,  # the processor hard-codes the //4 of a stride-2 pool
         image_seq_length=(size // patch) ** 2,
         video_seq_length=2 * (size // patch // 2) ** 2,
-        tie_word_embeddings=False,
     )
     crop = {"height": size, "width": size}
     processor = LlavaNextVideoProcessor(
@@ -156,8 +172,7 @@ def _llava_next_video(cfg: TinyModelConfig, tokenizer, ids: dict):
         tokenizer=tokenizer,
         chat_template=LLAVA_NEXT_VIDEO_TEMPLATE,
         patch_size=patch,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        **CLIP_PROCESSOR,
     )
     return LlavaNextVideoForConditionalGeneration(config), processor
 
@@ -165,15 +180,9 @@ def _llava_next_video(cfg: TinyModelConfig, tokenizer, ids: dict):
 def _video_llava(cfg: TinyModelConfig, tokenizer, ids: dict):
     patch, size = cfg.patch_size, cfg.image_size
     config = VideoLlavaConfig(
-        vision_config=clip_config(cfg, patch),
-        text_config=LlamaConfig(**text_kwargs(cfg, tokenizer, ids)),
-        image_token_index=ids["image"],
-        video_token_index=ids["video"],
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
+        **_clip_llama(cfg, tokenizer, ids),
         image_seq_length=(size // patch) ** 2 + 1,
         video_seq_length=2 * ((size // patch) ** 2 + 1),
-        tie_word_embeddings=False,
     )
     crop = {"height": size, "width": size}
     processor = VideoLlavaProcessor(
@@ -182,8 +191,7 @@ def _video_llava(cfg: TinyModelConfig, tokenizer, ids: dict):
         tokenizer=tokenizer,
         chat_template=None,  # as LanguageBind/Video-LLaVA-7B-hf: loaders give it the documented format
         patch_size=patch,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        **CLIP_PROCESSOR,
     )
     return VideoLlavaForConditionalGeneration(config), processor
 
@@ -308,3 +316,18 @@ FAMILY_BUILDERS = {
     "llava-onevision": _llava_onevision,
     "qwen2.5-vl": _qwen2_5_vl,
 }
+
+
+def save_tiny(model, processor, out_dir: str | Path) -> tuple[Path, int]:
+    """Save a tiny model and its processor into ``out_dir``, generating with the tokenizer's pad and EOS ids.
+
+    Returns:
+        The folder, and the model's parameter count.
+    """
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out, sum(p.numel() for p in model.parameters())

@@ -16,7 +16,7 @@ from transformers import HfArgumentParser
 
 from trainer.models.families import FAMILIES
 from trainer.tiny.ccexpert import ccexpert_model_and_processor
-from trainer.tiny.families import FAMILY_BUILDERS, TinyModelConfig, init_visual_weights
+from trainer.tiny.families import FAMILY_BUILDERS, TinyModelConfig, init_visual_weights, save_tiny
 from trainer.tiny.tokenizer import build_tokenizer, token_ids, tokenizer_corpus
 from trainer.tiny.vision_pretrain import pretrain_vision_tower
 
@@ -28,76 +28,39 @@ logger = logging.getLogger(__name__)
 BUILDERS = {**FAMILY_BUILDERS, "ccexpert": ccexpert_model_and_processor}
 
 
-def build_tiny_model(
-    family: str,
-    out_dir: str | Path,
-    *,
-    image_size: int = 64,
-    patch_size: int = 8,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    vision_layers: int | None = None,
-    rope_theta: float | None = None,
-    vocab_size: int = 1024,
-    corpus: list[str] | None = None,
-    corpus_size: int = 3000,
-    seed: int = 0,
-    vision_pretrain_steps: int = 0,
-    vision_pretrain_images: int = 3000,
-) -> Path:
+def build_tiny_model(family: str, out_dir: str | Path, *, corpus: list[str] | None = None, **options) -> Path:
     """Build a tiny model of a family and save model, processor and tokenizer with ``save_pretrained``.
 
     Args:
         family: A name from :data:`trainer.models.families.FAMILIES`.
         out_dir: Where to save.
-        image_size: Input side in pixels.
-        patch_size: Vision patch side in pixels (not Qwen2.5-VL, whose patch is 14).
-        hidden_size: Width of the language model and the vision tower (>= 64 for bitsandbytes on CPU).
-        num_layers: Layers of the language model and the vision tower.
-        vision_layers: Layers of the vision tower when they differ (at least 2).
-        rope_theta: RoPE base of the language model (default: the config class's; 1e6 for Qwen2.5-VL).
-        vocab_size: Upper bound of the BPE vocabulary.
         corpus: Text to train the tokenizer on; by default the prompt templates and ``corpus_size`` synthetic
             captions.
-        corpus_size: Synthetic captions in the default corpus.
-        seed: Seed of the random weights.
-        vision_pretrain_steps: Steps of :func:`trainer.tiny.vision_pretrain.pretrain_vision_tower` (0: none).
-        vision_pretrain_images: Synthetic scenes it draws.
+        **options: Any other option of ``geollava-tiny-model`` (:class:`~trainer.tiny.families.TinyModelConfig`,
+            with its defaults): ``image_size``, ``patch_size``, ``hidden_size``, ``num_layers``, ``vision_layers``,
+            ``rope_theta``, ``vocab_size``, ``corpus_size``, ``seed``, ``vision_pretrain_steps``,
+            ``vision_pretrain_images``.
 
     Returns:
         ``out_dir`` as a path.
+
+    Raises:
+        TypeError: For an option ``geollava-tiny-model`` does not have.
+        ValueError: For an option's bad value (the message names it).
     """
-    cfg = TinyModelConfig(
-        family=family,
-        out=str(out_dir),
-        image_size=image_size,
-        patch_size=patch_size,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        vision_layers=vision_layers,
-        rope_theta=rope_theta,
-        vocab_size=vocab_size,
-        corpus_size=corpus_size,
-        seed=seed,
-        vision_pretrain_steps=vision_pretrain_steps,
-        vision_pretrain_images=vision_pretrain_images,
-    )
-    tokenizer = build_tokenizer(corpus if corpus is not None else tokenizer_corpus(cfg.corpus_size, seed), vocab_size)
-    torch.manual_seed(seed)
+    cfg = TinyModelConfig(family=family, out=str(out_dir), **options)
+    if corpus is None:
+        corpus = tokenizer_corpus(cfg.corpus_size, cfg.seed)
+    tokenizer = build_tokenizer(corpus, cfg.vocab_size)
+    torch.manual_seed(cfg.seed)
     model, processor = BUILDERS[family](cfg, tokenizer, token_ids(tokenizer))
     init_visual_weights(model, FAMILIES[family])
     info = {}
-    if vision_pretrain_steps:
+    if cfg.vision_pretrain_steps:
         info["vision_pretraining"] = pretrain_vision_tower(
-            model, processor, family, vision_pretrain_steps, images=vision_pretrain_images, seed=seed
+            model, processor, family, cfg.vision_pretrain_steps, images=cfg.vision_pretrain_images, seed=cfg.seed
         )
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    n_params = sum(p.numel() for p in model.parameters())
+    out, n_params = save_tiny(model, processor, out_dir)
     (out / "tiny_model.json").write_text(
         json.dumps(
             {**vars(cfg), "family": family, "parameters": n_params, "vocab_size": len(processor.tokenizer), **info}
@@ -111,7 +74,6 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``geollava-tiny-model``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     (cfg,) = HfArgumentParser(TinyModelConfig).parse_args_into_dataclasses(args=argv)
-    # Every option by name: a field added to TinyModelConfig but not to build_tiny_model fails here, never silently.
     out = build_tiny_model(out_dir=cfg.out, **{name: value for name, value in vars(cfg).items() if name != "out"})
     info = json.loads((out / "tiny_model.json").read_text())
     print(f"tiny {cfg.family}: {info['parameters']:,} parameters, vocabulary {info['vocab_size']} -> {out}")

@@ -6,6 +6,8 @@ checkpoints with no ``trust_remote_code``, and ``trainer.models.families`` knows
 slots).
 """
 
+import dataclasses
+
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
@@ -15,20 +17,18 @@ from trainer.models.ccexpert.modeling_ccexpert import (
     CCExpertModel,
     DifferenceAwareIntegrationModule,
 )
-from trainer.models.families import FAMILIES, Family, lm_projections, register_family
+from trainer.models.families import FAMILIES, LLAVA_VISION, register_family
 
 
-CCEXPERT_FAMILY = Family(
+# LLaVA-OneVision with the module between tower and projector, taking the two dates as two image slots. The module
+# works in the vision width before the projector: frozen with the tower by default, never quantized, never pruned.
+CCEXPERT_FAMILY = dataclasses.replace(
+    FAMILIES["llava-onevision"],
     name="ccexpert",
     model_type="ccexpert",
     model_class="CCExpertForConditionalGeneration",
     visual="images",
-    # The module works in the vision width before the projector: frozen with the tower by default, never quantized,
-    # never pruned.
-    vision_modules=("model.vision_tower", "model.multi_modal_projector", "model.integration_module"),
-    language_model="model.language_model",
-    lora_target_modules=lm_projections(),
-    example_model_id="llava-hf/llava-onevision-qwen2-7b-ov-hf",
+    vision_modules=(*LLAVA_VISION, "model.integration_module"),
 )
 
 

@@ -23,14 +23,9 @@ from trainer.models.ccexpert.template import CCEXPERT_CHAT_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
-CCEXPERT_FIELDS = (
-    "tapped_vision_layers",
-    "integration_depth",
-    "integration_num_heads",
-    "integration_mlp_ratio",
-    "integration_gate_init",
-    "integration_init_std",
-)
+#: The CCExpert options a conversion sets: where the module taps the vision tower, and the module's shape and init.
+CCEXPERT_FIELDS = ("tapped_vision_layers", "integration_depth", "integration_num_heads", "integration_mlp_ratio")
+CCEXPERT_FIELDS += ("integration_gate_init", "integration_init_std")
 
 
 @dataclass
