@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +43,7 @@ PROFILES = load_profiles()
 
 
 class Stages:
-    """Runs numbered stages, timing each and skipping those whose recorded inputs did not change.
-
-    A stage that needs nothing of the ones before it can run beside them (:meth:`start`, then :meth:`finish` where
-    its line belongs); the main job's time is the wall clock over all of them.
-    """
+    """Runs numbered stages, timing each and skipping those whose recorded inputs did not change."""
 
     def __init__(self, total: int, fresh: bool, out: Path):
         self.total, self.done, self.times = total, 0, {}
@@ -57,69 +52,21 @@ class Stages:
 
     def run(self, name: str, title: str, fn, key: dict | None = None, outputs: tuple[Path, ...] = ()):
         """Run ``fn`` unless the stage ran before with the same ``key`` and its ``outputs`` still exist."""
-        self.finish(self.start(name, title, fn, key, outputs, background=False))
-
-    def start(self, name, title, fn, key=None, outputs=(), background=True) -> "Stage":
-        """Start a stage (in a thread when ``background``); :meth:`finish` waits for it and prints its line."""
+        self.done += 1
         fingerprint = hashlib.sha256(json.dumps(key or {}, sort_keys=True, default=str).encode()).hexdigest()
+        start = time.perf_counter()
         previous = self.state.get(name) or {}
         reuse = previous.get("fingerprint") == fingerprint and all(p.exists() for p in outputs) and bool(outputs)
-        # A reused stage reports the time it took when it ran.
-        stage = Stage(name, title, fingerprint, reuse, previous.get("seconds", 0.0))
         if not reuse:
-            stage.launch(fn, background)
-        return stage
-
-    def finish(self, stage: "Stage") -> None:
-        """Wait for ``stage`` (re-raising what stopped it), record it and print its numbered line."""
-        stage.wait()
-        self.done += 1
-        self.state[stage.name] = {"fingerprint": stage.fingerprint, "seconds": stage.seconds}
+            fn()
+        # A reused stage reports the time it took when it ran.
+        seconds = previous["seconds"] if reuse else round(time.perf_counter() - start, 2)
+        self.state[name] = {"fingerprint": fingerprint, "seconds": seconds}
         write_json(self.state_path, self.state, indent=2)
-        self.times[stage.name] = stage.seconds
-        status = "reused" if stage.reused else "done"
-        print(f"[{self.done}/{self.total}] {stage.title:<58} {status:>6} {stage.seconds:7.1f} s", flush=True)
-
-
-@dataclass
-class Stage:
-    """One stage under way: what decides its reuse, and how long it took."""
-
-    name: str
-    title: str
-    fingerprint: str
-    reused: bool
-    seconds: float
-    _thread: threading.Thread | None = None
-    _error: BaseException | None = None
-
-    def launch(self, fn, background: bool) -> None:
-        """Run ``fn`` now, or in a thread; a failure (``sys.exit`` of :func:`sh` included) is kept for :meth:`wait`."""
-
-        def timed():
-            start = time.perf_counter()
-            try:
-                fn()
-            except BaseException as err:  # noqa: BLE001 - re-raised by wait() in the main thread
-                self._error = err
-            self.seconds = round(time.perf_counter() - start, 2)
-
-        if background:
-            self._thread = threading.Thread(target=timed, name=f"stage-{self.name}", daemon=True)
-            self._thread.start()
-        else:
-            timed()
-
-    def wait(self) -> None:
-        """Wait for a stage started in the background; re-raise what stopped it."""
-        if self._thread is not None:
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
-#: The console scripts running now: a stage that fails stops the one running beside it (see main).
-RUNNING: set[subprocess.Popen] = set()
+        self.times[name] = seconds
+        print(
+            f"[{self.done}/{self.total}] {title:<58} {'reused' if reuse else 'done':>6} {seconds:7.1f} s", flush=True
+        )
 
 
 def sh(*args: str | Path, logs: Path, env: dict | None = None, log: str | None = None) -> None:
@@ -130,12 +77,7 @@ def sh(*args: str | Path, logs: Path, env: dict | None = None, log: str | None =
     log_path = logs / f"{log or Path(cmd[0]).name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT)
-        RUNNING.add(proc)
-        try:
-            proc.wait()
-        finally:
-            RUNNING.discard(proc)
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT)
     if proc.returncode != 0:
         tail = log_path.read_text()[-4000:]
         sys.exit(f"\nstage failed: {' '.join(cmd)}\n--- last lines of {log_path} ---\n{tail}")
@@ -214,22 +156,16 @@ def stage_data(stages: Stages, job: Job) -> None:
     )
 
 
-def start_base(stages: Stages, job: Job) -> Stage:
-    """Start the tiny base model: it needs no data, so it is built while synthetic fMoW and the dataset are written."""
+def stage_base(stages: Stages, job: Job) -> None:
+    """The tiny base model, then its evaluation."""
     p = job.profile
-    return stages.start(
+    stages.run(
         "base",
         "geollava-tiny-model: a tiny base, vision tower pretrained",
         lambda: job.run("geollava-tiny-model", "--out", job.base, *_flags(p.base)),
         p.base,
         (job.base / "config.json",),
     )
-
-
-def stage_base(stages: Stages, job: Job, base: Stage) -> None:
-    """The tiny base model (started beside the data stages), then its evaluation."""
-    p = job.profile
-    stages.finish(base)
     stages.run(
         "eval_base",
         "geollava-eval: the base model on the test split",
@@ -350,15 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if args.profile == "default" else f" ({args.profile} profile)"),
         flush=True,
     )
-    try:
-        base = start_base(stages, job)
-        stage_data(stages, job)
-        stage_base(stages, job, base)
-        stage_train(stages, job)
-        hub_result = stage_release(stages, job)
-    finally:
-        for proc in list(RUNNING):  # a stage that failed leaves none of its neighbours running
-            proc.terminate()
+    stage_data(stages, job)
+    stage_base(stages, job)
+    stage_train(stages, job)
+    hub_result = stage_release(stages, job)
     report = write_report(
         job.out, args.profile, profile.bars, stages.times, hub_result, time.perf_counter() - total_start, REPOS
     )
