@@ -100,6 +100,11 @@ class ScoreConfig:
         if self.bertscore_bf16:
             self.precision = "bf16"
 
+    def encoder_options(self) -> EncoderOptions:
+        """The encoder's options: models, batch size, precision (``--bertscore_bf16`` already folded in)."""
+        models = (self.sbert_model, self.bertscore_model, self.bertscore_layers)
+        return EncoderOptions(*models, batch_size=self.batch_size, precision=self.precision)
+
 
 @dataclass
 class ScoredRow:
@@ -249,16 +254,7 @@ def collect_rows(predictions_path: str | Path, references_path: str | Path | Non
 
 
 def score_rows(
-    rows: list[ScoredRow],
-    *,
-    meteor: bool = True,
-    model_metrics: bool = True,
-    batch_size: int = 64,
-    sbert_model: str | None = None,
-    bertscore_model: str | None = None,
-    bertscore_layers: int | None = None,
-    bertscore_bf16: bool = False,
-    precision: str = "fp32",
+    rows: list[ScoredRow], *, meteor: bool = True, model_metrics: bool = True, options: EncoderOptions | None = None
 ) -> dict:
     """Every metric over the rows (GeoLLaVA macro means, LEVIR-CC corpus metrics, grounding when ``changes`` exist).
 
@@ -266,12 +262,8 @@ def score_rows(
         rows: Checked rows (:func:`collect_rows`).
         meteor: Run METEOR (Java).
         model_metrics: Compute ``sbert_cosine`` and ``bertscore_f1``.
-        batch_size: Batch size of the embedding models.
-        sbert_model: Sentence-transformers model (default: see :func:`trainer.evaluation.metrics.sbert_model_choice`).
-        bertscore_model: BERTScore model (default: see :func:`trainer.evaluation.metrics.bertscore_model_choice`).
-        bertscore_layers: Its layer (required with ``bertscore_model``).
-        bertscore_bf16: Same as ``precision="bf16"``.
-        precision: Encoder precision (``fp32`` exact; ``bf16``/``int8`` faster, their measured deviation reported).
+        options: Their models, batch size and precision (default: :class:`EncoderOptions`' defaults: the default
+            models, fp32; ``bf16``/``int8`` are faster, and their measured deviation is reported).
 
     Returns:
         The metrics dict: metric keys, ``n_rows``, ``per_category``, ``libraries``, ``models``, ``unavailable``
@@ -281,8 +273,7 @@ def score_rows(
         raise ValueError("no row can be scored")
     predictions = [r.prediction for r in rows]
     references = [r.references for r in rows]
-    precision = "bf16" if bertscore_bf16 else precision
-    options = EncoderOptions(sbert_model, bertscore_model, bertscore_layers, batch_size, precision)
+    options = options or EncoderOptions()
     changes = [r.changes for r in rows]
     scored = geollava_set(predictions, references, changes, model_metrics=model_metrics, options=options)
     scored.update(levircc_set(predictions, references, meteor=meteor))
@@ -294,7 +285,8 @@ def score_rows(
     out["per_category"] = {c: {"n": len(v), "rougeL": metrics.mean(v)} for c, v in sorted(by_category.items())}
     out["models"] = scored.models
     out["unavailable"] = scored.unavailable
-    out["precision"] = {"encoder": precision, "deviation_from_fp32": shared_encoder.measured_deviation(precision)}
+    deviation = shared_encoder.measured_deviation(options.precision)
+    out["precision"] = {"encoder": options.precision, "deviation_from_fp32": deviation}
     out["libraries"] = metrics.library_versions(LIBRARIES)
     out["timings_s"] = {k: round(v, 3) for k, v in scored.seconds.items()}
     return out
@@ -325,16 +317,8 @@ def score_file(config: ScoreConfig) -> dict:
     if not rows:
         reasons = "; ".join(f"line {s['line']}: {s['reason']}" for s in skipped[:5])
         raise ValueError(f"{config.predictions}: no row can be scored ({len(skipped)} skipped: {reasons})")
-    result = score_rows(
-        rows,
-        meteor=config.meteor,
-        model_metrics=config.model_metrics,
-        batch_size=config.batch_size,
-        sbert_model=config.sbert_model,
-        bertscore_model=config.bertscore_model,
-        bertscore_layers=config.bertscore_layers,
-        precision=config.precision,
-    )
+    options = config.encoder_options()
+    result = score_rows(rows, meteor=config.meteor, model_metrics=config.model_metrics, options=options)
     result["empty_predictions"] = n_empty
     result["skipped"] = skipped
     result["n_skipped"] = len(skipped)
@@ -374,8 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"geollava-score: error: {err}", file=sys.stderr)
         return 2
-    print("\n".join(summary_lines(result)))
-    print(f"-> {config.out}")
+    print("\n".join([*summary_lines(result), f"-> {config.out}"]))
     return 0
 
 
