@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from upload.hub_server import routes_read, routes_test, routes_write
-from upload.hub_server.payloads import hub_error
+from upload.hub_server.payloads import Refused, hub_error
 from upload.hub_server.state import HubState
 from upload.hub_server.validation import token_matches, upload_signature
 
@@ -46,6 +46,10 @@ def create_app(state: HubState) -> FastAPI:
         state.log.append(line)
         logger.info(line)
         return response
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused):
+        return exc.response
 
     # Writes first: their literal paths (/api/repos/create) must win over the read routes' {org}/{name}.
     app.include_router(routes_write.router)

@@ -25,6 +25,14 @@ def bad_request(code: str, message: str) -> JSONResponse:
     return hub_error(code, message, 400)
 
 
+class Refused(Exception):
+    """A request the Hub refuses: raised where the refusal is found, answered with ``response`` by the app."""
+
+    def __init__(self, response: JSONResponse):
+        super().__init__(response.status_code)
+        self.response = response
+
+
 def base_url(request: Request) -> str:
     """The server's own URL, as the client reached it."""
     return str(request.base_url).rstrip("/")

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from upload.hub_server.payloads import (
+    Refused,
     bad_request,
     file_entry,
     folder_entry,
@@ -26,13 +27,15 @@ def hub(request: Request) -> HubState:
     return request.app.state.hub
 
 
-def find_repo(request: Request, rtype: str | None, repo_id: str) -> tuple[dict | None, JSONResponse | None]:
-    """``(repo, None)``, or ``(None, error)``: 400 for an invalid repo id, the Hub's RepoNotFound for a missing one."""
+def find_repo(request: Request, rtype: str | None, repo_id: str) -> dict:
+    """The repo, or :class:`Refused`: 400 for an invalid repo id, the Hub's RepoNotFound for a missing one."""
     problem = repo_id_problem(repo_id)
     if problem:
-        return None, bad_request("InvalidRepoId", problem)
+        raise Refused(bad_request("InvalidRepoId", problem))
     repo = hub(request).store.get_repo(rtype, repo_id)
-    return (repo, None) if repo else (None, hub_error("RepoNotFound", "Repository not found"))
+    if not repo:
+        raise Refused(hub_error("RepoNotFound", "Repository not found"))
+    return repo
 
 
 def refused_path(request: Request, path: str) -> JSONResponse | None:
@@ -41,15 +44,13 @@ def refused_path(request: Request, path: str) -> JSONResponse | None:
     return bad_request("InvalidPath", problem) if problem else None
 
 
-def repo_at(request: Request, rtype: str | None, repo_id: str, rev: str):
-    """``(repo, commit oid, None)``, or ``(None, None, error)`` with the Hub's RepoNotFound / RevisionNotFound."""
-    repo, error = find_repo(request, rtype, repo_id)
-    if error:
-        return None, None, error
+def repo_at(request: Request, rtype: str | None, repo_id: str, rev: str) -> tuple[dict, str]:
+    """``(repo, commit oid)``, or :class:`Refused` with the Hub's RepoNotFound / RevisionNotFound."""
+    repo = find_repo(request, rtype, repo_id)
     oid = hub(request).store.resolve_rev(repo, rev)
     if not oid:
-        return None, None, hub_error("RevisionNotFound", f"Invalid rev id: {rev}")
-    return repo, oid, None
+        raise Refused(hub_error("RevisionNotFound", f"Invalid rev id: {rev}"))
+    return repo, oid
 
 
 @router.get("/api/whoami-v2")
@@ -69,16 +70,14 @@ async def whoami():
 async def repo_info(rtypes: str, org: str, name: str, request: Request, rev: str = "main"):
     """``model_info`` / ``dataset_info`` / ``space_info`` (optionally at a revision)."""
     rtype, repo_id = TYPES.get(rtypes), f"{org}/{name}"
-    repo, oid, error = repo_at(request, rtype, repo_id, rev)
-    return error or repo_info_payload(hub(request).store, rtype, repo_id, repo, oid)
+    repo, oid = repo_at(request, rtype, repo_id, rev)
+    return repo_info_payload(hub(request).store, rtype, repo_id, repo, oid)
 
 
 @router.get("/api/{rtypes}/{org}/{name}/refs")
 async def refs(rtypes: str, org: str, name: str, request: Request):
     """The repo's branches (no tags, no converts)."""
-    repo, error = find_repo(request, TYPES.get(rtypes), f"{org}/{name}")
-    if error:
-        return error
+    repo = find_repo(request, TYPES.get(rtypes), f"{org}/{name}")
     branches = sorted(hub(request).store.branches(repo).items())
     return {
         "branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": oid} for b, oid in branches],
@@ -90,9 +89,7 @@ async def refs(rtypes: str, org: str, name: str, request: Request):
 @router.get("/api/{rtypes}/{org}/{name}/commits/{rev:path}")
 async def commits(rtypes: str, org: str, name: str, rev: str, request: Request):
     """The history from ``rev`` back to the repo's first commit."""
-    repo, error = find_repo(request, TYPES.get(rtypes), f"{org}/{name}")
-    if error:
-        return error
+    repo = find_repo(request, TYPES.get(rtypes), f"{org}/{name}")
     store = hub(request).store
     return [
         {"id": c["oid"], "title": c["message"], "message": "", "date": c["date"], "authors": [{"user": "tester"}]}
@@ -104,9 +101,7 @@ async def commits(rtypes: str, org: str, name: str, rev: str, request: Request):
 @router.get("/api/{rtypes}/{org}/{name}/tree/{rev}/{path:path}")
 async def tree(rtypes: str, org: str, name: str, rev: str, request: Request, path: str = ""):
     """The entries of a folder (the root by default), recursively with ``?recursive=true``."""
-    repo, oid, error = repo_at(request, TYPES.get(rtypes), f"{org}/{name}", rev)
-    if error:
-        return error
+    repo, oid = repo_at(request, TYPES.get(rtypes), f"{org}/{name}", rev)
     path = path.strip("/")
     refused = path and refused_path(request, path)
     if refused:
@@ -132,9 +127,7 @@ async def tree(rtypes: str, org: str, name: str, rev: str, request: Request, pat
 @router.post("/api/{rtypes}/{org}/{name}/paths-info/{rev:path}")
 async def paths_info(rtypes: str, org: str, name: str, rev: str, request: Request):
     """The entries of the given paths (form-encoded ``paths=a&paths=b``, or JSON); missing paths are left out."""
-    repo, oid, error = repo_at(request, TYPES.get(rtypes), f"{org}/{name}", rev)
-    if error:
-        return error
+    repo, oid = repo_at(request, TYPES.get(rtypes), f"{org}/{name}", rev)
     if "json" in request.headers.get("content-type", ""):
         paths = (await request.json()).get("paths", [])
     else:
@@ -155,9 +148,7 @@ async def paths_info(rtypes: str, org: str, name: str, rev: str, request: Reques
 
 async def resolve(rtype: str, org: str, name: str, rev: str, path: str, request: Request):
     """A file's bytes (``GET``, with ``Range``) or headers (``HEAD``), as the Hub's ``resolve`` answers."""
-    repo, oid, error = repo_at(request, rtype, f"{org}/{name}", rev)
-    if error:
-        return error
+    repo, oid = repo_at(request, rtype, f"{org}/{name}", rev)
     refused = refused_path(request, path)
     if refused:
         return refused

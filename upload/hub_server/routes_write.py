@@ -10,7 +10,7 @@ import yaml
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from upload.hub_server.payloads import CARD_FRONT_MATTER, bad_request, base_url, hub_error
+from upload.hub_server.payloads import CARD_FRONT_MATTER, Refused, bad_request, base_url, hub_error
 from upload.hub_server.routes_read import find_repo, hub
 from upload.hub_server.state import PREFIX, TYPES
 from upload.hub_server.store import HubStore, lfs_entry, regular_entry
@@ -33,23 +33,23 @@ LFS_EXT = re.compile(
 )
 
 
-def repo_from_body(body) -> tuple[str, str, JSONResponse | None]:
-    """``(type, repo id, None)`` of a create/delete request, or ``("", "", error)`` when it names no valid repo."""
+def repo_from_body(body) -> tuple[str, str]:
+    """``(type, repo id)`` of a create/delete request, or :class:`Refused` when it names no valid repo."""
     if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-        return "", "", bad_request("InvalidRepoId", "Invalid request: expected a JSON object with a 'name'")
+        raise Refused(bad_request("InvalidRepoId", "Invalid request: expected a JSON object with a 'name'"))
     rtype, org = body.get("type") or "model", body.get("organization") or "tester"
     repo_id = f"{org}/{body['name']}" if isinstance(org, str) else str(org)
     problem = repo_id_problem(repo_id) or (None if rtype in PREFIX else f"Invalid repo type {ascii(rtype)}")
-    return (rtype, repo_id, None) if problem is None else ("", "", bad_request("InvalidRepoId", problem))
+    if problem:
+        raise Refused(bad_request("InvalidRepoId", problem))
+    return rtype, repo_id
 
 
 @router.post("/api/repos/create")
 async def create_repo(request: Request):
     """Create a model, dataset or Space repo; 409 when it exists (``exist_ok`` clients accept that)."""
     body = await request.json()
-    rtype, repo_id, error = repo_from_body(body)
-    if error:
-        return error
+    rtype, repo_id = repo_from_body(body)
     url = f"{base_url(request)}/{PREFIX[rtype]}{repo_id}"
     private = body.get("visibility") == "private" or bool(body.get("private"))
     if not hub(request).store.create_repo(rtype, repo_id, private=private, sdk=body.get("sdk")):
@@ -60,9 +60,7 @@ async def create_repo(request: Request):
 @router.delete("/api/repos/delete")
 async def delete_repo(request: Request):
     """Delete a repo."""
-    rtype, repo_id, error = repo_from_body(await request.json())
-    if error:
-        return error
+    rtype, repo_id = repo_from_body(await request.json())
     if not hub(request).store.delete_repo(rtype, repo_id):
         return hub_error("RepoNotFound", "Repository not found")
     return {}
@@ -84,9 +82,7 @@ async def validate_yaml(request: Request):
 @router.post("/api/{rtypes}/{org}/{name}/branch/{branch:path}")
 async def create_branch(rtypes: str, org: str, name: str, branch: str, request: Request):
     """Create a branch from ``startingPoint`` (default: main); 409 when it exists."""
-    repo, error = find_repo(request, TYPES.get(rtypes), f"{org}/{name}")
-    if error:
-        return error
+    repo = find_repo(request, TYPES.get(rtypes), f"{org}/{name}")
     problem = branch_problem(branch)
     if problem:
         return bad_request("InvalidBranch", problem)
@@ -104,9 +100,7 @@ async def create_branch(rtypes: str, org: str, name: str, branch: str, request: 
 @router.post("/api/{rtypes}/{org}/{name}/preupload/{rev:path}")
 async def preupload(rtypes: str, org: str, name: str, rev: str, request: Request):
     """Tell the client, per file, whether it goes through LFS, and the id of the file already there (if any)."""
-    repo, error = find_repo(request, TYPES.get(rtypes), f"{org}/{name}")
-    if error:
-        return error
+    repo = find_repo(request, TYPES.get(rtypes), f"{org}/{name}")
     store = hub(request).store
     head = store.resolve_rev(repo, rev) or repo["main"]
     files = store.files_at(repo, head)
@@ -130,9 +124,7 @@ async def preupload(rtypes: str, org: str, name: str, rev: str, request: Request
 async def lfs_batch(request: Request, p1: str, p2: str, p0: str = ""):
     """Git LFS batch API: an upload and a verify action for each object the repo does not own yet."""
     rtype = TYPES.get(p0, "model") if p0 else "model"
-    repo, error = find_repo(request, rtype, f"{p1}/{p2}")
-    if error:
-        return error
+    repo = find_repo(request, rtype, f"{p1}/{p2}")
     state, base = hub(request), base_url(request)
     wanted = (await request.json()).get("objects", [])
     problem = next(filter(None, (oid_problem(o.get("oid")) for o in wanted)), None)
@@ -204,24 +196,26 @@ def operation_problem(item) -> JSONResponse | None:
     return None
 
 
-def parse_commit(raw: bytes) -> tuple[dict, list[dict], JSONResponse | None]:
-    """The header and operations of an NDJSON commit, or the 400 that refuses it."""
+def parse_commit(raw: bytes) -> tuple[dict, list[dict]]:
+    """The header and operations of an NDJSON commit, or :class:`Refused` with the 400 that refuses it."""
     try:
         lines = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        return {}, [], bad_request("InvalidCommit", f"Invalid commit payload: not NDJSON ({err})")
+        raise Refused(bad_request("InvalidCommit", f"Invalid commit payload: not NDJSON ({err})")) from err
     header = lines[0].get("value") if lines and isinstance(lines[0], dict) else None
     if not isinstance(header, dict) or lines[0].get("key") != "header":
-        return {}, [], bad_request("InvalidCommit", "Invalid commit payload: the first line must be the header")
+        raise Refused(bad_request("InvalidCommit", "Invalid commit payload: the first line must be the header"))
     refused = next(filter(None, (operation_problem(item) for item in lines[1:])), None)
-    return header, lines[1:], refused
+    if refused:
+        raise Refused(refused)
+    return header, lines[1:]
 
 
-def commit_changes(store: HubStore, files: dict, operations: list[dict]) -> tuple[dict, JSONResponse | None]:
+def commit_changes(store: HubStore, files: dict, operations: list[dict]) -> dict:
     """The changes (``{path: entry, or None if deleted}``) a commit's operations make to ``files``.
 
-    Returns:
-        ``(changes, None)``, or ``({}, error)`` with the error that refuses the whole commit.
+    Raises:
+        Refused: With the answer that refuses the whole commit.
     """
     changes: dict[str, dict | None] = {}
     for item in operations:
@@ -232,44 +226,38 @@ def commit_changes(store: HubStore, files: dict, operations: list[dict]) -> tupl
             changes[value["path"]] = regular_entry(data, store.put_blob(data))
         elif key == "lfsFile":
             if not store.has_blob(value["oid"]):
-                return {}, JSONResponse({"error": f"LFS object {value['oid']} not uploaded"}, status_code=400)
+                raise Refused(JSONResponse({"error": f"LFS object {value['oid']} not uploaded"}, status_code=400))
             size = value.get("size") or store.blob_path(value["oid"]).stat().st_size
             changes[value["path"]] = lfs_entry(value["oid"], size)
         elif key == "deletedFile":
             path = value["path"]
             exists = changes[path] is not None if path in changes else path in files
             if not exists:
-                return {}, hub_error("EntryNotFound", f"{path} not found")
+                raise Refused(hub_error("EntryNotFound", f"{path} not found"))
             changes[path] = None
         elif key == "deletedFolder":
             folder = value["path"].rstrip("/") + "/"
             changes.update({p: None for p in [*files, *changes] if p.startswith(folder)})
         else:
-            return {}, JSONResponse({"error": f"unsupported commit op {key}"}, status_code=400)
-    return changes, None
+            raise Refused(JSONResponse({"error": f"unsupported commit op {key}"}, status_code=400))
+    return changes
 
 
 @router.post("/api/{rtypes}/{org}/{name}/commit/{rev:path}")
 async def commit(rtypes: str, org: str, name: str, rev: str, request: Request):
     """An NDJSON commit (a header line, then one line per operation) on top of a branch."""
     rtype = TYPES.get(rtypes)
-    repo, error = find_repo(request, rtype, f"{org}/{name}")
-    if error:
-        return error
+    repo = find_repo(request, rtype, f"{org}/{name}")
     state = hub(request)
     store = state.store
     branch = unquote(rev).removeprefix("refs/heads/")
     head = store.branches(repo).get(branch)
     if head is None:
         return hub_error("RevisionNotFound", f"Invalid rev id: {rev} (commits go to a branch; create it first)")
-    header, operations, error = parse_commit(await request.body())
-    if error:
-        return error
+    header, operations = parse_commit(await request.body())
     if header.get("parentCommit") and header["parentCommit"] != head:
         return JSONResponse({"error": "parent commit is not the head of the branch"}, status_code=412)
-    changes, error = commit_changes(store, store.files_at(repo, head), operations)
-    if error:
-        return error
+    changes = commit_changes(store, store.files_at(repo, head), operations)
     if state.take_fault("fail_commit_after"):
         return JSONResponse({"error": "injected fault: commit refused"}, status_code=507)
     oid = store.new_commit(repo, changes, header.get("summary", ""), branch)
