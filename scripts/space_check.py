@@ -54,6 +54,7 @@ from packaging.requirements import Requirement  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForImageTextToText  # noqa: E402
 
+from dataset_builder.atomic import write_json, write_text  # noqa: E402
 from dataset_builder.prompts import PROMPT_TEMPLATES  # noqa: E402
 from trainer.models.families import get_family  # noqa: E402
 from trainer.models.masks import apply_masks, save_masks  # noqa: E402
@@ -247,14 +248,15 @@ def write_results(timer: Timer, extra: dict, model_source: str) -> None:
     data = {"stages_s": timer.stages, "total_s": total, "model": model_source, **extra}
     data["machine"] = f"{os.cpu_count()} CPU cores (shared), Python {sys.version.split()[0]}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "space_check.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_json(RESULTS / "space_check.json", data)
     rows = "\n".join(f"| {k} | {v} |" for k, v in timer.stages.items())
-    (RESULTS / "space_check.md").write_text(
+    write_text(
+        RESULTS / "space_check.md",
         "# make space-check\n\nThe Space pushed to the loopback Hub, pulled into an empty folder, installed into a "
         "fresh venv from its requirements.txt alone, started with no project checkout on the path, asked one pair "
         f"through gradio_client; same text as geollava-predict. Model: {model_source}. {data['machine']}; wall time "
         f"{data['wall_s']} s; the venv holds {data['venv_mb']:,} MB (torch's CUDA libraries: most of it).\n\n"
-        f"| stage | seconds |\n|---|---|\n{rows}\n| **total** | **{total}** |\n"
+        f"| stage | seconds |\n|---|---|\n{rows}\n| **total** | **{total}** |\n",
     )
 
 

@@ -5,7 +5,6 @@ only grid pinpoint is ``[size, size]``. The chat template is ChatML with the sys
 assistant." and the authors' fixed pair prompt (:data:`CCEXPERT_CHAT_TEMPLATE`).
 """
 
-import json
 import logging
 from pathlib import Path
 
@@ -103,11 +102,10 @@ def build_tiny_ccexpert(
     model, processor = ccexpert_model_and_processor(
         cfg, tokenizer, token_ids(tokenizer), vision_layers=vision_layers, gate_init=gate_init
     )
-    out, n_params = save_tiny(model, processor, out_dir)
     module_params = sum(p.numel() for p in model.model.integration_module.parameters())
-    info = {"family": "ccexpert", "parameters": n_params, "integration_module_parameters": module_params}
-    info |= {"vocab_size": len(processor.tokenizer), "vision_layers": vision_layers, **vars(cfg)}
-    (out / "tiny_model.json").write_text(json.dumps(info))
+    # vision_layers after the options: the tower's depth is this function's, not TinyModelConfig's (None)
+    info = {**vars(cfg), "vision_layers": vision_layers, "integration_module_parameters": module_params}
+    out, n_params = save_tiny(model, processor, out_dir, info)
     logger.info("built a tiny ccexpert (%d parameters, %d in the module) in %s", n_params, module_params, out)
     return out
 

@@ -31,6 +31,7 @@ from transformers import (
     VideoLlavaVideoProcessor,
 )
 
+from dataset_builder.atomic import write_json
 from trainer.models.chat_templates import LLAVA_NEXT_VIDEO_TEMPLATE, LLAVA_ONEVISION_TEMPLATE, QWEN2_5_VL_TEMPLATE
 from trainer.models.families import FAMILIES
 from trainer.tiny.tokenizer import chatml_ids, chatml_tokenizer
@@ -117,6 +118,9 @@ def text_kwargs(cfg: TinyModelConfig, tokenizer, ids: dict) -> dict:
         **({"rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta}} if cfg.rope_theta else {}),
     )
 
+
+#: What a tiny model's folder says of how it was built (its options, parameter count, vocabulary).
+TINY_MODEL_FILE = "tiny_model.json"
 
 # The processor side of a CLIP tower read with its CLS token dropped ("default"): one extra token per image.
 CLIP_PROCESSOR = {"vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
@@ -318,8 +322,11 @@ FAMILY_BUILDERS = {
 }
 
 
-def save_tiny(model, processor, out_dir: str | Path) -> tuple[Path, int]:
+def save_tiny(model, processor, out_dir: str | Path, info: dict) -> tuple[Path, int]:
     """Save a tiny model and its processor into ``out_dir``, generating with the tokenizer's pad and EOS ids.
+
+    ``tiny_model.json`` beside them records ``info`` with the model's parameter count and its actual vocabulary
+    size (``vocab_size`` in the options is an upper bound).
 
     Returns:
         The folder, and the model's parameter count.
@@ -330,4 +337,6 @@ def save_tiny(model, processor, out_dir: str | Path) -> tuple[Path, int]:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    return out, sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
+    write_json(out / TINY_MODEL_FILE, {**info, "parameters": n_params, "vocab_size": len(processor.tokenizer)})
+    return out, n_params

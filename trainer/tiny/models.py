@@ -16,7 +16,7 @@ from transformers import HfArgumentParser
 
 from trainer.models.families import FAMILIES
 from trainer.tiny.ccexpert import ccexpert_model_and_processor
-from trainer.tiny.families import FAMILY_BUILDERS, TinyModelConfig, init_visual_weights, save_tiny
+from trainer.tiny.families import FAMILY_BUILDERS, TINY_MODEL_FILE, TinyModelConfig, init_visual_weights, save_tiny
 from trainer.tiny.tokenizer import build_tokenizer, token_ids, tokenizer_corpus
 from trainer.tiny.vision_pretrain import pretrain_vision_tower
 
@@ -60,12 +60,7 @@ def build_tiny_model(family: str, out_dir: str | Path, *, corpus: list[str] | No
         info["vision_pretraining"] = pretrain_vision_tower(
             model, processor, family, cfg.vision_pretrain_steps, images=cfg.vision_pretrain_images, seed=cfg.seed
         )
-    out, n_params = save_tiny(model, processor, out_dir)
-    (out / "tiny_model.json").write_text(
-        json.dumps(
-            {**vars(cfg), "family": family, "parameters": n_params, "vocab_size": len(processor.tokenizer), **info}
-        )
-    )
+    out, n_params = save_tiny(model, processor, out_dir, {**vars(cfg), "family": family, **info})
     logger.info("built a tiny %s (%d parameters, vocabulary %d) in %s", family, n_params, len(tokenizer), out)
     return out
 
@@ -75,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     (cfg,) = HfArgumentParser(TinyModelConfig).parse_args_into_dataclasses(args=argv)
     out = build_tiny_model(out_dir=cfg.out, **{name: value for name, value in vars(cfg).items() if name != "out"})
-    info = json.loads((out / "tiny_model.json").read_text())
+    info = json.loads((out / TINY_MODEL_FILE).read_text())
     print(f"tiny {cfg.family}: {info['parameters']:,} parameters, vocabulary {info['vocab_size']} -> {out}")
 
 
