@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_generation.py
 
-Goal (issue 7): >= 4x rows/s at batch 16 on 2 CPU cores, outputs equal to batch 1 under greedy decoding.
+Goal: >= 4x rows/s at batch 16 on 2 CPU cores, outputs equal to batch 1 under greedy decoding.
 Writes benchmarks/results/generation.json and .md.
 """
 

@@ -2,13 +2,8 @@
 
     .venv/bin/python benchmarks/bench_push.py [--pairs 2000 20000] [--modes parts one]
 
-Builds each dataset folder directly (Parquet shards of 1,000 rows written with the builder's own schema,
-`dataset_builder.rows.features`, small JPEG stand-ins as frames; one small mp4 file a pair, random bytes so that no
-two are the same LFS object; a card with the configs), starts the loopback Hub (`upload.loopback.serve_hub`) and runs
-`geollava-push dataset` as a child process, once per size and mode: `parts` (the default above 1,000 files: resumable
-commits of 100 files) and `one` (one `upload_folder` commit, forced with the thresholds). The child's peak RSS comes
-from `wait4`. The growth per pair is the slope between the two sizes; the extrapolation to the paper's 106,042 pairs
-is linear in pairs (memory and time). Writes benchmarks/results/push.json and push.md.
+Each size and mode pushed to the loopback Hub by a child process, its peak RSS from ``wait4``; writes
+benchmarks/results/push.{json,md}. See docs/release.md "Pushes".
 """
 
 import argparse

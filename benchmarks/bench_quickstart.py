@@ -1,13 +1,11 @@
-"""The quickstart's main job (after install), several fresh runs: the median against the 240 s target (issue 22).
+"""The quickstart's main job (after install), several fresh runs: the median against the 240 s target.
 
     .venv/bin/python benchmarks/bench_quickstart.py                 # 3 fresh runs of the default profile
     QUICKSTART_BENCH_RUNS=1 QUICKSTART_BENCH_PROFILE=ci .venv/bin/python benchmarks/bench_quickstart.py   # a check
 
-Each run is `scripts/quickstart.py --fresh` into its own folder under outputs/bench-quickstart/ (the install is done
-before, as `make quickstart` does it); its report.json gives the main job's seconds, each stage's and the metrics.
-Writes benchmarks/results/quickstart.{json,md} (another profile: quickstart_<profile>.{json,md}). The long-simple
-profile (~30 minutes, the reference for grounding F1 >= 0.80) is not run by `make bench`: its last measured report
-is benchmarks/results/quickstart_long_simple.{json,md}.
+Each run is `scripts/quickstart.py --fresh` into its own folder; writes benchmarks/results/quickstart.{json,md}
+(another profile: quickstart_<profile>.{json,md}). The long-simple profile is not run by `make bench`: its last
+measured report is kept in benchmarks/results/quickstart_long_simple.{json,md}. See docs/training.md.
 """
 
 import datetime

@@ -1,15 +1,10 @@
-"""Scoring 6,042 rows of ~100-word captions on the CPU, against the encoder's floor (issue 22).
+"""Scoring 6,042 rows of ~100-word captions on the CPU, against the encoder's floor.
 
     .venv/bin/python benchmarks/bench_scoring.py            # BENCH_ROWS=300 for a quick check
 
-6,042 is the size of GeoLLaVA's test set. The floor is one encoder forward over the distinct sentences (tokenizing,
-length-sorted batches, nothing kept) plus ROUGE; the target is ``geollava-score``'s GeoLLaVA set (ROUGE, BLEU-2,
-sacreBLEU, BERTScore and the SBERT cosine from one shared pass) in fp32 within 1.15x of it. pycocoevalcap (the
-LEVIR-CC set: PTB tokenizer, BLEU, ROUGE-L, CIDEr-D, METEOR) is timed in the same ``score_rows`` call and shown in
-the breakdown. The fast precisions run the same scoring: int8 on every row, bf16 on the first BENCH_BF16_ROWS rows
-(bf16 has no native support on AVX2-only CPUs, where it is slower than fp32); their per-row deviation from fp32 goes
-to benchmarks/results/scoring.{json,md} and to trainer/evaluation/precision_deviation.json, which ``geollava-score``
-prints with the metrics of a fast precision.
+The floor is one encoder forward over the distinct sentences plus ROUGE; the goal, ``geollava-score``'s GeoLLaVA set
+in fp32 within 1.15x of it. The fast precisions' deviation goes to trainer/evaluation/precision_deviation.json. See
+docs/evaluation.md "Benchmarks".
 """
 
 import datetime

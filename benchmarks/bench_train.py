@@ -2,16 +2,9 @@
 
     .venv/bin/python benchmarks/bench_train.py
 
-1. Data path: rows with two 336 px JPEG frames in a Hub-layout Parquet folder, read with ``load_dataset``, decoded by
-   ``datasets``, turned into model inputs by the real LLaVA-NeXT-Video processor settings (336 px, patch 14: 288
-   visual tokens for 2 frames, as LLaVA-NeXT-Video-7B-hf) and :class:`trainer.training.collator.VideoSFTCollator`,
-   through a
-   ``DataLoader`` in process (one torch thread) and with 2 worker processes. Goal: >= 200 samples/s on 2 cores.
-2. Training: ``geollava-train`` (in process) with ``trainer/recipes/tiny/lora.yaml`` and ``tiny/qlora_prune.yaml`` on
-   the tiny LLaVA-NeXT-Video at the quickstart's 64 px: samples/s and tokens/s from the run summary, and the
-   time the recipe's 200 steps would take.
-
-Writes ``benchmarks/results/train.json`` and ``benchmarks/results/train.md`` (one run's measurements).
+The data path at LLaVA-NeXT-Video-7B's visual settings in process and with 2 DataLoader workers (goal: >= 200
+samples/s on 2 cores), then ``geollava-train`` with the two tiny recipes; writes benchmarks/results/train.{json,md}.
+See docs/training.md "Benchmarks".
 """
 
 import io

@@ -3,19 +3,9 @@
     make gpu-check                                                           # on a CUDA machine; one command
     .venv/bin/python benchmarks/gpu_check.py --dry_run true --out_dir /tmp/c  # the same chain on the CPU (make test)
 
-Without a CUDA device it stops at once with "no CUDA device" (exit 1). With one, in about two minutes for the chain:
-
-1. ``pytest -m gpu``: the GPU tests (bitsandbytes' CUDA path keeps pruned NF4 weights exactly zero, masks on CUDA).
-2. Synthetic fMoW scenes and ``geollava-build`` (the test stand-in data, 64 px frames).
-3. A tiny LLaVA-NeXT-Video and ``geollava-train`` with ``trainer/recipes/tiny/qlora_prune.yaml`` on CUDA: real
-   bitsandbytes NF4 QLoRA of the pruned copy + 5 % magnitude pruning (checked: NF4, exactly 5 %, the adapter names
-   the real base, the run used the GPU).
-4. ``geollava-eval --device cuda``: batched, left-padded generation on the GPU, scored.
-5. ``geollava-predict --device cuda``, in bf16 and with ``--load_in_4bit``.
-6. The Space's function: loads on the CPU, moves to CUDA inside its ``@spaces.GPU`` function.
-
-Then ``benchmarks/gpu_train.py --require_cuda true`` (the 7B recipes; a few minutes). Each step's time and checks go
-to ``benchmarks/results/gpu_chain.json`` and ``.md``; a failed step stops the chain and the exit status is 1.
+``pytest -m gpu``, then synthetic data, NF4 QLoRA + 5 % pruning, batched evaluation, prediction and the Space's
+function on CUDA, each step checked and timed, then ``benchmarks/gpu_train.py``. Without a CUDA device it stops at
+once (exit 1). See docs/training.md "Benchmarks".
 """
 
 import contextlib

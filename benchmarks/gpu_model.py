@@ -3,8 +3,8 @@ device, its parameter and FLOP counts, batches shaped like the collator's, the r
 weights are (benchmarks/gpu_train.py uses them; bench_prune.py builds its checkpoint with ``build_random_model``).
 
 Throughput does not depend on weight values, so a model built from the config with random weights times the same as
-the real checkpoint: Vicuna-7B language model, CLIP ViT-L/14 at 336 px, 2 frames = 288 video tokens
-(anchors-and-performance.md B4). ``tiny_config`` is the same structure at test size, for the dry runs.
+the real checkpoint: Vicuna-7B language model, CLIP ViT-L/14 at 336 px, 2 frames = 288 video tokens (the sizes and
+FLOPs: docs/training.md "At scale"). ``tiny_config`` is the same structure at test size, for the dry runs.
 """
 
 from dataclasses import dataclass

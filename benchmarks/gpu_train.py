@@ -3,26 +3,9 @@
     .venv/bin/python benchmarks/gpu_train.py                 # on a CUDA machine (make gpu-check runs it)
     .venv/bin/python benchmarks/gpu_train.py --dry_run true  # tiny config on the CPU, a few steps (make test)
 
-Each recipe of ``--recipes`` (default: ``h100_lora.yaml`` and ``qlora_prune5.yaml``) gives the method (bf16 LoRA,
-or QLoRA when ``load_in_4bit``), the LoRA rank/alpha, the micro-batch, activation checkpointing and the attention
-implementation. The weights are the recipe's checkpoint when it is on this machine (a local folder or the Hub cache;
-nothing is downloaded), otherwise a random model of its real 7B config (``gpu_model.real_config``: Vicuna-7B language
-model, CLIP ViT-L/14 at 336 px) built on the meta device and materialised on the GPU in bf16: throughput does not
-depend on weight values, so both are timed the same way. Each sample is 2 frames at 336 px (288 video tokens) in ~700
-tokens with the answer supervised, the GeoLLaVA planning figure (anchors-and-performance.md B4).
-
-* bf16 LoRA: the family's LoRA regex (``trainer.training.model_setup.lora_config``), bf16 autocast like ``bf16: true``.
-* QLoRA: loaded through ``trainer.training.model_setup.load_model`` with ``load_in_4bit`` (NF4, double quantization,
-  bf16 compute, vision tower + projector unquantized): the trainer's path. (The recipe's one-off pruning of the base
-  is measured by ``bench_prune.py``.)
-
-The micro-batch is the recipe's, or the largest of ``--batch_sizes`` that fits (an out-of-memory error moves to the
-next). Reported: samples/s, tokens/s, peak memory, and MFU under two FLOP models (``gpu_model.flops_per_sample``).
-Goal on an H100: >= 20 samples/s bf16 LoRA, >= 12 QLoRA (the paper: ~1 sample/s on an RTX A6000).
-
-Writes ``benchmarks/results/gpu_train.json`` and ``.md``. Without CUDA it says so and writes nothing: exit 0
-(``make bench``), or 1 with ``--require_cuda`` (``make gpu-check``). The dry run writes only to an ``--out_dir``
-given to it, never into ``benchmarks/results``.
+The recipe's checkpoint when it is on this machine, else a random model of its real 7B config (throughput does not
+depend on weight values); samples/s, tokens/s, peak memory and MFU into benchmarks/results/gpu_train.{json,md}.
+Without CUDA it writes nothing. See docs/training.md "Benchmarks".
 """
 
 import gc

@@ -2,17 +2,8 @@
 
     GEOLLAVA_MAX_IMAGE_PIXELS=400000000 geollava-predict --model BASE before.tif after.tif
 
-Every entry point that opens an outside image (``geollava-predict``, the Space, ``geollava-build``,
-``geollava-annotate``, ``geollava-build-levircc``) opens it here. The file size is checked first (``stat``), then the
-header: Pillow's ``Image.open`` reads only the header, tifffile gives a GeoTIFF's shape from its tags. An image over a
-limit is refused with :class:`ImageTooLarge`, a ``ValueError`` naming the file, its size and the limit, before a pixel
-is decoded; a 48 KB PNG that declares 20,000 x 20,000 pixels costs a header read, not 400 MB of memory.
-
-The defaults fit real use: :data:`DEFAULT_MAX_PIXELS` (150 megapixels) holds any fMoW-rgb image and a full
-Sentinel-2 tile (10,980 x 10,980 = 120.6 MP); :data:`DEFAULT_MAX_BYTES` (1 GiB) holds that many pixels as an
-uncompressed 3-band 16-bit GeoTIFF (900 MB). Set ``GEOLLAVA_MAX_IMAGE_PIXELS`` / ``GEOLLAVA_MAX_IMAGE_BYTES`` to
-change them. Pillow's own decompression-bomb threshold is raised to the configured limit (never lowered), so the
-one limit here is the only one a user meets.
+Every entry point that opens an outside image opens it here; an image over a limit is refused with
+:class:`ImageTooLarge`, naming the file, its size and the limit. The defaults and why: docs/dataset.md "Image limits".
 """
 
 import io

@@ -1,15 +1,9 @@
-r"""Build LEVIR-CC (official layout) into the same Hub-native dataset folder as ``geollava-build``.
+"""Build LEVIR-CC (official layout) into the same Hub-native dataset folder as ``geollava-build``.
 
     geollava-build-levircc --root data/Levir-CC-dataset --out outputs/levir-cc
 
-Reads ``LevirCCcaptions.json`` (Karpathy/COCO style: ``images[] = {filepath, filename, imgid, split, sentences[5],
-changeflag}``) and ``images/{train,val,test}/{A,B}/<filename>``, and writes ``data/{split}-NNNNN-of-NNNNN.parquet``
-(splits ``train``, ``validation``, ``test``), ``README.md`` (YAML ``configs`` + ``dataset_info``) and
-``build_report.json``. ``load_dataset(OUT)`` reads it with no custom code.
-
-One data contract for both model families (docs/ccexpert.md): ``frames`` (the original PNG bytes, A then B),
-``references`` (the 5 captions), ``conversations`` whose human turn is a GeoLLaVA prompt template + ``"\\n<video>"``
-and whose answer is the first reference; CCExpert's chat template puts its own fixed prompt in place of the question.
+One data contract for both model families: ``load_dataset(OUT)`` reads it with no custom code. The layout, the
+columns and the report: docs/ccexpert.md "LEVIR-CC → Hub dataset".
 """
 
 import json
@@ -100,8 +94,8 @@ def features() -> Features:
 def clean_caption(raw: str) -> str:
     """A LEVIR-CC caption as stored: lowercase as released, spaces stripped and collapsed, the detached final "." gone.
 
-    ``" there is no difference ."`` becomes ``"there is no difference"``. Scorers delete "." anyway (§2.2 of the
-    reference notes), so nothing that is scored changes.
+    ``" there is no difference ."`` becomes ``"there is no difference"``. Scorers delete "." anyway (CCExpert's
+    evaluation removes it, pycocoevalcap's PTB tokenizer drops punctuation), so nothing that is scored changes.
     """
     words = raw.split()
     while words and words[-1] == ".":

@@ -1,15 +1,10 @@
 """`make quickstart`: the main job end to end on the embedded default (synthetic fMoW + a tiny LLaVA-NeXT-Video).
 
-    make quickstart            # reuses what is already done and valid
-    make quickstart FRESH=1    # starts over
-    make quickstart LONG=1     # the long profile: a deeper tiny model trained ~20 minutes (outputs/quickstart-long/)
-    make quickstart PROFILE=long-simple   # the long profile on simpler scenes (one change or none per pair)
+    make quickstart            # reuses what is already done and valid; FRESH=1 starts over, LONG=1 the long profile
 
-Every stage runs the project's console scripts as a user would, prints one line with its time, and leaves its output
-under outputs/quickstart/. The last stage pushes the dataset, the adapter and the Space to a loopback Hub
-(`geollava-hub`, a stand-in for huggingface.co) and loads them back in a fresh process with an empty cache
-(`python -m upload.roundtrip`). The profiles are data: trainer/recipes/quickstart/profiles.yaml.
-`--profile ci` runs the same chain at test size (the test suite runs it).
+Every stage runs the project's console scripts as a user would and prints one line with its time; the last pushes
+the release to a loopback Hub and loads it back in a fresh process. The profiles are data:
+trainer/recipes/quickstart/profiles.yaml. See README.md.
 """
 
 import argparse

@@ -2,15 +2,9 @@
 
     BASE_MODEL_ID=outputs/quickstart/base ADAPTER_ID=outputs/quickstart/adapter python spaces_demo/app.py
 
-The base model and the adapter (with its pruning masks) are named by ``space_config.json`` beside this file (written
-by ``geollava-push space``), or by the environment variables ``BASE_MODEL_ID`` and ``ADAPTER_ID`` (local paths or Hub
-ids), which override it; without a base, the adapter's own ``base_model_name_or_path`` is used. So the same app runs
-a 7B model on a GPU Space and the quickstart's tiny model on a CPU. It calls the same function as
-``geollava-predict``, so both give the same text for the same pair.
-
-Device: the model is loaded on the CPU and moved, inside the ``@spaces.GPU`` function, to ``GEOLLAVA_DEVICE``
-(``auto``: CUDA when there is one, as ZeroGPU attaches a GPU only inside that function) in bf16 there unless
-``GEOLLAVA_DTYPE`` says otherwise: the same rule as ``geollava-eval --device`` (``trainer.models.device``).
+The base and the adapter come from ``space_config.json`` beside this file or the two variables; the model loads on
+the CPU and moves to the GPU inside the ``@spaces.GPU`` function. It calls the same function as ``geollava-predict``,
+so both give the same text for the same pair. See docs/space.md.
 """
 
 import json

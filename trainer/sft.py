@@ -3,13 +3,8 @@
     geollava-train --config trainer/recipes/tiny/lora.yaml --model_name_or_path outputs/tiny-llava-next-video \
         --dataset_name outputs/dataset --output_dir outputs/adapter
 
-Options come from a YAML recipe (``--config``) and ``--field value`` overrides, parsed by ``TrlParser`` into
-:class:`~trainer.training.config.GeoScriptArguments`, :class:`~trainer.training.config.GeoSFTConfig`,
-:class:`~trainer.training.config.GeoModelConfig` and :class:`~trainer.training.pruning.PruningConfig`. ``output_dir``
-ends up holding
-the adapter, the processor, ``run_summary.json``, ``training_curves.png`` and, when pruning ran, the masks; never
-optimizer state (checkpoints, which hold it for ``--resume_from_checkpoint``, are removed at the end unless
-``--keep_checkpoints``).
+A YAML recipe and ``--field value`` overrides, parsed by ``TrlParser``; ``output_dir`` ends up holding the adapter
+folder, never optimizer state. See docs/training.md.
 """
 
 import json

@@ -1,21 +1,8 @@
 """Push a large folder as many small commits that a rerun resumes: huggingface_hub's create_commit, part by part.
 
-huggingface_hub 2.4 has no ``upload_large_folder`` any more: its ``upload_folder`` splits a large folder into several
-commits only through Xet (``_upload_pipeline``), which plain Git LFS servers (the loopback Hub among them) do not
-speak, and makes one commit without it. This module does what ``upload_large_folder`` did, with the client's public
-calls:
-
-- the staged files are cut into parts of ``files_per_commit`` files (the Hub recommends under 100 a commit), the
-  README.md in the last part, so a dataset's card (and its configs) appears once all its data is there;
-- each part is one ``HfApi.create_commit``: its LFS objects go up first (objects the repo already owns, uploaded by an
-  interrupted run, are not sent again), files the branch already holds unchanged are dropped, then the commit;
-- each committed part is recorded under the folder's ``.cache/huggingface/geollava-push/`` (where
-  upload_large_folder kept ``.cache/huggingface/upload/``; the staging rules never push ``.cache``): the commit id,
-  and path, size and mtime of each file. A rerun skips the recorded files without reading them, once it has checked
-  that their commits are still in the branch's history (the record of a commit that is gone is ignored, and those
-  files are pushed again).
-
-Memory: the staged paths and the record of committed ones (a few hundred bytes a file), and one part's operations.
+huggingface_hub 2.4 has no ``upload_large_folder``, and its ``upload_folder`` splits a folder into several commits
+only through Xet, which plain Git LFS servers (the loopback Hub among them) do not speak; this module does the same
+with the client's public calls. Parts, resume records and memory: docs/release.md "Large folders".
 """
 
 import hashlib

@@ -1,21 +1,10 @@
 """Push a dataset, an adapter, the Space or a metric to the Hub as ONE commit (a large folder: resumable parts).
 
     geollava-push dataset outputs/quickstart/dataset --repo-id my-org/geollava [--revision BRANCH] [--dry-run]
-    geollava-push space spaces_demo --repo-id my-org/geollava-demo --model-repo-id my-org/geollava-lora \
-        --base-model llava-hf/LLaVA-NeXT-Video-7B-hf --dataset-repo-id my-org/geollava [--hardware zero-a10g]
-    geollava-push metric geollava_metrics --repo-id my-org/geollava_metrics   # or an evaluate module's folder
 
-Creates the repo if needed, stages exactly what belongs to the artifact (``upload.staging``: never checkpoints or
-optimizer state) and uploads it with one ``upload_folder`` commit; LFS blobs go up before the commit, so a push cut
-midway leaves no commit and a rerun sends only what is missing. A folder of more than ``--large-folder-files`` files
-or ``--large-folder-bytes`` bytes (a full-scale dataset: 100K clips) is pushed in commits of ``--files-per-commit``
-files instead, which a rerun resumes where the last one stopped (``upload.large_push``). The endpoint comes from
-``HF_ENDPOINT`` (huggingface.co by default) and the token from ``HF_TOKEN`` or the login cache; never printed.
-
-A Space is staged first into a temporary folder that stands alone (``upload.space_bundle``: the app, the project
-modules it imports, its inference-only requirements, ``space_config.json`` naming the base and adapter it serves,
-and its card); a metric (an ``evaluate`` module folder) is staged as the Hub's metric kind of Space
-(``upload.metric_space``: tagged ``evaluate`` and ``metric``), which ``evaluate.load("ORG/NAME")`` loads.
+Stages exactly what belongs to the artifact (``upload.staging``; a Space through ``upload.space_bundle``, a metric
+through ``upload.metric_space``) and pushes it with one ``create_commit``; a folder over the large-folder thresholds
+goes up in parts (``upload.large_push``). See docs/release.md "Pushes".
 """
 
 import logging

@@ -4,13 +4,7 @@
         --repos '{"dataset": "org/geollava", "model": "org/geollava-tiny-lora"}' \
         --dataset outputs/quickstart/dataset --adapter outputs/quickstart/adapter --base outputs/quickstart/base
 
-Checks, as a user of the Hub would load them: every config and split of the dataset repo has the local folder's
-features, ids and conversations; the adapter repo, loaded with ``PeftModel.from_pretrained`` on the base (its
-pruning masks applied first), has exactly the local adapter's tensors. Prints the report as one JSON line; exits 1
-naming the first difference. ``huggingface_hub`` and ``datasets`` read ``HF_ENDPOINT`` and ``HF_HOME`` when they are
-imported, so the check runs in a process whose environment holds them from the start:
-:func:`run_in_fresh_process` starts one. Those libraries are imported inside the checks, so a caller that only
-launches the check (the quickstart) imports none of them.
+Prints the report as one JSON line; exits 1 naming the first difference. See docs/release.md "Loading a release back".
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """One pixel limit and one byte limit for every image a user brings, checked before decoding, at every entry point.
 
-The bomb of issue 23: a 48 KB PNG of 20,000 x 20,000 pixels (400 M), through each CLI and the Space's functions.
+The bomb: a 48 KB PNG of 20,000 x 20,000 pixels (400 M), through each CLI and the Space's functions.
 """
 
 import json

@@ -145,7 +145,7 @@ def test_bertscore_bf16_is_close_to_float32_and_says_so():
     assert "bfloat16" in info.detail
 
 
-# --- one encoder pass for both (issue 22): the same numbers as the libraries, within 1e-6 in float32 -------------
+# --- one encoder pass for both: the same numbers as the libraries, within 1e-6 in float32 -------------------------
 
 BERT_PREDS = ["A new road was built.", "", "Trees were cut down in the north."]
 BERT_REFS = [["A road has been built."], ["Nothing changed."], ["A forest was cleared.", "Trees were removed."]]

@@ -56,7 +56,7 @@ def test_real_config_sizes_and_flops_match_the_anchors():
     with torch.device("meta"):
         model = LlavaNextVideoForConditionalGeneration(config)
     counts = gpu_train.parameter_counts(model)
-    # anchors-and-performance.md B4: N = 7.06B, N_LM = 6.74B, N_vision = 0.30B, projector ~21M.
+    # The 7B planning figures of docs/training.md "At scale": N = 7.06B, N_LM = 6.74B, vision 0.30B, projector ~21M.
     assert counts["total"] == pytest.approx(7.06e9, rel=0.01)
     assert counts["lm_matmul"] + counts["embedding"] == pytest.approx(6.74e9, rel=0.01)
     assert counts["vision"] == pytest.approx(0.30e9, rel=0.02)
@@ -64,7 +64,7 @@ def test_real_config_sizes_and_flops_match_the_anchors():
     flops = gpu_train.flops_per_sample(counts, config, 700)
     assert flops["6n"] == 6 * counts["total"] * 700
     assert flops["6n"] / 1e12 == pytest.approx(29.7, rel=0.01)
-    # B4's frozen-base estimate, ~20 TFLOP/sample (4 N_LM tokens + vision forward + attention).
+    # The frozen-base count, ~20 TFLOP/sample (4 N_LM tokens + vision forward + attention).
     assert flops["4n"] / 1e12 == pytest.approx(20.2, rel=0.05)
     assert gpu_train.peak_tflops("NVIDIA H100 80GB HBM3", None) == 989.4
     assert gpu_train.peak_tflops("NVIDIA H100 PCIe", None) == 756.0

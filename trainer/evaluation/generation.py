@@ -1,7 +1,7 @@
 """Batched generation with left padding: the same prompt format as training, greedy by default.
 
 With left padding every row's last prompt token sits at the end of the batch, so a batch generates exactly what each
-row would alone under greedy decoding (training-stack.md §6); right padding would not. The inputs follow the model:
+row would alone under greedy decoding; right padding would not (docs/evaluation.md). The inputs follow the model:
 they are moved to its device, pixel values cast to its dtype (:func:`trainer.models.device.move_inputs`).
 """
 

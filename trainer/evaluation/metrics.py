@@ -1,17 +1,7 @@
 """Caption metrics: the GeoLLaVA paper's own (exactly as its code computed them) and the LEVIR-CC standard ones.
 
-One function per family of metrics, each a thin call into the library that defines the metric:
-
-* :func:`rouge_scores` - ``rouge-score`` F-measures with the Porter stemmer (best-matching reference per row).
-* :func:`sentence_bleu2` - NLTK ``sentence_bleu``, weights (0.5, 0.5), smoothing method1, whitespace tokens.
-* :func:`corpus_sacrebleu` - ``sacrebleu`` corpus BLEU (13a tokenizer), for reference.
-* :func:`sbert_cosine` - cosine of mean-pooled sentence embeddings (the paper's "BERT" column).
-* :func:`bertscore_f1` - real BERTScore through ``bert-score``.
-* :func:`coco_caption_metrics` - ``pycocoevalcap`` BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and S*m over the whole set.
-
-Every function takes ``predictions: list[str]`` and ``references: list[list[str]]`` (one or more references per row)
-and returns raw values (not x100). Functions that need a model or Java return a :class:`MetricInfo` alongside the
-numbers saying what computed them, or raise :class:`MetricUnavailable` saying why they cannot run.
+One function per family of metrics, each a thin call into the library that defines it; each takes predictions and
+lists of references and returns raw values (not x100). What each metric is: docs/evaluation.md "The metrics".
 """
 
 import functools

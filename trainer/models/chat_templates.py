@@ -1,17 +1,8 @@
-r"""Chat templates: the four families' formats as their checkpoints publish them, and the project's own.
+"""Chat templates: the four families' formats as their checkpoints publish them, and the project's own.
 
-Training does not depend on ``{% generation %}`` markers (the collator finds the answer from the rendered generation
-prompt, :func:`trainer.training.collator.answer_format`), so the published templates are used as they are.
-
-The published templates could not be downloaded here (no network); they are reconstructed from transformers' own
-sources (5.24 and its repository), and each one's provenance is written beside it. The tiny models of
-``trainer.tiny`` carry these templates and their families' special tokens, so the tests check the real formats:
-
-* LLaVA-NeXT-Video (``llava-hf/LLaVA-NeXT-Video-7B-hf``) and Video-LLaVA: Vicuna, ``USER: <video>\n{q} ASSISTANT:``;
-  the answer follows after a space and ends with ``</s>`` (Vicuna v1's separator), which the published template
-  does not render.
-* LLaVA-OneVision and Qwen2.5-VL: ChatML, ``<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n``; the answer
-  ends with ``<|im_end|>``.
+The published templates are reconstructed from transformers' own sources (each one's provenance beside it); the
+collator does not depend on ``{% generation %}`` markers, so they are used as they are. The formats:
+docs/training.md "The four families' prompt formats".
 """
 
 #: ``llava-hf/LLaVA-NeXT-Video-7B-hf``'s chat template. Reconstructed from: the llava-hf Vicuna template of

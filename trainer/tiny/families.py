@@ -81,7 +81,7 @@ class TinyModelConfig:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"--family {self.family!r}: choose one of {sorted(FAMILIES)}")
-        # bitsandbytes' CPU 4-bit path repacks weights and needs in_features >= 64 (training-stack.md §3).
+        # bitsandbytes' CPU 4-bit repack needs in_features >= 64 and out_features % 32 == 0 (docs/training.md).
         if self.hidden_size < 64 or self.hidden_size % 32:
             raise ValueError(f"--hidden_size {self.hidden_size}: must be a multiple of 32 and at least 64")
         if self.image_size % 16:

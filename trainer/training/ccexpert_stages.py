@@ -1,16 +1,7 @@
 """CCExpert's three training stages: which parameters train, their learning rates, and best-by-S*m selection.
 
-==========  =====================================================  ===========================================
-stage       trainable                                              learning rate
-==========  =====================================================  ===========================================
-1 (CPT)     projector + Difference-aware Integration Module        ``lr``
-2 (CPT)     everything                                             ``lr``; vision tower ``0.2 * lr``
-3 (SFT)     everything (LEVIR-CC train)                            ``lr``; vision tower ``0.2 * lr``
-==========  =====================================================  ===========================================
-
-Stage III keeps the checkpoint with the best S*m on the LEVIR-CC **validation** split
-(:class:`trainer.evaluation.selection.BestBySmCallback`); the authors chose on the test split, which leaks the test
-set into model selection.
+Stage III keeps the checkpoint with the best S*m on the LEVIR-CC validation split (the authors chose on test). The
+stages' table: docs/ccexpert.md "The three stages".
 """
 
 import logging

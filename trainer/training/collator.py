@@ -1,16 +1,8 @@
 """The video collator: dataset rows -> model inputs with labels on the answer only, never truncated.
 
-TRL has no video path, so ``SFTTrainer`` gets the raw rows (``remove_unused_columns=False``, dataset preparation
-skipped) and this collator builds everything: the chat messages (``trainer.models.families.build_messages``, the one
-place rows become messages), the processor call, and the labels.
-
-**Where the answer starts** does not depend on ``{% generation %}`` markers in the chat template: each sample is the
-*generation prompt* the template renders for the question (``add_generation_prompt=True``: exactly what the model is
-given at inference) followed by the answer and the end-of-turn token, and the labels supervise every token after the
-prompt. How the template joins them (:func:`answer_format`) is read off its own rendering of a probe conversation:
-the text between the generation prompt and the answer (Vicuna: a space; ChatML: nothing), and the end-of-turn token
-the template writes after the answer if it is a special token (ChatML: ``<|im_end|>``), else the tokenizer's EOS (the
-published Vicuna templates write none: the Vicuna v1 separator ``</s>`` is added, so the model learns to stop).
+TRL has no video path, so ``SFTTrainer`` gets the raw rows and this collator builds everything: the chat messages,
+the processor call and the labels, with the answer found from the template's own rendering of the generation prompt.
+See docs/training.md "The collator and the loss".
 """
 
 import bisect

@@ -114,7 +114,7 @@ class GeoSFTConfig(SFTConfig):
     """TRL's ``SFTConfig`` with the settings the video path needs and defaults that suit this project.
 
     * ``remove_unused_columns=False`` and ``dataset_kwargs={"skip_prepare_dataset": True}``: TRL has no video path,
-      the collator builds the model inputs from the raw rows (both are required; training-stack.md §2).
+      the collator builds the model inputs from the raw rows (both are required; docs/training.md "Options").
     * ``max_length=None``: no limit; when set, the collator applies it *after* visual-token expansion and never
       truncates (``on_overlong`` decides).
     * ``bf16`` unset: on when a bf16-capable GPU is present, off on CPU (TRL's default is always on).

@@ -1,15 +1,7 @@
 """What the loopback Hub refuses, as the Hub does: bad repo ids, file paths, branch names, object ids and tokens.
 
 Each ``*_problem`` function returns ``None`` for a good value, or the sentence that the 400 answer carries (the
-client shows it in its ``BadRequestError``).
-
-- Repo ids: ``NAMESPACE/NAME`` under huggingface_hub's own rules (``validate_repo_id``: ASCII letters, digits,
-  ``-``, ``_``, ``.``; at most 96 characters a part; no ``--`` or ``..``; not ending in ``.git``).
-- File paths: relative and canonical, as a file in a Git tree: no leading ``/``, no backslash, no empty, ``.`` or
-  ``..`` segment, no ``.git`` folder, no control character, at most 255 bytes a segment and 4,096 a path (the
-  Hub publishes no length limit; these are the file-system limits every client's cache folder has to live with).
-- Branch names: what Git accepts in a ref (no ``..``, control characters, spaces, ``~^:?*[`` or a backslash, ...).
-- LFS object ids: 64 lowercase hex digits (an id names a file under ``blobs/``).
+client shows it in its ``BadRequestError``). The rules: docs/release.md "What it refuses".
 """
 
 import hashlib

@@ -1,18 +1,7 @@
 """CCExpert on transformers' LLaVA-OneVision classes: the Difference-aware Integration Module before the projector.
 
-The module follows the authors' ``cc_expert.py`` (see ``docs/ccexpert.md`` for where ours differs):
-
-1. the vision tower runs once on all images; every sample holds one pair, A (before) then B (after);
-2. the outputs of the tapped blocks are stacked along the batch axis, so one set of weights serves every level;
-3. each change-aware layer recomputes the Change Feature Init from the current A and B (one shared gate
-   ``sigmoid(W[A;B])``, ``sigmoid(W[B;A])``, then ``Linear([A'; B'; A'-B'])``), refines the change tokens (self
-   attention, cross attention to ``[A; B; change]``, MLP, each with a residual and a post-LayerNorm) and then lets A
-   and B attend to ``[itself; change]`` (residual, no norm); 2-D sine positions go on queries and keys, learned flag
-   embeddings mark A, B and change;
-4. Adaptive Adjustment weighs the levels with one sigmoid scalar per level and sample, from mean-pooled
-   ``[A; B; change]``, and takes the normalised weighted sum of A (and of B);
-5. ``output_gate * fused`` is added onto the last tapped level, which then goes through the usual projector.
-   The fused change tokens are not given to the language model (as in the authors' code).
+The module follows the authors' ``cc_expert.py`` (:class:`DifferenceAwareIntegrationModule`); what it computes and
+where ours differs: docs/ccexpert.md.
 """
 
 import math
@@ -134,6 +123,20 @@ class ChangeAwareLayer(nn.Module):
 
 class DifferenceAwareIntegrationModule(nn.Module):
     """CCExpert's Diff Expert + Adaptive Adjustment, with a learnable output gate on the residual branch.
+
+    As the authors' ``cc_expert.py`` computes it (every sample holds one pair, A before B, and the vision tower has
+    run once on all images):
+
+    1. the outputs of the tapped blocks are stacked along the batch axis, so one set of weights serves every level;
+    2. each change-aware layer recomputes the Change Feature Init from the current A and B (one shared gate
+       ``sigmoid(W[A;B])``, ``sigmoid(W[B;A])``, then ``Linear([A'; B'; A'-B'])``), refines the change tokens (self
+       attention, cross attention to ``[A; B; change]``, MLP, each with a residual and a post-LayerNorm) and then
+       lets A and B attend to ``[itself; change]`` (residual, no norm); 2-D sine positions go on queries and keys,
+       learned flag embeddings mark A, B and change;
+    3. Adaptive Adjustment weighs the levels with one sigmoid scalar per level and sample, from mean-pooled
+       ``[A; B; change]``, and takes the normalised weighted sum of A (and of B);
+    4. ``output_gate * fused`` is added onto the last tapped level, which then goes through the usual projector.
+       The fused change tokens are not given to the language model (as in the authors' code).
 
     Args:
         dim: Width of the vision features.
