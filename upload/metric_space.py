@@ -15,7 +15,6 @@ serves with exactly these, and fails with today's numpy/pyarrow, starlette or py
 ``app.py`` keeps it, with the gradio its card names.
 """
 
-import ast
 import importlib.metadata
 import logging
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from huggingface_hub import SpaceCard
 
+from dataset_builder.import_closure import top_level_imports
 from model_cards.validate import validate_card
 from upload.space_bundle import canonical, split_requirement
 from upload.staging import staged_files
@@ -66,11 +66,7 @@ def _script_requirements(folder: Path, scripts: list[Path], widget: bool) -> lis
     local = {p.stem for p in scripts}
     tops = set()
     for script in scripts:
-        for node in ast.walk(ast.parse((folder / script).read_text(), str(script))):
-            if isinstance(node, ast.Import):
-                tops.update(a.name.split(".")[0] for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                tops.add(node.module.split(".")[0])
+        tops |= top_level_imports((folder / script).read_text(), str(script))
     fixed = list(WIDGET_REQUIREMENTS) if widget else [f"evaluate=={importlib.metadata.version('evaluate')}"]
     owners = importlib.metadata.packages_distributions()
     dists = set()

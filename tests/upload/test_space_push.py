@@ -12,15 +12,10 @@ import yaml
 from huggingface_hub import HfApi, snapshot_download
 from packaging.requirements import Requirement
 
+from dataset_builder.import_closure import import_closure
 from model_cards.render import main as card_main
 from upload.push import main as push_main
-from upload.space_bundle import (
-    INFERENCE_PACKAGES,
-    canonical,
-    import_closure,
-    requirements_text,
-    stage_space,
-)
+from upload.space_bundle import INFERENCE_PACKAGES, canonical, requirements_text, stage_space
 
 
 ROOT = Path(__file__).resolve().parents[2]
