@@ -60,7 +60,7 @@ def test_a_staged_folder_carries_the_metric_code_with_relative_imports_only(stag
     import evaluate.loading
 
     folder = staged["geollava_metrics"]
-    copies = {"metric_sets", "metric_info", "metrics", "shared_encoder", "grounding", "changes"}
+    copies = {"metric_sets", "metrics", "shared_encoder", "grounding", "changes"}
     assert {p.stem for p in folder.glob("*.py")} == {"geollava_metrics", "app", *copies}
     for path in folder.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -73,7 +73,6 @@ def test_a_staged_folder_carries_the_metric_code_with_relative_imports_only(stag
         "levircc_metrics",
         "app",
         "metrics",
-        "metric_info",
     }
     # the copies are the project's own code, byte for byte apart from the import lines
     project = Path(staging.__file__).parents[1] / "metrics.py"

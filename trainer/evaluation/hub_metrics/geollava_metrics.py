@@ -16,9 +16,8 @@ import evaluate
 
 from dataset_builder.changes import CHANGE_KINDS
 from trainer.evaluation.grounding import NO_CHANGE
-from trainer.evaluation.metric_info import module_info
 from trainer.evaluation.metric_sets import EncoderOptions, geollava_set
-from trainer.evaluation.metrics import MINILM_BERTSCORE_LAYERS, PAPER_SBERT_MODEL
+from trainer.evaluation.metrics import MINILM_BERTSCORE_LAYERS, PAPER_SBERT_MODEL, evaluate_module_info
 from trainer.evaluation.shared_encoder import PRECISIONS
 
 
@@ -80,7 +79,7 @@ class GeollavaMetrics(evaluate.Metric):
     """ROUGE, sentence BLEU-2, BERTScore, SBERT cosine and grounding, as ``geollava-score`` computes them."""
 
     def _info(self):
-        return module_info(
+        return evaluate_module_info(
             _DESCRIPTION,
             _CITATION,
             _KWARGS_DESCRIPTION,

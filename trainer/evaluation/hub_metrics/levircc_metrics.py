@@ -13,8 +13,7 @@ rewrites the import below into an import of that copy).
 
 import evaluate
 
-from trainer.evaluation.metric_info import module_info
-from trainer.evaluation.metrics import coco_caption_metrics
+from trainer.evaluation.metrics import coco_caption_metrics, evaluate_module_info
 
 
 _DESCRIPTION = """The change-captioning metrics of LEVIR-CC (RSICCformer, CCExpert): bleu1..bleu4 (option "closest"),
@@ -50,7 +49,7 @@ class LevirccMetrics(evaluate.Metric):
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and S*m, as ``geollava-score`` computes them."""
 
     def _info(self):
-        return module_info(
+        return evaluate_module_info(
             _DESCRIPTION,
             _CITATION,
             _KWARGS_DESCRIPTION,

@@ -49,7 +49,6 @@ MODULES = {
 CARRIED = (
     "trainer.evaluation.metric_sets",
     "trainer.evaluation.metrics",
-    "trainer.evaluation.metric_info",
     "trainer.evaluation.shared_encoder",
     "trainer.evaluation.grounding",
     "dataset_builder.changes",
