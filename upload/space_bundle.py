@@ -2,14 +2,9 @@
 
     stage_space("spaces_demo", "outputs/space", repo_id="my-org/geollava-demo", model_repo_id="my-org/geollava-lora")
 
-The Space runs the project's own loading and prediction code. Rather than installing the project (a wheel would pull
-the whole training stack through its dependencies), the push copies the *import closure* of ``app.py`` within the
-project's packages (``dataset_builder/...``, ``trainer/...``: every module the app imports, directly or not, and the
-``__init__.py`` of each package on the way) beside ``app.py``, where Python finds them first. Its ``requirements.txt``
-is derived from the same closure: each third-party package it imports, with the pin ``pyproject.toml`` gives it
-(``gradio`` pinned to the card's ``sdk_version``). Only the packages in :data:`INFERENCE_PACKAGES` may be imported at a
-module's top level: a module that drags anything else into the Space (``pyarrow``, ``datasets``, ``trl``, ...) fails
-the staging, naming the module and line, so the dependency gets fixed at its root.
+The project modules are the import closure of ``app.py`` (``dataset_builder.import_closure``) and the requirements the
+packages that closure imports, with the project's pins; a module that imports a package outside
+:data:`INFERENCE_PACKAGES` at its top level fails the staging. See docs/space.md.
 """
 
 import functools

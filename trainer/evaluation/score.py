@@ -2,10 +2,8 @@
 
     geollava-score --predictions outputs/eval/predictions.jsonl --out outputs/eval/metrics.json
 
-Input: JSON lines ``{"id", "prediction", "references": [...]}`` (or one ``"reference"`` string), optionally with
-``category`` (per-category ROUGE-L) and ``changes`` (grounding). With ``--references FILE.jsonl`` the references
-(and ``changes``/``category``) come from that file, matched by ``id``. Rows that cannot be scored are skipped,
-reported by line and id, and counted in the output; nothing is dropped silently.
+Input: JSON lines ``{"id", "prediction", "references": [...]}`` (or ``--references FILE.jsonl``, matched by ``id``).
+Rows that cannot be scored are skipped, reported by line and id, and counted in the output. See docs/evaluation.md.
 """
 
 import json

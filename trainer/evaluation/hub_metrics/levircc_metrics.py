@@ -1,14 +1,10 @@
 """The LEVIR-CC caption metrics as an ``evaluate`` module (the script of a staged module folder).
 
-    import evaluate
-
-    levircc = evaluate.load("outputs/metrics/levircc_metrics")  # staged folder; or the Hub id it was pushed to
+    levircc = evaluate.load("outputs/metrics/levircc_metrics")  # the staged folder, or the Hub id it was pushed to
     levircc.compute(predictions=["many houses are built"], references=[["many houses are built", "houses appear"]])
 
-BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D and S*m (their mean) through pycocoevalcap, after the PTB tokenizer, over
-all rows at once (CIDEr-D uses corpus statistics). The numbers are ``geollava-score``'s: this script calls the same
-code, copied beside it when the folder is staged (``trainer.evaluation.hub_metrics.stage_metric_module``, which
-rewrites the import below into an import of that copy).
+BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and S*m through pycocoevalcap: the numbers of ``geollava-score``, from the same
+code, copied beside this script when the folder is staged. See docs/evaluation.md.
 """
 
 import evaluate

@@ -1,15 +1,11 @@
 """Stage a metric module folder: the script, copies of the project's metric code it imports, its card and its page.
 
-    from trainer.evaluation.hub_metrics import stage_metric_module
     folder = stage_metric_module("geollava_metrics", "outputs/metrics", repo_id="my-org/geollava_metrics")
     # evaluate.load(str(folder)) works offline; pushed as a Space, evaluate.load("my-org/geollava_metrics")
 
-One source of truth: the module script (``geollava_metrics.py``, ``levircc_metrics.py`` in this package) imports the
-project's metric code by its usual absolute names, and staging copies each imported module beside it with those
-imports made relative (``from trainer.evaluation.metrics import x`` -> ``from .metrics import x``), so the folder
-needs no ``pip install geollava``: ``evaluate`` copies a script's relative imports with it, locally and from the Hub.
-``evaluate`` copies only the files the script itself imports, so every copied module must be imported by the script
-(checked here, like every import of the copies: an import of another project module fails the staging).
+The copies are the script's import closure in one flat folder (``dataset_builder.import_closure``), so the folder
+needs no ``pip install geollava``. They import nothing else of the project (:data:`CARRIED`), and the script imports
+each of them itself: ``evaluate`` copies no other file. See docs/evaluation.md.
 """
 
 import importlib.metadata
