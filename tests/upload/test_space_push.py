@@ -100,7 +100,7 @@ def test_the_staged_space_imports_only_from_itself(staged):
     assert shipped == {"app.py", "dataset_builder", "trainer"}
 
 
-def test_pyarrow_is_no_longer_dragged_in_by_atomic_writes():
+def test_atomic_writes_bring_pyarrow_only_inside_the_function_that_needs_it():
     closure = import_closure(ROOT / "spaces_demo" / "app.py")
     assert "dataset_builder.atomic" in closure.modules  # the masks writer uses it
     assert "pyarrow" not in closure.top_level and closure.local["pyarrow"][0].startswith("dataset_builder.atomic:")
