@@ -25,7 +25,7 @@ from results_io import write_results  # noqa: E402
 from dataset_builder.prompts import PROMPT_TEMPLATES  # noqa: E402
 from trainer.evaluation.generation import generate_batch  # noqa: E402
 from trainer.models.loading import load_for_inference  # noqa: E402
-from trainer.tiny.models import build_tiny_model  # noqa: E402
+from trainer.tiny.build import build_tiny_model  # noqa: E402
 
 
 FAMILY = os.environ.get("BENCH_FAMILY", "llava-next-video")

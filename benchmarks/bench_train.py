@@ -28,7 +28,7 @@ from dataset_builder.atomic import write_text
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from dataset_builder.rows import features
 from trainer.sft import main as train_main
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from trainer.training.collator import VideoSFTCollator
 
 

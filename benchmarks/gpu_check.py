@@ -39,7 +39,7 @@ from spaces_demo import app  # noqa: E402
 from trainer.evaluation.predict import main as predict_main  # noqa: E402
 from trainer.evaluation.run_eval import main as eval_main  # noqa: E402
 from trainer.sft import main as train_main  # noqa: E402
-from trainer.tiny.models import build_tiny_model  # noqa: E402
+from trainer.tiny.build import build_tiny_model  # noqa: E402
 
 
 RESULTS = HERE / "results"

@@ -48,7 +48,7 @@ from dataset_builder.atomic import write_json, write_text  # noqa: E402
 from dataset_builder.prompts import PROMPT_TEMPLATES  # noqa: E402
 from trainer.models.families import get_family  # noqa: E402
 from trainer.models.masks import apply_masks, save_masks  # noqa: E402
-from trainer.tiny.models import build_tiny_model  # noqa: E402
+from trainer.tiny.build import build_tiny_model  # noqa: E402
 
 
 #: What the Space must never install: the training, data and annotation stack.

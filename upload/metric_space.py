@@ -2,20 +2,11 @@
 
     stage_metric("outputs/metrics/geollava_metrics", "outputs/staged", repo_id="my-org/geollava_metrics")
 
-On the Hub a metric is a Space repo (``sdk: gradio``, tagged ``evaluate`` and ``metric``) holding ``<name>.py``
-(the ``evaluate.Metric`` script ``evaluate.load`` runs), ``README.md`` (the metric card), ``app.py`` (its page) and
-``requirements.txt``. The staged copy keeps everything the folder has and fills in what is missing: the two tags,
-``sdk``/``app_file`` in the card, the widget page evaluate's own metrics use (``launch_gradio_widget``) and the
-requirements (``evaluate`` and the packages the scripts import).
-
-evaluate 0.4.6's widget builds its page with ``gr.inputs``, which gradio 4 removed, so a widget page runs on gradio
-3 (``sdk_version`` :data:`WIDGET_GRADIO`, as evaluate's own metric Spaces pin a gradio 3), and gradio 3.50 only
-starts beside the libraries of its time (:data:`WIDGET_REQUIREMENTS`; checked by hand in a fresh venv: the page
-serves with exactly these, and fails with today's numpy/pyarrow, starlette or pydantic). A folder that brings its own
-``app.py`` keeps it, with the gradio its card names.
+The staged copy keeps the folder's files and fills in what a metric Space needs: the tags ``evaluate`` and ``metric``,
+``sdk``/``app_file`` in the card, evaluate's widget page where the folder has no ``app.py`` (it runs on gradio 3:
+:data:`WIDGET_GRADIO`, :data:`WIDGET_REQUIREMENTS`) and the requirements. See docs/release.md.
 """
 
-import ast
 import importlib.metadata
 import logging
 import shutil
@@ -24,6 +15,7 @@ from pathlib import Path
 
 from huggingface_hub import SpaceCard
 
+from dataset_builder.import_closure import top_level_imports
 from model_cards.validate import validate_card
 from upload.space_bundle import canonical, split_requirement
 from upload.staging import staged_files
@@ -66,11 +58,7 @@ def _script_requirements(folder: Path, scripts: list[Path], widget: bool) -> lis
     local = {p.stem for p in scripts}
     tops = set()
     for script in scripts:
-        for node in ast.walk(ast.parse((folder / script).read_text(), str(script))):
-            if isinstance(node, ast.Import):
-                tops.update(a.name.split(".")[0] for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                tops.add(node.module.split(".")[0])
+        tops |= top_level_imports((folder / script).read_text(), str(script))
     fixed = list(WIDGET_REQUIREMENTS) if widget else [f"evaluate=={importlib.metadata.version('evaluate')}"]
     owners = importlib.metadata.packages_distributions()
     dists = set()

@@ -2,35 +2,25 @@
 
     stage_space("spaces_demo", "outputs/space", repo_id="my-org/geollava-demo", model_repo_id="my-org/geollava-lora")
 
-The Space runs the project's own loading and prediction code. Rather than installing the project (a wheel would pull
-the whole training stack through its dependencies), the push copies the *import closure* of ``app.py`` within the
-project's packages (``dataset_builder/...``, ``trainer/...``: every module the app imports, directly or not, and the
-``__init__.py`` of each package on the way) beside ``app.py``, where Python finds them first. Its ``requirements.txt``
-is derived from the same closure: each third-party package it imports, with the pin ``pyproject.toml`` gives it
-(``gradio`` pinned to the card's ``sdk_version``). Only the packages in :data:`INFERENCE_PACKAGES` may be imported at a
-module's top level: a module that drags anything else into the Space (``pyarrow``, ``datasets``, ``trl``, ...) fails
-the staging, naming the module and line, so the dependency gets fixed at its root.
+The project modules are the import closure of ``app.py`` (``dataset_builder.import_closure``) and the requirements the
+packages that closure imports, with the project's pins; a module that imports a package outside
+:data:`INFERENCE_PACKAGES` at its top level fails the staging. See docs/space.md.
 """
 
-import ast
 import functools
 import importlib.metadata
-import importlib.util
 import logging
 import re
 import shutil
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from dataset_builder.import_closure import PROJECT_PACKAGES, Closure, import_closure, stage_closure
 from model_cards.render import SPACE_CONFIG_FILE, read_space_settings, write_space_release
 from upload.staging import staged_files
 
 
 logger = logging.getLogger(__name__)
 
-#: The project's top-level packages: what the closure follows and copies.
-PROJECT_PACKAGES = ("dataset_builder", "trainer", "model_cards", "upload", "spaces_demo")
 #: The distributions a Space may install, and why it needs them: inference only.
 INFERENCE_PACKAGES = {
     "torch": "the model",
@@ -71,106 +61,6 @@ def split_requirement(text: str) -> tuple[str, str, str]:
     if not match:
         raise ValueError(f"{text!r}: not a requirement")
     return canonical(match.group(1)), match.group(2).replace(" ", ""), (match.group(3) or "").strip()
-
-
-@dataclass
-class Closure:
-    """What ``app.py`` imports: the project modules (name -> file) and the third-party imports (top name -> sites)."""
-
-    modules: dict[str, Path] = field(default_factory=dict)
-    top_level: dict[str, list[str]] = field(default_factory=dict)
-    local: dict[str, list[str]] = field(default_factory=dict)
-
-
-def _type_checking_only(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (
-        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-    )
-
-
-def _imports(tree: ast.AST, package: str):
-    """``(line, modules, names, inside a function)`` of each executed import (``if TYPE_CHECKING:`` skipped).
-
-    ``modules`` are the modules the statement imports for sure; ``names`` the ``module.name`` of each ``from module
-    import name``, which may be submodules.
-    """
-
-    def visit(node, in_function):
-        for child in ast.iter_child_nodes(node):
-            if _type_checking_only(child):
-                continue
-            if isinstance(child, ast.Import):
-                yield child.lineno, [a.name for a in child.names], [], in_function
-            elif isinstance(child, ast.ImportFrom):
-                module = child.module or ""
-                if child.level:  # relative: resolved against the importing package
-                    parts = package.split(".")
-                    module = ".".join(parts[: len(parts) - child.level + 1] + ([module] if module else []))
-                yield child.lineno, [module], [f"{module}.{a.name}" for a in child.names], in_function
-            nested = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
-            yield from visit(child, nested)
-
-    yield from visit(tree, False)
-
-
-@functools.cache
-def _package_root(top: str) -> Path | None:
-    spec = importlib.util.find_spec(top)  # imports nothing below the top package (its __init__ is light)
-    return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
-
-
-def _project_file(name: str) -> Path | None:
-    """The source file of project module ``name`` (a package's ``__init__.py``); None when ``name`` is no module.
-
-    Found on disk from the top package's folder, without importing anything (``pkg.function`` is no module).
-    """
-    top, *rest = name.split(".")
-    root = _package_root(top)
-    if root is None:
-        return None
-    path = root.joinpath(*rest)
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return path.with_suffix(".py") if rest and path.with_suffix(".py").is_file() else None
-
-
-def _package_of(name: str, path: Path) -> str:
-    return name if path.name == "__init__.py" else name.rpartition(".")[0]
-
-
-def import_closure(app: Path) -> Closure:
-    """Every project module ``app`` imports, directly or through another, and the third-party names they import.
-
-    Args:
-        app: The app's script (``app.py``).
-
-    Returns:
-        The closure; ``modules`` holds each package's ``__init__`` too (Python runs it on the way to a module).
-    """
-    closure = Closure()
-    todo = [(None, Path(app))]
-    while todo:
-        name, path = todo.pop()
-        if name in closure.modules:
-            continue
-        if name is not None:
-            closure.modules[name] = path
-            parts = name.split(".")
-            todo += [(p, _project_file(p)) for p in (".".join(parts[:i]) for i in range(1, len(parts)))]
-        where = path.name if name is None else name
-        package = "" if name is None else _package_of(name, path)
-        for line, modules, names, in_function in _imports(ast.parse(path.read_text(), str(path)), package):
-            for module in modules:
-                top = module.split(".")[0]
-                if top and top not in PROJECT_PACKAGES and top not in sys.stdlib_module_names:
-                    sites = closure.local if in_function else closure.top_level
-                    sites.setdefault(top, []).append(f"{where}:{line}")
-            for module in [*modules, *names]:
-                if module.split(".")[0] in PROJECT_PACKAGES and (file := _project_file(module)) is not None:
-                    todo.append((module, file))
-    return closure
 
 
 @functools.cache
@@ -293,11 +183,7 @@ def stage_space(
     requirements = requirements_text(closure)
     out.mkdir(parents=True, exist_ok=True)
     _copy_app_files(folder, out)
-    for name, path in sorted(closure.modules.items()):
-        rel = Path(*name.split("."))
-        target = out / (rel / "__init__.py" if path.name == "__init__.py" else rel.with_suffix(".py"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+    stage_closure(closure, out)
     (out / "requirements.txt").write_text(requirements)
     write_space_release(out, repo_id, **settings)
     logger.info("staged the Space: %d project modules; requirements.txt:\n%s", len(closure.modules), requirements)

@@ -212,7 +212,7 @@ def test_gate_init_zero_builds_a_model_that_starts_at_llava_onevision(tmp_path):
 
 def test_convert_keeps_every_llava_onevision_weight(tmp_path, random_pair):
     from trainer.models.ccexpert.convert import main as convert_main
-    from trainer.tiny.models import build_tiny_model
+    from trainer.tiny.build import build_tiny_model
 
     base = build_tiny_model("llava-onevision", tmp_path / "ov", corpus=["a road is built", "no change"] * 5)
     out = tmp_path / "cc"

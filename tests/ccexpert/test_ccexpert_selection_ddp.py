@@ -52,7 +52,7 @@ def test_two_processes_evaluate_and_save_on_the_main_process_only(tmp_path):
 
     from dataset_builder.levircc import main as build_levircc
     from dataset_builder.synthetic.synth import main as synth_main
-    from trainer.tiny.models import build_tiny_model
+    from trainer.tiny.build import build_tiny_model
 
     synth_main(["--format", "levir-cc", "--out", str(tmp_path / "levir"), "--pairs", "12", "--seed", "3"])
     build_levircc(["--root", str(tmp_path / "levir"), "--out", str(tmp_path / "ds")])

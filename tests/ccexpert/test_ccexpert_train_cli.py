@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from dataset_builder.levircc import main as build_levircc
 from dataset_builder.synthetic.synth import main as synth_main
 from trainer.sft import main as train_main
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 
 
 def test_stage_one_then_three_through_the_cli(tmp_path):

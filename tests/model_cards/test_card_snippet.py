@@ -25,7 +25,7 @@ from model_cards.validate import validate_card
 from trainer.models.families import get_family
 from trainer.models.loading import load_for_inference
 from trainer.models.masks import apply_masks, save_masks
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from trainer.training.pruning import PruningConfig, compute_masks
 from upload.push import main as push_main
 

@@ -39,7 +39,7 @@ def _adapter(base, out, seed):
 
 @pytest.fixture(scope="module")
 def pushed(hub_server, tmp_path_factory):
-    from trainer.tiny.models import build_tiny_model
+    from trainer.tiny.build import build_tiny_model
 
     root = tmp_path_factory.mktemp("roundtrip")
     dataset = _dataset(root / "a", seed=3)

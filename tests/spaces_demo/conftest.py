@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "The first image shows fields. A new building was built in the north-east."]

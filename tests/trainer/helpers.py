@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForImageTextToText
 
 from trainer.models.families import get_family
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from upload.loopback import free_port
 
 

@@ -19,7 +19,7 @@ import trainer.sft
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from dataset_builder.rows import features
 from tests.trainer.helpers import launch_two_processes
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east.", "No change.", "USER: ASSISTANT:"]

@@ -15,7 +15,7 @@ from tests.trainer.helpers import tiny_sft_args
 from trainer.models.families import build_messages, get_family
 from trainer.models.loading import quantization_config
 from trainer.models.masks import MASKS_FILE, load_masks, mask_sparsity
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from trainer.training.callbacks import CALLBACKS, PruningCallback, get_callbacks
 from trainer.training.pruning import PruningConfig, collect_targets, prune_before_quantization
 

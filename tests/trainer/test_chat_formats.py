@@ -20,7 +20,7 @@ from trainer.models.chat_templates import (
     VICUNA_TEMPLATE,
 )
 from trainer.models.families import build_messages
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from trainer.training.collator import IGNORE_INDEX, AnswerFormat, VideoSFTCollator, answer_format
 
 

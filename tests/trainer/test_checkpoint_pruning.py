@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.models.masks import MASKS_FILE, apply_masks, load_masks
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from trainer.training.checkpoint_pruning import (
     CheckpointWeights,
     StreamingUnsupported,

@@ -7,7 +7,7 @@ from transformers import AutoProcessor
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.models.families import FAMILIES
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from trainer.training.collator import IGNORE_INDEX, OverlongSampleError, VideoSFTCollator
 
 

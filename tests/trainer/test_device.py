@@ -14,7 +14,7 @@ from trainer.evaluation.generation import encode_batch, generate_batch
 from trainer.models import loading
 from trainer.models.device import model_device, model_dtype, move_inputs, place, resolve_device, resolve_dtype
 from trainer.models.loading import load_for_inference
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new road was built in the north."]

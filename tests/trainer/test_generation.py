@@ -8,7 +8,7 @@ from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.evaluation.generation import encode_batch, generate_batch
 from trainer.models.families import FAMILIES
 from trainer.models.loading import load_for_inference
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east. Nothing changed. A road was widened."]

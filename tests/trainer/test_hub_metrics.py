@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import SpaceCard
 
+from dataset_builder.import_closure import PROJECT_PACKAGES, import_closure, stage_closure
 from trainer.evaluation import metrics
 from trainer.evaluation.hub_metrics import stage_metric_module, staging
 from trainer.evaluation.score import main as score_main
@@ -59,12 +60,12 @@ def test_a_staged_folder_carries_the_metric_code_with_relative_imports_only(stag
     import evaluate.loading
 
     folder = staged["geollava_metrics"]
-    copies = {"metric_sets", "metric_info", "metrics", "shared_encoder", "grounding", "changes"}
+    copies = {"metric_sets", "metrics", "shared_encoder", "grounding", "changes"}
     assert {p.stem for p in folder.glob("*.py")} == {"geollava_metrics", "app", *copies}
     for path in folder.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                assert node.module.split(".")[0] not in staging.PROJECT_PACKAGES, (path.name, node.module)
+                assert node.module.split(".")[0] not in PROJECT_PACKAGES, (path.name, node.module)
     # evaluate copies exactly the files the script imports itself: every copy, nothing missing
     imports = evaluate.loading.get_imports(str(folder / "geollava_metrics.py"))
     assert {name for kind, name, _, _ in imports if kind == "internal"} == copies
@@ -72,7 +73,6 @@ def test_a_staged_folder_carries_the_metric_code_with_relative_imports_only(stag
         "levircc_metrics",
         "app",
         "metrics",
-        "metric_info",
     }
     # the copies are the project's own code, byte for byte apart from the import lines
     project = Path(staging.__file__).parents[1] / "metrics.py"
@@ -91,17 +91,41 @@ def test_the_card_is_a_metric_space_card(staged):
         stage_metric_module("levircc_metrics", staged["levircc_metrics"].parent, repo_id="geo-org/levircc")
 
 
+@pytest.mark.parametrize("name", sorted(staging.MODULES))
+def test_a_metric_script_imports_each_module_it_carries_itself(name):
+    # evaluate copies only the script's own relative imports: what the copies import, the script imports too
+    closure = import_closure(staging.HERE / f"{name}.py")
+    direct = {module for _, module in closure.imports[f"{name}.py"]}
+    assert direct and set(closure.imported()) == direct
+    assert direct <= set(staging.CARRIED)
+
+
+@pytest.mark.parametrize("module", staging.CARRIED)
+def test_the_carried_modules_import_nothing_else_of_the_project(module):
+    # read from the sources, without staging: the rule breaks the day one of them imports another project module
+    path = Path(importlib.util.find_spec(module).origin)
+    closure = import_closure(path)
+    imported = {name for _, name in closure.imports[path.name]}
+    assert imported <= set(staging.CARRIED), sorted(imported - set(staging.CARRIED))
+    assert set(closure.imported()) <= set(staging.CARRIED)
+
+
 def test_staging_refuses_code_a_module_cannot_carry(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match=r"x.py:2: imports trainer.models.masks, which a metric module cannot carry"):
-        staging.vendored_source("import json\nfrom trainer.models.masks import load_masks\n", "x.py")
-    assert staging.vendored_source("from trainer.evaluation import metrics\n", "x") == "from . import metrics\n"
-    # a copy that needs a module the script does not import: evaluate would not copy it
-    (tmp_path / "levircc_metrics.py").write_text("from trainer.evaluation.grounding import grounding_scores\n")
     monkeypatch.setattr(staging, "HERE", tmp_path)
+    script = tmp_path / "levircc_metrics.py"
+    script.write_text("import json\nfrom trainer.models.masks import load_masks\n")
+    with pytest.raises(ValueError, match=r"levircc_metrics.py:2: imports trainer.models.masks, which a metric module"):
+        staging.module_closure("levircc_metrics")
+    # a copy that needs a module the script does not import: evaluate would not copy it
+    script.write_text("from trainer.evaluation.grounding import grounding_scores\n")
     with pytest.raises(ValueError, match=r"grounding.py imports \['dataset_builder.changes'\]: import them in"):
-        staging.module_files("levircc_metrics")
+        staging.module_closure("levircc_metrics")
     with pytest.raises(ValueError, match="unknown metric module 'bleu'"):
-        staging.module_files("bleu")
+        staging.module_closure("bleu")
+    script.write_text("from trainer.evaluation import metrics\n")
+    written = stage_closure(staging.module_closure("levircc_metrics"), tmp_path / "out", flat=True)
+    assert sorted(p.name for p in written) == ["levircc_metrics.py", "metrics.py"]
+    assert (tmp_path / "out" / "levircc_metrics.py").read_text() == "from . import metrics\n"
 
 
 def test_evaluate_load_gives_geollava_scores_numbers(staged, tmp_path):

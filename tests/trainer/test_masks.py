@@ -18,7 +18,7 @@ from trainer.models.masks import (
     mask_sparsity,
     save_masks,
 )
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from trainer.training.pruning import PruningConfig, collect_targets, compute_masks
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.models.families import get_family
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from trainer.training.config import GeoModelConfig
 from trainer.training.model_setup import full_modules, load_model, quantization_config
 from trainer.training.pruning import PruningConfig

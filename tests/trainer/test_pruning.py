@@ -11,7 +11,7 @@ from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.models.families import get_family
 from trainer.models.loading import quantization_config
 from trainer.models.masks import apply_masks, load_masks, mask_sparsity
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from trainer.training.pruning import (
     PruningConfig,
     collect_input_norms,

@@ -10,7 +10,7 @@ from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.models.masks import apply_masks, load_masks
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from trainer.training.pruning import (
     PruningConfig,
     collect_targets,

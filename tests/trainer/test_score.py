@@ -167,21 +167,15 @@ def test_one_encoder_pass_by_default_and_a_fast_precision_prints_its_measured_de
     assert "measured on 6042 benchmark rows on 2026-12-06" in printed
 
 
-def test_bertscore_bf16_is_precision_bf16_and_contradictions_are_refused(tmp_path, capsys):
+def test_precision_bf16_scores_in_bf16_and_an_unknown_precision_is_refused(tmp_path, capsys):
     pred = _write(tmp_path / "p.jsonl", ROWS[:1])
-    args = [
-        "--predictions",
-        str(pred),
-        "--out",
-        str(tmp_path / "m.json"),
-        "--meteor",
-        "false",
-        "--model_metrics",
-        "false",
-    ]
-    assert main([*args, "--bertscore_bf16", "true"]) == 0
-    assert json.loads((tmp_path / "m.json").read_text())["precision"]["encoder"] == "bf16"
-    assert main([*args, "--bertscore_bf16", "true", "--precision", "int8"]) == 2
-    assert "contradicts --precision int8" in capsys.readouterr().err
+    args = ["--predictions", str(pred), "--out", str(tmp_path / "m.json"), "--meteor", "false"]
+    assert main([*args, "--precision", "bf16"]) == 0
+    scored = json.loads((tmp_path / "m.json").read_text())
+    assert scored["precision"]["encoder"] == "bf16"
+    for key in ("bertscore_f1", "sbert_cosine"):
+        assert "encoder in bf16" in scored["models"][key]["detail"] and 0 < scored[key] <= 1 + 1e-6, key
     with pytest.raises(SystemExit):  # not a precision this scorer knows
         main([*args, "--precision", "fp8"])
+    assert main([*args, "--bertscore_bf16", "true"]) == 2  # no alias: --precision bf16 is the flag
+    assert "not used by the HfArgumentParser: ['--bertscore_bf16', 'true']" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from trainer.models.families import FAMILIES
 from trainer.models.loading import load_for_inference
 from trainer.models.masks import load_masks
 from trainer.sft import main
-from trainer.tiny.models import build_tiny_model
+from trainer.tiny.build import build_tiny_model
 from trainer.training.collator import VideoSFTCollator
 from trainer.training.config import GeoModelConfig, GeoSFTConfig
 from trainer.training.model_setup import load_model

@@ -8,7 +8,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.models.chat_templates import ensure_chat_template
 from trainer.models.families import FAMILIES, build_messages, family_of, get_family
-from trainer.tiny.models import build_tiny_model, build_tokenizer, main, tokenizer_corpus
+from trainer.tiny.build import build_tiny_model, build_tokenizer, main, tokenizer_corpus
 from trainer.training.collator import IGNORE_INDEX, VideoSFTCollator
 
 

@@ -7,7 +7,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from dataset_builder.synthetic.render import PIXEL_CLASSES, render, render_with_labels
 from dataset_builder.synthetic.scenes import apply_change, random_scene
-from trainer.tiny.models import build_tiny_model, main
+from trainer.tiny.build import build_tiny_model, main
 from trainer.tiny.vision_pretrain import TOWERS, patch_targets, pretrain_vision_tower, scene_images
 
 

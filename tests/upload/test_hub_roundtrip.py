@@ -37,7 +37,7 @@ def adapter_dir(tmp_path_factory):
 
     from trainer.models.families import get_family
     from trainer.models.masks import apply_masks, save_masks
-    from trainer.tiny.models import build_tiny_model
+    from trainer.tiny.build import build_tiny_model
 
     root = tmp_path_factory.mktemp("adapter")
     base = build_tiny_model("llava-next-video", root / "base", image_size=32, corpus=list(PROMPT_TEMPLATES))

@@ -12,15 +12,10 @@ import yaml
 from huggingface_hub import HfApi, snapshot_download
 from packaging.requirements import Requirement
 
+from dataset_builder.import_closure import import_closure
 from model_cards.render import main as card_main
 from upload.push import main as push_main
-from upload.space_bundle import (
-    INFERENCE_PACKAGES,
-    canonical,
-    import_closure,
-    requirements_text,
-    stage_space,
-)
+from upload.space_bundle import INFERENCE_PACKAGES, canonical, requirements_text, stage_space
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +100,7 @@ def test_the_staged_space_imports_only_from_itself(staged):
     assert shipped == {"app.py", "dataset_builder", "trainer"}
 
 
-def test_pyarrow_is_no_longer_dragged_in_by_atomic_writes():
+def test_atomic_writes_bring_pyarrow_only_inside_the_function_that_needs_it():
     closure = import_closure(ROOT / "spaces_demo" / "app.py")
     assert "dataset_builder.atomic" in closure.modules  # the masks writer uses it
     assert "pyarrow" not in closure.top_level and closure.local["pyarrow"][0].startswith("dataset_builder.atomic:")

@@ -377,3 +377,29 @@ def coco_caption_metrics(
 def mean(values: Sequence[float]) -> float:
     """Arithmetic mean (NaN for an empty sequence): the paper's macro average over rows."""
     return _mean(values)
+
+
+# --- As evaluate modules (trainer/evaluation/hub_metrics) ---------------------------------------------------------
+
+
+def evaluate_module_info(description: str, citation: str, inputs_description: str, reference_urls: list[str]):
+    """The ``evaluate.MetricInfo`` of a metric module computing these metrics: its texts and its inputs.
+
+    A row is a prediction and its references: a list of strings or one string (other arguments, such as
+    ``change_kinds``, are keywords).
+    """
+    import datasets  # only the evaluate modules need these two, and evaluate loads them anyway
+    import evaluate
+
+    string = datasets.Value("string")
+    features = [
+        datasets.Features({"predictions": string, "references": datasets.Sequence(string)}),
+        datasets.Features({"predictions": string, "references": string}),
+    ]
+    return evaluate.MetricInfo(
+        description=description,
+        citation=citation,
+        inputs_description=inputs_description,
+        features=features,
+        reference_urls=reference_urls,
+    )

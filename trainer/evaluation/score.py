@@ -2,10 +2,8 @@
 
     geollava-score --predictions outputs/eval/predictions.jsonl --out outputs/eval/metrics.json
 
-Input: JSON lines ``{"id", "prediction", "references": [...]}`` (or one ``"reference"`` string), optionally with
-``category`` (per-category ROUGE-L) and ``changes`` (grounding). With ``--references FILE.jsonl`` the references
-(and ``changes``/``category``) come from that file, matched by ``id``. Rows that cannot be scored are skipped,
-reported by line and id, and counted in the output; nothing is dropped silently.
+Input: JSON lines ``{"id", "prediction", "references": [...]}`` (or ``--references FILE.jsonl``, matched by ``id``).
+Rows that cannot be scored are skipped, reported by line and id, and counted in the output. See docs/evaluation.md.
 """
 
 import json
@@ -73,10 +71,6 @@ class ScoreConfig:
         default=None, metadata={"help": "Layer for --bertscore_model (required for a path by bert-score)."}
     )
     batch_size: int = field(default=64, metadata={"help": "Batch size of the embedding models."})
-    bertscore_bf16: bool = field(
-        default=False,
-        metadata={"help": "Same as --precision bf16 (kept for existing commands)."},
-    )
     precision: str = field(
         default="fp32",
         metadata={
@@ -95,13 +89,9 @@ class ScoreConfig:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.bertscore_model is not None and self.bertscore_layers is None:
             raise ValueError(f"--bertscore_layers is required with --bertscore_model {self.bertscore_model!r}")
-        if self.bertscore_bf16 and self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"--bertscore_bf16 is --precision bf16; it contradicts --precision {self.precision}")
-        if self.bertscore_bf16:
-            self.precision = "bf16"
 
     def encoder_options(self) -> EncoderOptions:
-        """The encoder's options: models, batch size, precision (``--bertscore_bf16`` already folded in)."""
+        """The encoder's options: models, batch size, precision."""
         models = (self.sbert_model, self.bertscore_model, self.bertscore_layers)
         return EncoderOptions(*models, batch_size=self.batch_size, precision=self.precision)
 

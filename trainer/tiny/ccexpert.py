@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 def ccexpert_model_and_processor(
     cfg: TinyModelConfig, tokenizer, ids: dict, *, vision_layers: int = 8, gate_init: float = 1.0
 ) -> tuple[CCExpertForConditionalGeneration, LlavaOnevisionProcessor]:
-    """The tiny model and its processor, with the signature of ``trainer.tiny.models.BUILDERS`` entries.
+    """The tiny model and its processor, with the signature of ``trainer.tiny.build.BUILDERS`` entries.
 
     Args:
         cfg: Sizes (``image_size``, ``hidden_size``, ``num_layers`` of the language model).

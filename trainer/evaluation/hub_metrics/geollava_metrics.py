@@ -1,24 +1,18 @@
 """The GeoLLaVA caption metrics as an ``evaluate`` module (the script of a staged module folder).
 
-    import evaluate
-
-    geollava = evaluate.load("outputs/metrics/geollava_metrics")  # staged folder; or the Hub id it was pushed to
+    geollava = evaluate.load("outputs/metrics/geollava_metrics")  # the staged folder, or the Hub id it was pushed to
     geollava.compute(predictions=["a new road was built"], references=[["a road was built in the north"]])
 
-ROUGE-1/2/L (Porter stemmer), sentence BLEU-2 (NLTK, method1), corpus sacreBLEU, BERTScore F1 and the SBERT cosine
-(the paper's "BERT" column; one pass of the offline all-MiniLM-L6-v2 serves both), and, given ``change_kinds``,
-grounding precision/recall/F1. The numbers are ``geollava-score``'s: this script calls the same code, copied beside
-it when the folder is staged (``trainer.evaluation.hub_metrics.stage_metric_module``, which rewrites the imports
-below into imports of those copies).
+ROUGE, sentence BLEU-2, sacreBLEU, BERTScore, the SBERT cosine and, given ``change_kinds``, grounding: the numbers of
+``geollava-score``, from the same code, copied beside this script when the folder is staged. See docs/evaluation.md.
 """
 
 import evaluate
 
 from dataset_builder.changes import CHANGE_KINDS
 from trainer.evaluation.grounding import NO_CHANGE
-from trainer.evaluation.metric_info import module_info
 from trainer.evaluation.metric_sets import EncoderOptions, geollava_set
-from trainer.evaluation.metrics import MINILM_BERTSCORE_LAYERS, PAPER_SBERT_MODEL
+from trainer.evaluation.metrics import MINILM_BERTSCORE_LAYERS, PAPER_SBERT_MODEL, evaluate_module_info
 from trainer.evaluation.shared_encoder import PRECISIONS
 
 
@@ -80,7 +74,7 @@ class GeollavaMetrics(evaluate.Metric):
     """ROUGE, sentence BLEU-2, BERTScore, SBERT cosine and grounding, as ``geollava-score`` computes them."""
 
     def _info(self):
-        return module_info(
+        return evaluate_module_info(
             _DESCRIPTION,
             _CITATION,
             _KWARGS_DESCRIPTION,

@@ -1,20 +1,15 @@
 """The LEVIR-CC caption metrics as an ``evaluate`` module (the script of a staged module folder).
 
-    import evaluate
-
-    levircc = evaluate.load("outputs/metrics/levircc_metrics")  # staged folder; or the Hub id it was pushed to
+    levircc = evaluate.load("outputs/metrics/levircc_metrics")  # the staged folder, or the Hub id it was pushed to
     levircc.compute(predictions=["many houses are built"], references=[["many houses are built", "houses appear"]])
 
-BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D and S*m (their mean) through pycocoevalcap, after the PTB tokenizer, over
-all rows at once (CIDEr-D uses corpus statistics). The numbers are ``geollava-score``'s: this script calls the same
-code, copied beside it when the folder is staged (``trainer.evaluation.hub_metrics.stage_metric_module``, which
-rewrites the import below into an import of that copy).
+BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and S*m through pycocoevalcap: the numbers of ``geollava-score``, from the same
+code, copied beside this script when the folder is staged. See docs/evaluation.md.
 """
 
 import evaluate
 
-from trainer.evaluation.metric_info import module_info
-from trainer.evaluation.metrics import coco_caption_metrics
+from trainer.evaluation.metrics import coco_caption_metrics, evaluate_module_info
 
 
 _DESCRIPTION = """The change-captioning metrics of LEVIR-CC (RSICCformer, CCExpert): bleu1..bleu4 (option "closest"),
@@ -50,7 +45,7 @@ class LevirccMetrics(evaluate.Metric):
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and S*m, as ``geollava-score`` computes them."""
 
     def _info(self):
-        return module_info(
+        return evaluate_module_info(
             _DESCRIPTION,
             _CITATION,
             _KWARGS_DESCRIPTION,

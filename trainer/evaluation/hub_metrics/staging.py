@@ -1,27 +1,21 @@
 """Stage a metric module folder: the script, copies of the project's metric code it imports, its card and its page.
 
-    from trainer.evaluation.hub_metrics import stage_metric_module
     folder = stage_metric_module("geollava_metrics", "outputs/metrics", repo_id="my-org/geollava_metrics")
     # evaluate.load(str(folder)) works offline; pushed as a Space, evaluate.load("my-org/geollava_metrics")
 
-One source of truth: the module script (``geollava_metrics.py``, ``levircc_metrics.py`` in this package) imports the
-project's metric code by its usual absolute names, and staging copies each imported module beside it with those
-imports made relative (``from trainer.evaluation.metrics import x`` -> ``from .metrics import x``), so the folder
-needs no ``pip install geollava``: ``evaluate`` copies a script's relative imports with it, locally and from the Hub.
-``evaluate`` copies only the files the script itself imports, so every copied module must be imported by the script
-(checked here, like every import of the copies: an import of another project module fails the staging).
+The copies are the script's import closure in one flat folder (``dataset_builder.import_closure``), so the folder
+needs no ``pip install geollava``. They import nothing else of the project (:data:`CARRIED`), and the script imports
+each of them itself: ``evaluate`` copies no other file. See docs/evaluation.md.
 """
 
-import ast
 import importlib.metadata
-import importlib.util
-import re
 import shutil
 from pathlib import Path
 
 from huggingface_hub import SpaceCard, SpaceCardData
 
 from dataset_builder.atomic import atomic_dir
+from dataset_builder.import_closure import Closure, import_closure, stage_closure
 
 
 HERE = Path(__file__).resolve().parent
@@ -47,82 +41,44 @@ MODULES = {
         ["evaluate>=0.4.6", "datasets", "pycocoevalcap"],
     ),
 }
-#: The project modules a metric module may carry, and the file each becomes in the staged folder.
-VENDORED = {
-    "trainer.evaluation.metric_sets": "metric_sets",
-    "trainer.evaluation.metrics": "metrics",
-    "trainer.evaluation.metric_info": "metric_info",
-    "trainer.evaluation.shared_encoder": "shared_encoder",
-    "trainer.evaluation.grounding": "grounding",
-    "dataset_builder.changes": "changes",
-}
-PROJECT_PACKAGES = ("dataset_builder", "trainer", "model_cards", "upload", "spaces_demo")
+#: The project modules a metric module may carry: they import nothing else of the project.
+CARRIED = (
+    "trainer.evaluation.metric_sets",
+    "trainer.evaluation.metrics",
+    "trainer.evaluation.shared_encoder",
+    "trainer.evaluation.grounding",
+    "dataset_builder.changes",
+)
 #: Debian packages a Space installs (packages.txt): METEOR and the PTB tokenizer run on Java.
 APT_PACKAGES = {"levircc_metrics": ["default-jre-headless"]}
-_ABSOLUTE = re.compile(r"^(\s*)from (trainer\.evaluation\.\w+|dataset_builder\.\w+) import ", re.M)
-_PACKAGE = re.compile(r"^(\s*)from trainer\.evaluation import ", re.M)
 
 
-def _project_imports(tree: ast.AST) -> list[tuple[int, str]]:
-    """``(line, module)`` of each absolute import of a project module (``from trainer.evaluation import x`` -> x)."""
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] in PROJECT_PACKAGES]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module.split(".")[0] not in PROJECT_PACKAGES:
-                continue
-            if f"{node.module}.{node.names[0].name}" in VENDORED:  # from trainer.evaluation import metrics, ...
-                found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
-            else:
-                found.append((node.lineno, node.module))
-    return found
-
-
-def vendored_source(text: str, where: str) -> str:
-    """``text`` with its imports of :data:`VENDORED` modules made relative to the staged folder.
-
-    Args:
-        text: A module's source.
-        where: Its name, for the error message.
+def module_closure(name: str) -> Closure:
+    """The import closure of module ``name``'s script, checked against what a metric module can carry.
 
     Raises:
-        ValueError: Naming the line of an import of a project module that a metric module cannot carry.
-    """
-    for line, module in _project_imports(ast.parse(text)):
-        if module not in VENDORED:
-            raise ValueError(
-                f"{where}:{line}: imports {module}, which a metric module cannot carry ({sorted(VENDORED)})"
-            )
-    text = _ABSOLUTE.sub(lambda m: f"{m.group(1)}from .{VENDORED[m.group(2)]} import ", text)
-    text = _PACKAGE.sub(lambda m: f"{m.group(1)}from . import ", text)
-    left = _project_imports(ast.parse(text))
-    if left:
-        raise ValueError(f"{where}:{left[0][0]}: the import of {left[0][1]} could not be made relative")
-    return text
-
-
-def module_files(name: str) -> dict[str, str]:
-    """The staged folder's Python files of module ``name``: ``{file name: source}``, the script first.
-
-    Raises:
-        ValueError: For an unknown module, an import that cannot be carried, or a copied module that imports
-            another the script does not import itself (``evaluate`` would not copy it).
+        ValueError: For an unknown module, an import of a project module outside :data:`CARRIED` (naming the file
+            and line), or a carried module that imports another the script does not import itself (``evaluate``
+            would not copy it).
     """
     if name not in MODULES:
         raise ValueError(f"unknown metric module {name!r}; known: {sorted(MODULES)}")
-    script = HERE / f"{name}.py"
-    direct = {module for _, module in _project_imports(ast.parse(script.read_text()))}
-    files = {f"{name}.py": vendored_source(script.read_text(), script.name)}
-    for module in sorted(direct & set(VENDORED)):
-        path = Path(importlib.util.find_spec(module).origin)
-        needs = {m for _, m in _project_imports(ast.parse(path.read_text()))} - direct
-        if needs:
+    closure = import_closure(HERE / f"{name}.py")
+    script = closure.entry.name
+    direct = {module for _, module in closure.imports[script]}
+    for importer in [script, *closure.imported()]:
+        where = script if importer == script else closure.modules[importer].name
+        for line, module in closure.imports[importer]:
+            if module not in CARRIED:
+                raise ValueError(
+                    f"{where}:{line}: imports {module}, which a metric module cannot carry ({sorted(CARRIED)})"
+                )
+        needs = {module for _, module in closure.imports[importer]} - direct
+        if importer != script and needs:
             raise ValueError(
-                f"{path.name} imports {sorted(needs)}: import them in {script.name} too (evaluate copies no other)"
+                f"{where} imports {sorted(needs)}: import them in {script} too (evaluate copies no other)"
             )
-        files[f"{VENDORED[module]}.py"] = vendored_source(path.read_text(), path.name)
-    return files
+    return closure
 
 
 def render_card(name: str, repo_id: str | None) -> str:
@@ -159,17 +115,16 @@ def stage_metric_module(name: str, out_dir: str | Path, repo_id: str | None = No
         repo_id: The Hub id it will be pushed to, shown in the card's example (a placeholder when ``None``).
 
     Raises:
-        ValueError: As :func:`module_files`, or a ``repo_id`` whose name is not ``name`` (evaluate looks for
-            ``<repo name>.py``).
+        ValueError: As :func:`module_closure` and ``stage_closure``, or for a ``repo_id`` whose name is not ``name``
+            (evaluate looks for ``<repo name>.py``).
     """
     if repo_id is not None and repo_id.split("/")[-1] != name:
         raise ValueError(f"repo_id {repo_id!r}: evaluate loads <repo name>.py, so the repo must be named {name!r}")
-    files = module_files(name)
+    closure = module_closure(name)
     card = render_card(name, repo_id)
     target = Path(out_dir) / name
     with atomic_dir(target) as tmp:
-        for file_name, source in files.items():
-            (tmp / file_name).write_text(source)
+        stage_closure(closure, tmp, flat=True)
         (tmp / "README.md").write_text(card)
         shutil.copyfile(HERE / "app.py", tmp / "app.py")
         (tmp / "requirements.txt").write_text("\n".join(MODULES[name][2]) + "\n")

@@ -1,6 +1,6 @@
 """Make a stage-I CCExpert base from a LLaVA-OneVision checkpoint: its weights plus a freshly initialised module.
 
-    python -m trainer.ccexpert.convert --base llava-hf/llava-onevision-qwen2-0.5b-ov-hf --out outputs/cc-0.5b-init
+    python -m trainer.models.ccexpert.convert --base llava-hf/llava-onevision-qwen2-0.5b-ov-hf --out outputs/cc-init
 
 Every LLaVA-OneVision weight is kept; the Difference-aware Integration Module is initialised as the authors do
 (truncated normal, std 0.02). The processor is saved with CCExpert's chat template (ChatML, the authors' pair prompt)

@@ -1,9 +1,9 @@
-"""Tiny models of the real families: real transformers classes, tiny configs, random weights, an offline tokenizer.
-
-They are saved with ``save_pretrained`` so that every later stage loads them by path exactly as it would load
-``llava-hf/LLaVA-NeXT-Video-7B-hf``.
+"""Build a tiny model of a real family: its transformers classes, a tiny config, random weights, an offline tokenizer.
 
     geollava-tiny-model --family llava-next-video --out outputs/tiny-llava-next-video
+
+Saved with ``save_pretrained``, so every later stage loads it by path as it would load
+``llava-hf/LLaVA-NeXT-Video-7B-hf``. See docs/training.md.
 """
 
 import json
