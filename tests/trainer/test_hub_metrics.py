@@ -13,7 +13,8 @@ from huggingface_hub import SpaceCard
 
 from dataset_builder.import_closure import PROJECT_PACKAGES, import_closure, stage_closure
 from trainer.evaluation import metrics
-from trainer.evaluation.hub_metrics import stage_metric_module, staging
+from trainer.evaluation.hub_metrics import staging
+from trainer.evaluation.hub_metrics.staging import stage_metric_module
 from trainer.evaluation.score import main as score_main
 
 

@@ -1,7 +1,7 @@
 """The page of a metric module's Space: paste predictions and references as JSON, get the scores (python app.py).
 
-Staged beside the module's script by ``trainer.evaluation.hub_metrics.stage_metric_module``; it loads that script
-from its own folder, so the page needs nothing from the network. See docs/evaluation.md.
+Staged beside the module's script by ``hub_metrics.staging.stage_metric_module``; it loads that script from its own
+folder, so the page needs nothing from the network. See docs/evaluation.md.
 """
 
 import json
