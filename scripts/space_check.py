@@ -57,7 +57,7 @@ from transformers import AutoModelForImageTextToText  # noqa: E402
 from dataset_builder.atomic import write_json, write_text  # noqa: E402
 from dataset_builder.prompts import PROMPT_TEMPLATES  # noqa: E402
 from trainer.models.families import get_family  # noqa: E402
-from trainer.models.masks import apply_masks, save_masks  # noqa: E402
+from trainer.pruning.masks import apply_masks, save_masks  # noqa: E402
 from trainer.tiny.models import build_tiny_model  # noqa: E402
 
 
