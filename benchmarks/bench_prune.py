@@ -82,7 +82,7 @@ class PruneBenchConfig:
     max_shard_size: str = field(default="1GB", metadata={"help": "Shard size of the checkpoint it writes."})
     min_parameters: float = field(default=1e9, metadata={"help": "Refuse a smaller model (the issue's bar: 1B)."})
     compare_loaded: bool = field(
-        default=False, metadata={"help": "Also prune by loading the whole model in fp32 (the former path)."}
+        default=False, metadata={"help": "Also prune by loading the whole model in fp32 (for comparison)."}
     )
     workdir: str | None = field(default=None, metadata={"help": "Where the checkpoints go (default: a temp dir)."})
     out_dir: str = field(default=str(RESULTS), metadata={"help": "Where prune.json and prune.md go."})
@@ -167,7 +167,7 @@ def render(result: dict) -> str:
     if "loaded_fp32" in result:
         c = result["loaded_fp32"]
         lines.append(
-            f"| loading the whole model in fp32 (the former path) | {c['peak_rss_gib']:.2f} | {c['rss_ratio']:.2f} "
+            f"| loading the whole model in fp32 (for comparison) | {c['peak_rss_gib']:.2f} | {c['rss_ratio']:.2f} "
             f"| {c['seconds']:.1f} | {c['copy_gib']:.2f} | - |"
         )
     lines += [
