@@ -89,7 +89,11 @@ class PruningConfig:
 
 
 class FamilyParts(Protocol):
-    """What pruning reads of a model family; a ``trainer.models.families.Family`` has both."""
+    """What pruning reads of a model family; a ``trainer.models.families.Family`` has both.
+
+    Families come in as arguments: ``trainer.models`` loads models with their masks, so it imports this package,
+    never the reverse.
+    """
 
     language_model: str
     vision_modules: tuple[str, ...]
