@@ -1,18 +1,9 @@
 """Pruning before quantization at scale: peak memory, disk and time of pruning a >= 1B-parameter bf16 checkpoint.
 
-    .venv/bin/python benchmarks/bench_prune.py                      # ~1.3 B parameters, 5 %, ~3-6 min on 2 cores
-    .venv/bin/python benchmarks/bench_prune.py --compare_loaded true # also the whole-model path, for comparison
+    .venv/bin/python benchmarks/bench_prune.py --compare_loaded true  # ~1.3 B parameters, 5 %, minutes on 2 cores
 
-1. Writes a randomly initialised LLaVA-NeXT-Video-shaped checkpoint itself: a Llama language model of
-   ``--hidden_size``/``--layers`` (TinyLlama-1.1B's shape by default) and a small CLIP tower, in bf16, in shards as
-   ``save_pretrained`` writes them (``--max_shard_size``).
-2. Prunes it ``--sparsity`` (global magnitude, exact threshold) with
-   :func:`trainer.training.pruning.prune_before_quantization`, the path ``geollava-train`` takes for QLoRA + pruning,
-   in a fresh process that reports its own peak RSS (``VmHWM``, imports included) and time.
-3. Checks the invariants on the files: exactly ``round(s N)`` weights pruned, the saved masks' zeros are the pruned
-   copy's zeros, every other tensor byte-identical, the same dtype.
-
-Goal: peak RSS <= 1.3 x the checkpoint's size on disk. Writes ``benchmarks/results/prune.json`` and ``prune.md``.
+Goal: peak RSS <= 1.3 x the checkpoint's size on disk; the files' invariants are checked too. Writes
+``benchmarks/results/prune.{json,md}``. See docs/pruning.md ("At 7B scale").
 """
 
 import gc
@@ -40,11 +31,12 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # gpu_model beside this file; the project's packages from a checkout
 
 from gpu_model import build_random_model  # noqa: E402
+from results_io import write_results  # noqa: E402
 
-from dataset_builder.atomic import write_json, write_text  # noqa: E402
-from trainer.models.masks import MASKS_FILE, load_masks  # noqa: E402
-from trainer.training.checkpoint_pruning import checkpoint_entries, target_entries  # noqa: E402
-from trainer.training.pruning import collect_targets  # noqa: E402
+from trainer.models.families import family_of  # noqa: E402
+from trainer.pruning.masks import MASKS_FILE, load_masks  # noqa: E402
+from trainer.pruning.methods import collect_targets  # noqa: E402
+from trainer.pruning.pruned_copy import checkpoint_entries, target_entries  # noqa: E402
 
 
 RESULTS = HERE / "results"
@@ -54,22 +46,26 @@ GOAL_RSS_RATIO = 1.3
 PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])"
 CHILD = f"""
 import json, sys, time
-from trainer.training.pruning import PruningConfig, prune_before_quantization
+from trainer.models.families import get_family
+from trainer.pruning.methods import PruningConfig
+from trainer.pruning.pruned_copy import prune_before_quantization
 after_imports = {PEAK}
 config = PruningConfig(pruning_method="magnitude", pruning_sparsity=float(sys.argv[3]))
 start = time.perf_counter()
-prune_before_quantization(sys.argv[1], config, sys.argv[2])
+prune_before_quantization(sys.argv[1], config, sys.argv[2], get_family("llava-next-video"))
 seconds = time.perf_counter() - start
 print(json.dumps({{"seconds": seconds, "peak_rss_kib": {PEAK}, "rss_after_imports_kib": after_imports}}))
 """
 LOADED = f"""
 import json, sys, time
-from pathlib import Path
 import torch
-from trainer.training.pruning import PruningConfig, _prune_loaded
+from trainer.models.families import get_family
+from trainer.pruning.methods import PruningConfig
+from trainer.pruning.pruned_copy import prune_before_quantization
 config = PruningConfig(pruning_method="magnitude", pruning_sparsity=float(sys.argv[3]))
 start = time.perf_counter()
-_prune_loaded(sys.argv[1], config, Path(sys.argv[2]), None, getattr(torch, sys.argv[4]))
+family = get_family("llava-next-video")
+prune_before_quantization(sys.argv[1], config, sys.argv[2], family, dtype=getattr(torch, sys.argv[4]))
 print(json.dumps({{"seconds": time.perf_counter() - start, "peak_rss_kib": {PEAK}}}))
 """
 
@@ -86,7 +82,7 @@ class PruneBenchConfig:
     max_shard_size: str = field(default="1GB", metadata={"help": "Shard size of the checkpoint it writes."})
     min_parameters: float = field(default=1e9, metadata={"help": "Refuse a smaller model (the issue's bar: 1B)."})
     compare_loaded: bool = field(
-        default=False, metadata={"help": "Also prune by loading the whole model in fp32 (the former path)."}
+        default=False, metadata={"help": "Also prune by loading the whole model in fp32 (for comparison)."}
     )
     workdir: str | None = field(default=None, metadata={"help": "Where the checkpoints go (default: a temp dir)."})
     out_dir: str = field(default=str(RESULTS), metadata={"help": "Where prune.json and prune.md go."})
@@ -131,7 +127,8 @@ def check_files(source: Path, pruned: Path, sparsity: float) -> dict:
     mask_zeros = sum(int((~m).sum()) for m in masks.values())
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(pruned))
-    by_key = {name: entry.key for name, entry in target_entries(model, collect_targets(model), after).items()}
+    targets = collect_targets(model, family_of(model))
+    by_key = {name: entry.key for name, entry in target_entries(model, targets, after).items()}
     assert by_key.keys() == masks.keys()
     zeros_match, identical = True, True
     for name, mask in masks.items():
@@ -170,7 +167,7 @@ def render(result: dict) -> str:
     if "loaded_fp32" in result:
         c = result["loaded_fp32"]
         lines.append(
-            f"| loading the whole model in fp32 (the former path) | {c['peak_rss_gib']:.2f} | {c['rss_ratio']:.2f} "
+            f"| loading the whole model in fp32 (for comparison) | {c['peak_rss_gib']:.2f} | {c['rss_ratio']:.2f} "
             f"| {c['seconds']:.1f} | {c['copy_gib']:.2f} | - |"
         )
     lines += [
@@ -184,7 +181,16 @@ def render(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the checkpoint, prune it in a child process, check and record."""
+    """Write the checkpoint, prune it in a child process, check and record.
+
+    1. A randomly initialised LLaVA-NeXT-Video-shaped checkpoint: a Llama language model of ``--hidden_size`` /
+       ``--layers`` (TinyLlama-1.1B's shape by default) and a small CLIP tower, bf16, in ``--max_shard_size`` shards.
+    2. ``prune_before_quantization`` (the path ``geollava-train`` takes for QLoRA + pruning) prunes it ``--sparsity``
+       in a fresh process that reports its own peak RSS (``VmHWM``, imports included) and time; with
+       ``--compare_loaded``, so does the whole-model fp32 path.
+    3. The invariants, read back from the files: exactly ``round(s N)`` weights pruned, the saved masks' zeros are the
+       copy's zeros, every other tensor byte-identical, the same dtype.
+    """
     (bench,) = HfArgumentParser(PruneBenchConfig).parse_args_into_dataclasses(args=argv)
     gib = 2**30
     with tempfile.TemporaryDirectory(prefix="bench-prune-", dir=bench.workdir) as tmp:
@@ -231,11 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 "copy_gib": folder_bytes(Path(tmp) / "loaded", skip=(MASKS_FILE,)) / gib,
             }
             result["loaded_fp32"] = loaded
-    out = Path(bench.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "prune.json", result, indent=2)
-    write_text(out / "prune.md", render(result))
-    print(render(result))
+    print(write_results("prune", result, render(result), Path(bench.out_dir)))
     checks = result["checks"]
     ok = checks["exact"] and checks["masks_zeros_are_the_copys_zeros"] and checks["other_tensors_identical"]
     return 0 if ok and result["goal_met"] else 1

@@ -20,16 +20,17 @@ import torch
 import transformers
 from datasets import load_dataset
 from transformers import set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTTrainer, TrlParser
 
 from trainer.evaluation.selection import selection_callback
+from trainer.pruning.masks import MASKS_FILE, SavedMasks
+from trainer.pruning.methods import PruningConfig, calibration_batches
 from trainer.training.callbacks import get_callbacks
 from trainer.training.ccexpert_stages import CCExpertStageArguments, stage_trainer_kwargs
 from trainer.training.collator import VideoSFTCollator
 from trainer.training.config import GeoModelConfig, GeoScriptArguments, GeoSFTConfig
 from trainer.training.model_setup import LoadedModel, load_model, load_processor, match_trainable_dtype, resolve_family
-from trainer.training.pruning import PruningConfig, calibration_batches
 from trainer.training.run_summary import build_summary, plot_curves, write_summary
 from trainer.training.throughput import ThroughputCallback
 
@@ -77,10 +78,41 @@ def load_rows(script_args: GeoScriptArguments):
     return dataset
 
 
-def _resume_value(value):
+def resume_checkpoint(training_args) -> str | None:
+    """The checkpoint folder training resumes from: ``resume_from_checkpoint``, ``true``/``last`` for the last one.
+
+    Raises:
+        ValueError: If ``true``/``last`` is asked and ``output_dir`` holds no checkpoint.
+    """
+    value = training_args.resume_from_checkpoint
     if isinstance(value, str) and value.lower() in ("true", "last"):
-        return True
+        out = training_args.output_dir
+        last = get_last_checkpoint(out) if Path(out).is_dir() else None
+        if last is None:
+            raise ValueError(f"No valid checkpoint found in output directory ({training_args.output_dir})")
+        return last
     return value
+
+
+def given_masks(pruning_args: PruningConfig, loaded: LoadedModel, checkpoint: str | None) -> SavedMasks | None:
+    """The masks the pruning callback starts from, each an explicit input; ``None``: the callback computes them.
+
+    In order: the checkpoint training resumes from, once pruning had run (it then holds masks); the folder
+    ``pruning_masks_path`` names; the pruned full-precision copy a quantized base was loaded from.
+
+    Raises:
+        FileNotFoundError: If ``pruning_masks_path`` holds no masks.
+    """
+    if not pruning_args.enabled:
+        return None
+    if checkpoint is not None and (Path(checkpoint) / MASKS_FILE).is_file():
+        return SavedMasks.read(checkpoint)
+    if pruning_args.pruning_masks_path is not None:
+        folder = Path(pruning_args.pruning_masks_path)
+        if not (folder / MASKS_FILE).is_file():
+            raise FileNotFoundError(f"pruning_masks_path {str(folder)!r} holds no {MASKS_FILE}")
+        return SavedMasks.read(folder)
+    return loaded.pruned_masks
 
 
 def finalize_output_dir(output_dir: str | Path, keep_checkpoints: bool) -> None:
@@ -132,7 +164,9 @@ def load_training_model(model_args, training_args, pruning_args, train_dataset, 
     )
 
 
-def build_trainer(args, loaded: LoadedModel, processor, collator, train_dataset, throughput) -> SFTTrainer:
+def build_trainer(
+    args, loaded: LoadedModel, processor, collator, train_dataset, throughput, masks: SavedMasks | None = None
+) -> SFTTrainer:
     """The ``SFTTrainer`` with the run's callbacks: pruning, throughput, CCExpert's stage and selection."""
     script_args, training_args, model_args, pruning_args, stage_args = args
     # CCExpert's stages choose what trains (and the vision tower's lr) and may select the best checkpoint on val.
@@ -146,7 +180,7 @@ def build_trainer(args, loaded: LoadedModel, processor, collator, train_dataset,
         data_collator=collator,
         optimizers=stage.get("optimizers", (None, None)),
         callbacks=[
-            *get_callbacks(pruning_args, model_args, train_dataset, collator),
+            *get_callbacks(pruning_args, loaded.family, model_args, train_dataset, collator, masks),
             throughput,
             *([selection] if selection else []),
         ],
@@ -251,10 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     ################
     # Train
     ################
+    checkpoint = resume_checkpoint(training_args)
+    masks = given_masks(pruning_args, loaded, checkpoint)
     throughput = ThroughputCallback()
-    trainer = build_trainer(args, loaded, processor, collator, train_dataset, throughput)
+    trainer = build_trainer(args, loaded, processor, collator, train_dataset, throughput, masks)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=_resume_value(training_args.resume_from_checkpoint))
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     timings["train"] = round(time.perf_counter() - start, 3)
     trainer.log_metrics("train", result.metrics)
 

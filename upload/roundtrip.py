@@ -54,7 +54,7 @@ def _load_adapter(base: str | Path, adapter: str | Path, masks):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from trainer.models.masks import apply_masks  # pulls transformers (14 s): only in the checking process
+    from trainer.pruning.masks import apply_masks  # pulls transformers (14 s): only in the checking process
 
     model = AutoModelForImageTextToText.from_pretrained(str(base))
     if masks:
@@ -75,7 +75,7 @@ def check_adapter(repo_id: str, local_adapter: str | Path, base: str | Path) -> 
     import torch
     from huggingface_hub import snapshot_download
 
-    from trainer.models.masks import load_masks  # pulls transformers (14 s): only in the checking process
+    from trainer.pruning.masks import load_masks  # pulls transformers (14 s): only in the checking process
 
     masks = load_masks(snapshot_download(repo_id))
     local_masks = load_masks(local_adapter)

@@ -12,6 +12,7 @@ from trl import SFTTrainer, TrlParser
 
 from dataset_builder.levircc import LevirCCBuildConfig, build_levircc
 from trainer.evaluation.selection import BestBySmCallback, evaluate_captions
+from trainer.pruning.methods import PruningConfig
 from trainer.training.ccexpert_stages import (
     CCExpertStageArguments,
     apply_stage,
@@ -21,7 +22,6 @@ from trainer.training.ccexpert_stages import (
 )
 from trainer.training.collator import VideoSFTCollator
 from trainer.training.config import GeoModelConfig, GeoScriptArguments, GeoSFTConfig
-from trainer.training.pruning import PruningConfig
 
 
 RECIPES = Path(__file__).resolve().parents[2] / "trainer" / "recipes" / "ccexpert"

@@ -24,9 +24,9 @@ from model_cards.render import render_model_card
 from model_cards.validate import validate_card
 from trainer.models.families import get_family
 from trainer.models.loading import load_for_inference
-from trainer.models.masks import apply_masks, save_masks
+from trainer.pruning.masks import apply_masks, save_masks
+from trainer.pruning.methods import PruningConfig, compute_masks
 from trainer.tiny.build import build_tiny_model
-from trainer.training.pruning import PruningConfig, compute_masks
 from upload.push import main as push_main
 
 
@@ -61,9 +61,9 @@ def published(hub_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("card-snippet")
     base = build_tiny_model("llava-next-video", root / "base", image_size=32, corpus=list(PROMPT_TEMPLATES))
     model = AutoModelForImageTextToText.from_pretrained(base)
-    masks, metadata = compute_masks(model, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05))
-    apply_masks(model, masks)
     family = get_family("llava-next-video")
+    masks, metadata = compute_masks(model, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05), family)
+    apply_masks(model, masks)
     lora = LoraConfig(r=4, target_modules=family.lora_target_modules, init_lora_weights=False)
     adapter = root / "adapter"
     peft_model = get_peft_model(model, lora)

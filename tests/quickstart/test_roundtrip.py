@@ -24,7 +24,7 @@ def _adapter(base, out, seed):
     from transformers import AutoModelForImageTextToText
 
     from trainer.models.families import get_family
-    from trainer.models.masks import apply_masks, save_masks
+    from trainer.pruning.masks import apply_masks, save_masks
 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_pretrained(base)

@@ -114,8 +114,8 @@ def test_the_carried_modules_import_nothing_else_of_the_project(module):
 def test_staging_refuses_code_a_module_cannot_carry(tmp_path, monkeypatch):
     monkeypatch.setattr(staging, "HERE", tmp_path)
     script = tmp_path / "levircc_metrics.py"
-    script.write_text("import json\nfrom trainer.models.masks import load_masks\n")
-    with pytest.raises(ValueError, match=r"levircc_metrics.py:2: imports trainer.models.masks, which a metric module"):
+    script.write_text("import json\nfrom trainer.pruning.masks import load_masks\n")
+    with pytest.raises(ValueError, match=r"levircc_metrics.py:2: imports trainer.pruning.masks, which a metric"):
         staging.module_closure("levircc_metrics")
     # a copy that needs a module the script does not import: evaluate would not copy it
     script.write_text("from trainer.evaluation.grounding import grounding_scores\n")

@@ -7,10 +7,11 @@ from torch import nn
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.models.families import get_family
+from trainer.pruning.masks import load_masks
+from trainer.pruning.methods import PruningConfig
 from trainer.tiny.build import build_tiny_model
 from trainer.training.config import GeoModelConfig
-from trainer.training.model_setup import full_modules, load_model, quantization_config
-from trainer.training.pruning import PruningConfig
+from trainer.training.model_setup import bitsandbytes_config_from_options, full_modules, load_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built.", "USER: ASSISTANT:"]
@@ -62,7 +63,7 @@ def test_full_finetune_freezes_vision(tiny_path):
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantized_language_model_unquantized_vision(tiny_path, bits):
     args = _args(tiny_path, **{f"load_in_{bits}bit": True})
-    quant = quantization_config(args, get_family(FAMILY))
+    quant = bitsandbytes_config_from_options(args, get_family(FAMILY))
     # Full in-memory prefixes: a bare "vision_tower" silently matches nothing in transformers 5.
     assert "model.vision_tower" in quant.llm_int8_skip_modules
     assert "model.multi_modal_projector" in quant.llm_int8_skip_modules
@@ -85,6 +86,11 @@ def test_quantized_pruning_uses_a_pruned_copy(tiny_path, tmp_path):
     loaded = load_model(_args(tiny_path, load_in_4bit=True), pruning_config=pruning, pruned_dir=tmp_path / "pruned")
     assert loaded.base_path == str(tmp_path / "pruned")
     assert (tmp_path / "pruned" / "pruning_masks.safetensors").is_file()
+    # The copy's masks come back with the model, for the pruning callback.
+    saved, given = load_masks(tmp_path / "pruned"), loaded.pruned_masks.unpack()
+    assert loaded.pruned_masks.folder == tmp_path / "pruned" and saved.keys() == given.keys()
+    assert all(torch.equal(saved[n], given[n]) for n in saved)
+    assert load_model(_args(tiny_path, load_in_4bit=True)).pruned_masks is None
     with pytest.raises(ValueError, match="pruned_dir"):
         load_model(_args(tiny_path, load_in_4bit=True), pruning_config=pruning)
 

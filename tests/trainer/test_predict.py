@@ -118,7 +118,7 @@ def test_batch_csv_skips_bad_rows_and_describes_the_rest(tiny, images, tmp_path,
 def test_pruning_masks_are_reapplied_on_load(tiny, tmp_path):
     import shutil
 
-    from trainer.models.masks import save_masks
+    from trainer.pruning.masks import save_masks
 
     base, adapter = tiny
     pruned = tmp_path / "adapter"
@@ -140,7 +140,7 @@ def test_4bit_load_quantizes_the_masked_language_model_only(tiny, images, tmp_pa
     import bitsandbytes as bnb
     import bitsandbytes.functional as bnbf
 
-    from trainer.models.masks import save_masks
+    from trainer.pruning.masks import save_masks
 
     base, adapter = tiny
     pruned = tmp_path / "adapter"

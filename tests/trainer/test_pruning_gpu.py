@@ -9,15 +9,11 @@ import torch
 from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.models.masks import apply_masks, load_masks
+from trainer.models.families import get_family
+from trainer.pruning.masks import apply_masks, load_masks
+from trainer.pruning.methods import PruningConfig, collect_targets, exact_threshold, magnitude_masks
+from trainer.pruning.pruned_copy import prune_before_quantization
 from trainer.tiny.build import build_tiny_model
-from trainer.training.pruning import (
-    PruningConfig,
-    collect_targets,
-    exact_threshold,
-    magnitude_masks,
-    prune_before_quantization,
-)
 
 
 pytestmark = [
@@ -43,9 +39,9 @@ def test_nf4_on_cuda_keeps_pruned_weights_exactly_zero(tmp_path):
     import bitsandbytes.functional as bnbf
 
     tiny = build_tiny_model("llava-next-video", tmp_path / "tiny", corpus=CORPUS)
-    pruned = prune_before_quantization(
-        tiny, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.3), tmp_path / "pruned"
-    )
+    family = get_family("llava-next-video")
+    config = PruningConfig(pruning_method="magnitude", pruning_sparsity=0.3)
+    pruned = prune_before_quantization(tiny, config, tmp_path / "pruned", family).path
     masks = load_masks(pruned)
     bnb = BitsAndBytesConfig(
         load_in_4bit=True,
@@ -55,7 +51,7 @@ def test_nf4_on_cuda_keeps_pruned_weights_exactly_zero(tmp_path):
         llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
     )
     model = AutoModelForImageTextToText.from_pretrained(pruned, quantization_config=bnb, device_map="cuda")
-    for name, layer in collect_targets(model, require_full_precision=False).items():
+    for name, layer in collect_targets(model, family, require_full_precision=False).items():
         values = bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state).reshape(masks[name].shape).cpu()
         assert (values[~masks[name]] == 0).all(), name
     with pytest.raises(TypeError, match="Params4bit"):

@@ -2,6 +2,7 @@
 on CPU, the output folder holds only the adapter's files, and the CLI run reloads with its masks."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,12 +17,13 @@ from dataset_builder.rows import features
 from tests.trainer.helpers import tiny_sft_args
 from trainer.models.families import FAMILIES
 from trainer.models.loading import load_for_inference
-from trainer.models.masks import load_masks
-from trainer.sft import main
+from trainer.pruning.masks import SavedMasks, load_masks, save_masks
+from trainer.pruning.methods import PruningConfig
+from trainer.sft import given_masks, main, resume_checkpoint
 from trainer.tiny.build import build_tiny_model
 from trainer.training.collator import VideoSFTCollator
 from trainer.training.config import GeoModelConfig, GeoSFTConfig
-from trainer.training.model_setup import load_model
+from trainer.training.model_setup import LoadedModel, load_model
 
 
 CAPTIONS = [
@@ -250,3 +252,60 @@ def test_resume_gives_the_same_loss_curve(tiny_path, dataset_dir, tmp_path):
         [losses(resumed)[s] for s in (3, 4)], [losses(full)[s] for s in (3, 4)], rtol=1e-5, atol=1e-6
     )
     assert not (tmp_path / "resumed" / "checkpoint-2").exists()
+
+
+def test_resume_with_pruning_takes_the_resumed_checkpoints_masks(tiny_path, dataset_dir, tmp_path):
+    common = ("--max_steps", "4", "--save_steps", "2", "--save_strategy", "steps", "--lr_scheduler_type", "linear")
+    common += ("--pruning_method", "magnitude", "--pruning_sparsity", "0.05")
+    full = _cli(tiny_path, dataset_dir, tmp_path / "full", "lora", *common, "--keep_checkpoints", "true")
+    checkpoint = tmp_path / "resumed" / "checkpoint-2"
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", checkpoint)
+    resumed = _cli(tiny_path, dataset_dir, tmp_path / "resumed", "lora", *common, "--resume_from_checkpoint", "last")
+    assert resumed["pruning"]["masks_loaded_from"] == str(checkpoint) and "masks_loaded_from" not in full["pruning"]
+    masks, reference = load_masks(tmp_path / "resumed"), load_masks(tmp_path / "full")
+    assert masks.keys() == reference.keys() and all(torch.equal(masks[n], reference[n]) for n in masks)
+    full_losses, resumed_losses = (
+        [e["loss"] for e in summary["log_history"] if "loss" in e and e["step"] > 2] for summary in (full, resumed)
+    )
+    assert len(resumed_losses) == len(full_losses) == 2
+    np.testing.assert_allclose(resumed_losses, full_losses, rtol=1e-5, atol=1e-6)
+
+
+def test_the_callback_is_given_masks_from_explicit_inputs_only(tmp_path):
+    for name in ("checkpoint-2", "masks-path", "pruned-copy"):
+        save_masks({"m": torch.tensor([True, False, True])}, tmp_path / name, {"source": name})
+    copy = SavedMasks.read(tmp_path / "pruned-copy")
+    loaded = LoadedModel(torch.nn.Identity(), FAMILIES["llava-next-video"], str(tmp_path / "pruned-copy"), "nf4", 0, 0)
+    loaded.pruned_masks = copy
+    pruning = PruningConfig(pruning_method="magnitude", pruning_sparsity=0.3)
+    with_path = PruningConfig(
+        pruning_method="magnitude", pruning_sparsity=0.3, pruning_masks_path=str(tmp_path / "masks-path")
+    )
+
+    def source(config, checkpoint):
+        return given_masks(config, loaded, checkpoint and str(tmp_path / checkpoint)).report["source"]
+
+    # The resumed checkpoint first (once pruning had run, it holds masks), then pruning_masks_path, then the copy.
+    assert source(pruning, "checkpoint-2") == source(with_path, "checkpoint-2") == "checkpoint-2"
+    assert source(with_path, None) == source(with_path, "checkpoint-1") == "masks-path"
+    assert source(pruning, None) == source(pruning, "checkpoint-1") == "pruned-copy"
+    assert given_masks(PruningConfig(), loaded, str(tmp_path / "checkpoint-2")) is None
+    missing = PruningConfig(
+        pruning_method="magnitude", pruning_sparsity=0.3, pruning_masks_path=str(tmp_path / "none")
+    )
+    with pytest.raises(FileNotFoundError, match="pruning_masks_path .* holds no pruning_masks.safetensors"):
+        given_masks(missing, loaded, None)
+
+
+def test_resume_checkpoint_resolves_last(tmp_path):
+    for step in (2, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+
+    def resolved(value, output_dir=tmp_path):
+        return resume_checkpoint(GeoSFTConfig(output_dir=str(output_dir), use_cpu=True, resume_from_checkpoint=value))
+
+    assert resolved(None) is None
+    assert resolved("last") == resolved("true") == str(tmp_path / "checkpoint-10")
+    assert resolved(str(tmp_path / "checkpoint-2")) == str(tmp_path / "checkpoint-2")
+    with pytest.raises(ValueError, match="No valid checkpoint"):
+        resolved("last", tmp_path / "empty")

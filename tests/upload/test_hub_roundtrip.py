@@ -36,7 +36,7 @@ def adapter_dir(tmp_path_factory):
     from transformers import AutoModelForImageTextToText
 
     from trainer.models.families import get_family
-    from trainer.models.masks import apply_masks, save_masks
+    from trainer.pruning.masks import apply_masks, save_masks
     from trainer.tiny.build import build_tiny_model
 
     root = tmp_path_factory.mktemp("adapter")
@@ -100,7 +100,7 @@ def test_adapter_push_and_peft_load_is_bit_identical(hub_server, adapter_dir, tm
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from trainer.models.masks import apply_masks, load_masks
+    from trainer.pruning.masks import apply_masks, load_masks
 
     base, adapter, trained = adapter_dir
     staged = {str(p) for p in staged_files("model", adapter)}

@@ -1,4 +1,4 @@
-"""Model definitions: families, loading for training and inference, pruning masks, CCExpert.
+"""Model definitions: families, loading for training and inference, CCExpert.
 
 Importing this package registers CCExpert with the transformers Auto classes and the family registry, so every
 entry point that loads a model through it (train, eval, predict, the Space) loads ``ccexpert`` checkpoints with no

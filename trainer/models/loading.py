@@ -1,9 +1,8 @@
 """Load a base model + adapter (+ pruning masks) for inference: evaluation, prediction, the Space and the quickstart.
 
-Masks are applied to the full-precision base weights *before* any quantization and before the adapter is attached,
-as training pruned them (STYLE.md "Do this" 2): with ``load_in_4bit`` the masked base is written to a temporary
-folder and quantized from there, so no packed 4-bit byte is ever pruned. The device and dtype follow the one rule of
-:mod:`trainer.models.device` (``auto``: CUDA in bf16 when available, else the CPU in the checkpoint's dtype).
+Masks are applied to the full-precision base weights before any quantization and before the adapter is attached:
+bitsandbytes packs 4-bit weights, and pruning them would zero packed bytes, so the masked base is quantized after.
+Also the one bitsandbytes config of the project (training and inference). See docs/evaluation.md.
 """
 
 import logging
@@ -18,7 +17,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 from trainer.models.chat_templates import ensure_chat_template
 from trainer.models.device import model_device, model_dtype, resolve_device, resolve_dtype
 from trainer.models.families import Family, family_of
-from trainer.models.masks import MASKS_FILE, apply_masks, load_masks
+from trainer.pruning.masks import MASKS_FILE, apply_masks, load_masks
 
 
 logger = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ def adapter_folder(adapter: str | Path) -> Path:
     return Path(snapshot_download(str(adapter)))
 
 
-def quantization_config(
+def bitsandbytes_config(
     family: Family | None,
     *,
     bits: int = 4,
@@ -46,9 +45,9 @@ def quantization_config(
 ) -> BitsAndBytesConfig:
     """The one bitsandbytes config of the project, for training (QLoRA) and for inference alike.
 
-    The vision tower(s), the projector and ``lm_head`` stay in full precision (STYLE.md): ``llm_int8_skip_modules``
-    holds the family's full in-memory prefixes (transformers 5 matches them from the start of the module name; a bare
-    ``"vision_tower"`` silently quantizes the tower).
+    The vision tower(s), the projector and ``lm_head`` stay in full precision (they may be trained in full, which a
+    4-bit layer cannot be): ``llm_int8_skip_modules`` holds the family's full in-memory prefixes (transformers 5
+    matches them from the start of the module name; a bare ``"vision_tower"`` silently quantizes the tower).
 
     Args:
         family: The model family (``None``: only ``lm_head`` is skipped).
@@ -151,5 +150,5 @@ def _load_4bit(model, masks, kwargs: dict, on_target: dict, dtype):
             del full
             source = tmp
         family = family_of(AutoConfig.from_pretrained(source))
-        quant = quantization_config(family, compute_dtype=dtype)
+        quant = bitsandbytes_config(family, compute_dtype=dtype)
         return AutoModelForImageTextToText.from_pretrained(source, quantization_config=quant, **kwargs, **on_target)

@@ -1,1 +1,1 @@
-"""Training: option dataclasses, the collator, callbacks, pruning, CCExpert's stages (``trainer.sft`` runs them)."""
+"""Training: option dataclasses, the collator, the callback registry, CCExpert's stages (``trainer.sft`` runs them)."""

@@ -1,10 +1,7 @@
 """Load the base model for training: fp32/bf16, QLoRA (NF4, double quantization) or 8-bit, then LoRA via PEFT.
 
-The vision tower(s) and projector are never quantized: ``llm_int8_skip_modules`` holds their full in-memory prefixes
-from :mod:`trainer.models.families` (transformers 5 matches these from the start of the module name; a bare
-``"vision_tower"`` silently quantizes the tower). When a quantized base is also pruned, the pruning runs first on a
-full-precision copy (:func:`trainer.training.pruning.prune_before_quantization`) and that copy is quantized: pruning
-packed 4-bit bytes would corrupt the model.
+The vision tower(s) and projector are never quantized. A quantized base that is also pruned is loaded from its pruned
+full-precision copy, whose masks come back with the model. See docs/training.md.
 """
 
 import logging
@@ -17,9 +14,11 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 
 from trainer.models.chat_templates import ensure_chat_template
 from trainer.models.families import Family, family_of, get_family
-from trainer.models.loading import quantization_config as bnb_config
+from trainer.models.loading import bitsandbytes_config
+from trainer.pruning.masks import SavedMasks
+from trainer.pruning.methods import PruningConfig
+from trainer.pruning.pruned_copy import PrunedCopy, prune_before_quantization
 from trainer.training.config import GeoModelConfig
-from trainer.training.pruning import prune_before_quantization
 
 
 logger = logging.getLogger(__name__)
@@ -37,6 +36,8 @@ class LoadedModel:
         trainable_parameters: Parameters that receive gradients.
         total_parameters: All parameters (packed 4-bit weights counted as stored).
         trainable_names: Names of the trainable parameters.
+        pruned_masks: The masks of the pruned full-precision copy the base was loaded from (QLoRA + pruning), for
+            the pruning callback; ``None`` when the base was not pruned before loading.
     """
 
     model: torch.nn.Module
@@ -46,6 +47,7 @@ class LoadedModel:
     trainable_parameters: int
     total_parameters: int
     trainable_names: list[str] = field(default_factory=list)
+    pruned_masks: SavedMasks | None = None
 
 
 def resolve_family(model_args: GeoModelConfig) -> Family:
@@ -78,14 +80,13 @@ def load_processor(model_args: GeoModelConfig, chat_template_path: str | None = 
     return processor
 
 
-def quantization_config(model_args: GeoModelConfig, family: Family) -> BitsAndBytesConfig | None:
-    """The bitsandbytes config for ``load_in_4bit`` (NF4) or ``load_in_8bit``, vision parts and ``lm_head`` skipped.
+def bitsandbytes_config_from_options(model_args: GeoModelConfig, family: Family) -> BitsAndBytesConfig | None:
+    """The bitsandbytes config the model options ask for (``load_in_4bit``: NF4, ``load_in_8bit``), or ``None``.
 
-    Returns:
-        ``None`` when neither is asked for.
+    Vision parts and ``lm_head`` stay unquantized (:func:`trainer.models.loading.bitsandbytes_config`).
     """
     if model_args.load_in_4bit:
-        return bnb_config(
+        return bitsandbytes_config(
             family,
             bits=4,
             quant_type=model_args.bnb_4bit_quant_type,
@@ -93,7 +94,7 @@ def quantization_config(model_args: GeoModelConfig, family: Family) -> BitsAndBy
             compute_dtype=model_args.torch_dtype(),
         )
     if model_args.load_in_8bit:
-        return bnb_config(family, bits=8)
+        return bitsandbytes_config(family, bits=8)
     return None
 
 
@@ -127,20 +128,31 @@ def lora_config(model_args: GeoModelConfig, family: Family):
     )
 
 
-def base_source(model_args: GeoModelConfig, pruning_config=None, pruned_dir=None, calibration=None) -> str:
-    """The folder or Hub id to load: the base itself, or its pruned copy when a quantized base is pruned.
+def pruned_base(
+    model_args: GeoModelConfig,
+    family: Family,
+    pruning_config: PruningConfig | None = None,
+    pruned_dir: str | Path | None = None,
+    calibration: Iterable[dict] | None = None,
+) -> PrunedCopy | None:
+    """The pruned full-precision copy to load instead of the base, when a quantized base is pruned; else ``None``.
+
+    bitsandbytes packs 4-bit weights and pruning them would zero packed bytes, so the full-precision base is pruned
+    into a copy first (with ``pruning_masks_path`` the masks are given and the base is loaded as it is).
 
     Raises:
         ValueError: If a pruned copy is needed and ``pruned_dir`` is missing.
     """
-    path = str(model_args.model_name_or_path)
     quantized = model_args.load_in_4bit or model_args.load_in_8bit
-    if quantized and pruning_config is not None and pruning_config.enabled and not pruning_config.pruning_masks_path:
-        if pruned_dir is None:
-            raise ValueError("pruned_dir: needed to prune a full-precision copy before quantizing the base")
-        path = str(prune_before_quantization(path, pruning_config, pruned_dir, calibration=calibration))
-        logger.info("quantizing the pruned full-precision copy %s", path)
-    return path
+    if not quantized or pruning_config is None or not pruning_config.enabled or pruning_config.pruning_masks_path:
+        return None
+    if pruned_dir is None:
+        raise ValueError("pruned_dir: needed to prune a full-precision copy before quantizing the base")
+    copy = prune_before_quantization(
+        str(model_args.model_name_or_path), pruning_config, pruned_dir, family, calibration=calibration
+    )
+    logger.info("quantizing the pruned full-precision copy %s", copy.path)
+    return copy
 
 
 def _load_kwargs(model_args: GeoModelConfig, path: str, quant: BitsAndBytesConfig | None) -> dict:
@@ -187,7 +199,7 @@ def make_trainable(model, model_args: GeoModelConfig, family: Family, quantized:
 def load_model(
     model_args: GeoModelConfig,
     *,
-    pruning_config=None,
+    pruning_config: PruningConfig | None = None,
     pruned_dir: str | Path | None = None,
     calibration: Iterable[dict] | None = None,
     activation_checkpointing: bool = False,
@@ -196,8 +208,8 @@ def load_model(
 
     Args:
         model_args: The model options.
-        pruning_config: A ``trainer.training.pruning.PruningConfig``; when it prunes and the base is quantized,
-            a pruned full-precision copy is made in ``pruned_dir`` first and quantized instead of the original.
+        pruning_config: The pruning options; when they prune and the base is quantized, a pruned full-precision
+            copy is made in ``pruned_dir`` first and quantized instead of the original (its masks are returned).
         pruned_dir: Folder for that copy (required in that case).
         calibration: Calibration batches for wanda pruning before quantization.
         activation_checkpointing: Prepare a quantized model for activation checkpointing.
@@ -209,8 +221,9 @@ def load_model(
         ValueError: If a pruned copy is needed and ``pruned_dir`` is missing, or a vision prefix is not in the model.
     """
     family = resolve_family(model_args)
-    path = base_source(model_args, pruning_config, pruned_dir, calibration)
-    quant = quantization_config(model_args, family)
+    copy = pruned_base(model_args, family, pruning_config, pruned_dir, calibration)
+    path = str(copy.path) if copy is not None else str(model_args.model_name_or_path)
+    quant = bitsandbytes_config_from_options(model_args, family)
     model = AutoModelForImageTextToText.from_pretrained(path, **_load_kwargs(model_args, path, quant))
     if family_of(model).name != family.name:
         raise ValueError(f"family {family.name!r}: the model at {path} is a {family_of(model).name!r}")
@@ -238,6 +251,7 @@ def load_model(
         trainable_parameters=n_trainable,
         total_parameters=total,
         trainable_names=[n for n, _ in trainable],
+        pruned_masks=copy.masks if copy is not None else None,
     )
 
 

@@ -1,16 +1,8 @@
-"""Global magnitude pruning of a safetensors checkpoint, tensor by tensor: never the whole model in memory.
+"""The pruned full-precision copy a quantized base is loaded from: pruned first, quantized after, masks returned.
 
-A 7B checkpoint is ~14 GB in bf16: loading it to prune (in fp32, 28 GB) is more than many single-GPU machines have.
-Here the target weights are read one at a time straight from the shards, in the checkpoint's own dtype (their
-magnitudes are compared in float32 chunks, exact for bf16/fp16): two passes find the exact global threshold
-(:func:`trainer.training.magnitude.find_threshold`), then the shards are copied byte for byte and each target is
-rewritten in place with its pruned weights zeroed, in the checkpoint's dtype. Peak memory is one weight plus the
-bit-packed masks (1/16 of a bf16 checkpoint), whatever the model's size.
-
-The safetensors layout is read directly (an 8-byte header length, a JSON header of dtype/shape/byte offsets, then
-the raw tensors), so a tensor is read with one ``pread`` and written back with one ``pwrite`` at the same offsets.
-The in-memory names of the targets map to the checkpoint's keys with transformers' own key conversion (the one
-``save_pretrained`` applies), so legacy and current layouts both work.
+bitsandbytes packs 4-bit weights, and pruning them would zero packed bytes (NF4 code 0 is -absmax, not 0), so the
+full-precision checkpoint is pruned into a copy, tensor by tensor from its safetensors shards for magnitude pruning,
+and the trainer quantizes that copy. See docs/pruning.md ("QLoRA: prune before quantizing").
 """
 
 import ctypes
@@ -19,20 +11,158 @@ import json
 import logging
 import shutil
 import struct
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
 from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForImageTextToText
 from transformers.core_model_loading import revert_weight_conversion
 
-from trainer.models.masks import MASKS_FILE, pack_mask
-from trainer.training.magnitude import find_threshold, layer_mask, numels, sampled_threshold
+from dataset_builder.atomic import atomic_dir
+from trainer.pruning.masks import (
+    MASKS_FILE,
+    REPORT_FILE,
+    SavedMasks,
+    apply_masks,
+    pack_mask,
+    save_masks,
+    save_packed_masks,
+)
+from trainer.pruning.methods import (
+    FamilyParts,
+    PruningConfig,
+    collect_targets,
+    compute_masks,
+    global_threshold,
+    layer_mask,
+    magnitude_metadata,
+    numels,
+)
 
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrunedCopy:
+    """What :func:`prune_before_quantization` wrote: the pruned copy and its masks, for the training callback.
+
+    Attributes:
+        path: The folder of the pruned copy (weights, processor files, masks), to load quantized.
+        masks: Its masks (``masks.folder`` is ``path``).
+    """
+
+    path: Path
+    masks: SavedMasks
+
+
+def prune_before_quantization(
+    model_path: str | Path,
+    config: PruningConfig,
+    out_dir: str | Path,
+    family: FamilyParts,
+    calibration: Iterable[dict] | None = None,
+    dtype: torch.dtype | None = None,
+) -> PrunedCopy:
+    """Prune a copy of a base model in its own dtype, for QLoRA: the trainer then loads the copy in 4-bit.
+
+    NF4 and int8 quantization keep pruned weights exactly zero, so pruning first and quantizing after is exact,
+    whereas pruning the packed bytes of a loaded 4-bit model corrupts it. The copy holds the model, the processor
+    files and the masks (:func:`trainer.pruning.masks.save_masks`); the masks are also returned, for the training
+    callback, which saves them beside the adapter.
+
+    * ``magnitude`` streams the checkpoint's safetensors shards tensor by tensor (:func:`prune_checkpoint`): the
+      exact global threshold over all target weights, masks in the checkpoint's dtype, the copy written in that
+      dtype; peak memory is one weight plus the packed masks.
+    * ``wanda`` needs activations: the model is loaded whole (in its own dtype, or ``dtype``), calibrated, pruned
+      and saved with ``save_pretrained``. So is a magnitude checkpoint that cannot be streamed (no safetensors, a
+      target missing from the shards) or an explicit ``dtype``.
+
+    Args:
+        model_path: Local folder or Hub id of the base model.
+        config: The pruning options.
+        out_dir: Folder for the pruned copy. If it already holds a copy pruned the same way from the same model, it
+            is reused.
+        family: The model's family (``trainer.models.families.Family``).
+        calibration: Calibration model inputs (wanda only).
+        dtype: Load and save the copy in this dtype (the loaded path); ``None`` keeps the checkpoint's.
+
+    Returns:
+        The pruned copy's folder and its masks.
+
+    Raises:
+        FileExistsError: If ``out_dir`` exists and is not such a copy.
+    """
+    out = Path(out_dir)
+    wanted = {"method": config.pruning_method, "target_sparsity": config.pruning_sparsity, "source": str(model_path)}
+    if out.exists():
+        report_path = out / REPORT_FILE
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        if {k: report.get(k) for k in wanted} == wanted:
+            logger.info("reusing the pruned copy in %s", out)
+            return PrunedCopy(out, SavedMasks.read(out))
+        raise FileExistsError(f"out_dir {str(out)!r} exists and is not a copy of {model_path} pruned the same way")
+    if config.pruning_method == "magnitude" and dtype is None:
+        try:
+            return _prune_streaming(model_path, config, out, family)
+        except StreamingUnsupported as why:
+            logger.warning("cannot prune %s tensor by tensor (%s): loading it whole instead", model_path, why)
+    return _prune_loaded(model_path, config, out, family, calibration, dtype)
+
+
+def _prune_streaming(model_path: str | Path, config: PruningConfig, out: Path, family: FamilyParts) -> PrunedCopy:
+    folder = local_checkpoint(model_path)
+    entries = checkpoint_entries(folder)
+    with torch.device("meta"):  # the module tree and names, no weights
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(folder))
+    targets = target_entries(model, collect_targets(model, family), entries)
+    with atomic_dir(out) as tmp:
+        pruned = prune_checkpoint(
+            folder,
+            tmp,
+            targets,
+            config.pruning_sparsity,
+            sample_size=config.pruning_threshold_sample_size,
+            exact=config.pruning_exact_threshold,
+            seed=config.pruning_seed,
+        )
+        metadata = {
+            "method": "magnitude",
+            "target_sparsity": config.pruning_sparsity,
+            **magnitude_metadata(config, pruned.threshold),
+            "source": str(model_path),
+            "dtype": pruned.dtype,
+            "pruned_by": "streaming the safetensors shards tensor by tensor",
+        }
+        saved = save_packed_masks(pruned.packed, pruned.shapes, pruned.pruned, tmp, metadata)
+    logger.info("saved the pruned copy of %s (%s) to %s", model_path, pruned.dtype, out)
+    return PrunedCopy(out, replace(saved, folder=out))  # atomic_dir has renamed tmp to out
+
+
+def _prune_loaded(
+    model_path, config: PruningConfig, out: Path, family: FamilyParts, calibration, dtype: torch.dtype | None
+) -> PrunedCopy:
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype or "auto")
+    masks, metadata = compute_masks(model, config, family, calibration)
+    apply_masks(model, masks)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        copy_side_files(local_checkpoint(model_path), tmp, weights=False)
+        metadata = {**metadata, "source": str(model_path), "dtype": str(model.dtype), "pruned_by": "loading the model"}
+        saved = save_masks(masks, tmp, metadata)
+    logger.info("saved the pruned copy of %s (%s) to %s", model_path, model.dtype, out)
+    return PrunedCopy(out, replace(saved, folder=out))  # atomic_dir has renamed tmp to out
+
+
+# ---- the checkpoint, tensor by tensor -----------------------------------------------------------------------------
+# A 7B checkpoint is ~14 GB in bf16, 28 GB once loaded in fp32: here its target weights are read one at a time from
+# the shards in their own dtype, two passes find the exact global threshold, then the shards are copied byte for byte
+# and each target is rewritten in place at its own offsets, pruned. Peak memory: one weight plus the packed masks.
+# The safetensors layout is read directly (8-byte header length, JSON header of dtype/shape/offsets, raw tensors);
+# in-memory names map to the checkpoint's keys through transformers' own key conversion (save_pretrained's).
 
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 #: Files a pruned copy takes from the base besides its weights: configs, tokenizer, processor, templates.
@@ -199,7 +329,7 @@ class PrunedCheckpoint:
     """What :func:`prune_checkpoint` wrote and found.
 
     Attributes:
-        packed: Canonical name -> bit-packed mask (``trainer.models.masks.pack_mask``).
+        packed: Canonical name -> bit-packed mask (``trainer.pruning.masks.pack_mask``).
         shapes: Canonical name -> weight shape.
         pruned: Canonical name -> weights pruned in it.
         threshold: The global magnitude threshold.
@@ -235,11 +365,7 @@ def prune_checkpoint(
         seed: Seed of the sample.
     """
     weights = CheckpointWeights(entries)
-    if exact:
-        found = find_threshold(weights, sparsity, sample_size, seed)
-        threshold, keep = found.value, found.keep_ties
-    else:
-        threshold, keep = sampled_threshold(weights, sparsity, sample_size, seed), {}
+    threshold, keep = global_threshold(weights, sparsity, sample_size=sample_size, exact=exact, seed=seed)
     copy_side_files(source, out, weights=True)
     packed, pruned = {}, {}
     # Reversed module order, as the tie plan keeps the surplus of ties in the last layers first.

@@ -13,14 +13,17 @@ from dataset_builder.prompts import PROMPT_TEMPLATES
 from dataset_builder.rows import features
 from tests.trainer.helpers import tiny_sft_args
 from trainer.models.families import build_messages, get_family
-from trainer.models.loading import quantization_config
-from trainer.models.masks import MASKS_FILE, load_masks, mask_sparsity
+from trainer.models.loading import bitsandbytes_config
+from trainer.pruning.callback import PruningCallback
+from trainer.pruning.masks import MASKS_FILE, SavedMasks, apply_masks, load_masks, mask_sparsity
+from trainer.pruning.methods import PruningConfig, collect_targets
+from trainer.pruning.pruned_copy import prune_before_quantization
 from trainer.tiny.build import build_tiny_model
-from trainer.training.callbacks import CALLBACKS, PruningCallback, get_callbacks
-from trainer.training.pruning import PruningConfig, collect_targets, prune_before_quantization
+from trainer.training.callbacks import CALLBACKS, get_callbacks
 
 
 FAMILY = "llava-next-video"
+LNV = get_family(FAMILY)
 CAPTIONS = [
     "A new building was built in the north-east.",
     "A road was widened in the south.",
@@ -51,7 +54,7 @@ def dataset():
 
 
 class Collator:
-    """The video path of training-stack.md §2: loss on the answer only (assistant mask), right padding."""
+    """A minimal video collator: loss on the answer only (assistant mask), right padding."""
 
     def __init__(self, processor):
         self.processor = processor
@@ -92,10 +95,10 @@ def _args(out, **kwargs):
 
 
 def _lora():
-    return LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=get_family(FAMILY).lora_target_modules)
+    return LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LNV.lora_target_modules)
 
 
-def _trainer(model, tiny_path, out, dataset, config, peft=True, **kwargs):
+def _trainer(model, tiny_path, out, dataset, config, peft=True, masks=None, **kwargs):
     processor = AutoProcessor.from_pretrained(tiny_path)
     collator = Collator(processor)
     return SFTTrainer(
@@ -105,7 +108,7 @@ def _trainer(model, tiny_path, out, dataset, config, peft=True, **kwargs):
         processing_class=processor,
         data_collator=collator,
         peft_config=_lora() if peft else None,
-        callbacks=get_callbacks(config, train_dataset=dataset, collator=collator),
+        callbacks=get_callbacks(config, LNV, train_dataset=dataset, collator=collator, masks=masks),
     )
 
 
@@ -124,15 +127,16 @@ def _inputs(tiny_path, dataset):
 
 # ---- registry -------------------------------------------------------------------------------------------------------
 def test_callbacks_are_chosen_by_name():
-    assert get_callbacks(PruningConfig()) == []
-    (callback,) = get_callbacks(PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05))
+    assert get_callbacks(PruningConfig(), LNV) == []
+    (callback,) = get_callbacks(PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05), LNV)
     assert isinstance(callback, PruningCallback)
-    assert len(get_callbacks(PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05, callbacks=["pruning"])))
+    config = PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05, callbacks=["pruning"])
+    assert len(get_callbacks(config, LNV)) == 1
     assert "pruning" in CALLBACKS
     with pytest.raises(ValueError, match="'nope' is not registered"):
-        get_callbacks(PruningConfig(callbacks=["nope"]))
+        get_callbacks(PruningConfig(callbacks=["nope"]), LNV)
     with pytest.raises(ValueError, match="calibration"):
-        get_callbacks(PruningConfig(pruning_method="wanda", pruning_sparsity=0.1))
+        get_callbacks(PruningConfig(pruning_method="wanda", pruning_sparsity=0.1), LNV)
 
 
 # ---- LoRA + magnitude: exact, excluded, saved, reloaded bit for bit -------------------------------------------------
@@ -147,7 +151,7 @@ def test_lora_training_with_pruning_saves_masks_that_reload_exactly(tiny_path, d
     model = trainer.model
 
     masks = _pruning(trainer).masks
-    targets = collect_targets(model)
+    targets = collect_targets(model, LNV)
     total = sum(layer.weight.numel() for layer in targets.values())
     assert sum(int((~m).sum()) for m in masks.values()) == round(0.05 * total)  # exact sparsity
     for name, layer in targets.items():
@@ -171,8 +175,6 @@ def test_lora_training_with_pruning_saves_masks_that_reload_exactly(tiny_path, d
     with torch.no_grad():
         expected = model(**inputs).logits
         fresh = _load(tiny_path)
-        from trainer.models.masks import apply_masks
-
         apply_masks(fresh, load_masks(tmp_path))
         reloaded = PeftModel.from_pretrained(fresh, tmp_path).eval()
         assert torch.equal(reloaded(**inputs).logits, expected)
@@ -186,7 +188,7 @@ def test_masks_survive_optimizer_steps_on_trainable_weights(tiny_path, dataset, 
     trainer = _trainer(model, tiny_path, tmp_path, dataset, config, peft=False, max_steps=2, save_strategy="no")
     trainer.train()
     masks = _pruning(trainer).masks
-    regrown = sum(int((layer.weight[~masks[n]] != 0).sum()) for n, layer in collect_targets(model).items())
+    regrown = sum(int((layer.weight[~masks[n]] != 0).sum()) for n, layer in collect_targets(model, LNV).items())
     if reapply_every:
         assert regrown == 0
     else:  # without re-application Adam moves the pruned weights off zero: the guard is needed
@@ -199,7 +201,7 @@ def test_pruning_at_a_later_step(tiny_path, dataset, tmp_path):
 
     class Probe(TrainerCallback):
         def on_step_begin(self, args, state, control, model=None, **kwargs):
-            seen.append(sum(int((layer.weight == 0).sum()) for layer in collect_targets(model).values()))
+            seen.append(sum(int((layer.weight == 0).sum()) for layer in collect_targets(model, LNV).values()))
 
     trainer = _trainer(_load(tiny_path), tiny_path, tmp_path, dataset, config, max_steps=3, save_steps=1)
     trainer.add_callback(Probe())
@@ -211,7 +213,7 @@ def test_pruning_at_a_later_step(tiny_path, dataset, tmp_path):
 
 
 # ---- resume ---------------------------------------------------------------------------------------------------------
-def test_resume_loads_masks_from_the_checkpoint_and_continues_the_same_curve(tiny_path, dataset, tmp_path):
+def test_resume_takes_the_checkpoints_masks_and_continues_the_same_curve(tiny_path, dataset, tmp_path):
     config = PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05)
     full = _trainer(_load(tiny_path), tiny_path, tmp_path / "full", dataset, config)
     full.train()
@@ -220,13 +222,15 @@ def test_resume_loads_masks_from_the_checkpoint_and_continues_the_same_curve(tin
     resumed_dir.mkdir()
     shutil.copytree(tmp_path / "full" / "checkpoint-2", resumed_dir / "checkpoint-2")
     checkpoint_masks = load_masks(resumed_dir / "checkpoint-2")
-    resumed = _trainer(_load(tiny_path), tiny_path, resumed_dir, dataset, config)
+    # The checkpoint being resumed is an explicit input: geollava-train gives the callback its masks.
+    given = SavedMasks.read(resumed_dir / "checkpoint-2")
+    resumed = _trainer(_load(tiny_path), tiny_path, resumed_dir, dataset, config, masks=given)
     resumed.train(resume_from_checkpoint=str(resumed_dir / "checkpoint-2"))
 
     callback = _pruning(resumed)
     assert callback.metadata["masks_loaded_from"] == str(resumed_dir / "checkpoint-2")
     assert all(torch.equal(callback.masks[n], checkpoint_masks[n]) for n in checkpoint_masks)
-    for name, layer in collect_targets(resumed.model).items():
+    for name, layer in collect_targets(resumed.model, LNV).items():
         assert (layer.weight[~checkpoint_masks[name]] == 0).all(), name
     # log_history comes back from the checkpoint: steps 1-2 are the full run's, 3-4 the resumed run's own.
     assert len(_losses(resumed)) == len(_losses(full)) == 4
@@ -239,7 +243,7 @@ def test_wanda_callback_calibrates_on_training_batches(tiny_path, dataset, tmp_p
     trainer = _trainer(_load(tiny_path), tiny_path, tmp_path, dataset, config, max_steps=2, save_strategy="no")
     trainer.train()
     masks = _pruning(trainer).masks
-    for name, layer in collect_targets(trainer.model).items():
+    for name, layer in collect_targets(trainer.model, LNV).items():
         assert ((~masks[name]).sum(dim=1) == round(0.25 * layer.in_features)).all(), name
         assert (layer.weight[~masks[name]] == 0).all(), name
     report = json.loads((tmp_path / "pruning.json").read_text())
@@ -250,17 +254,19 @@ def test_wanda_callback_calibrates_on_training_batches(tiny_path, dataset, tmp_p
 # ---- QLoRA ----------------------------------------------------------------------------------------------------------
 def _bnb_4bit():
     """The project's own QLoRA config (NF4, double quantization; vision and lm_head kept), fp32 compute on CPU."""
-    return quantization_config(get_family("llava-next-video"), compute_dtype=torch.float32)
+    return bitsandbytes_config(LNV, compute_dtype=torch.float32)
 
 
 def test_qlora_trains_on_a_pruned_copy_and_saves_its_masks(tiny_path, dataset, tmp_path):
     config = PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05)
-    pruned = prune_before_quantization(tiny_path, config, tmp_path / "pruned")
-    model = _load(pruned, quantization_config=_bnb_4bit())
-    trainer = _trainer(model, tiny_path, tmp_path / "run", dataset, config, max_steps=2, save_strategy="no")
+    pruned = prune_before_quantization(tiny_path, config, tmp_path / "pruned", LNV)
+    model = _load(pruned.path, quantization_config=_bnb_4bit())
+    trainer = _trainer(
+        model, tiny_path, tmp_path / "run", dataset, config, masks=pruned.masks, max_steps=2, save_strategy="no"
+    )
     trainer.train()
-    assert _pruning(trainer).metadata["masks_loaded_from"] == str(pruned)
-    saved, original = load_masks(tmp_path / "run"), load_masks(pruned)
+    assert _pruning(trainer).metadata["masks_loaded_from"] == str(pruned.path)
+    saved, original = load_masks(tmp_path / "run"), load_masks(pruned.path)
     assert saved.keys() == original.keys() and all(torch.equal(saved[n], original[n]) for n in saved)
     assert (tmp_path / "run" / MASKS_FILE).is_file()
 
@@ -273,13 +279,24 @@ def test_pruning_a_4bit_base_without_full_precision_weights_raises(tiny_path, da
         trainer.train()
 
 
-def test_masks_that_do_not_fit_a_4bit_base_are_refused(tiny_path, dataset, tmp_path):
-    pruned = prune_before_quantization(
-        tiny_path, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.3), tmp_path / "pruned"
-    )
-    # The unpruned base, quantized, with another copy's masks: its weights are not zero where the masks prune.
-    config = PruningConfig(pruning_method="magnitude", pruning_sparsity=0.3, pruning_masks_path=str(pruned))
-    model = _load(tiny_path, quantization_config=_bnb_4bit())
+def test_masks_are_never_looked_up_in_the_models_folder(tiny_path, dataset, tmp_path):
+    config = PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05)
+    pruned = prune_before_quantization(tiny_path, config, tmp_path / "pruned", LNV)
+    assert (pruned.path / MASKS_FILE).is_file()
+    # The 4-bit base is the pruned copy, whose folder holds its masks; not given them, the callback refuses.
+    model = _load(pruned.path, quantization_config=_bnb_4bit())
     trainer = _trainer(model, tiny_path, tmp_path / "run", dataset, config, max_steps=1, save_strategy="no")
+    with pytest.raises(TypeError, match="give the callback its masks"):
+        trainer.train()
+
+
+def test_masks_that_do_not_fit_a_4bit_base_are_refused(tiny_path, dataset, tmp_path):
+    config = PruningConfig(pruning_method="magnitude", pruning_sparsity=0.3)
+    pruned = prune_before_quantization(tiny_path, config, tmp_path / "pruned", LNV)
+    # The unpruned base, quantized, with another copy's masks: its weights are not zero where the masks prune.
+    model = _load(tiny_path, quantization_config=_bnb_4bit())
+    trainer = _trainer(
+        model, tiny_path, tmp_path / "run", dataset, config, masks=pruned.masks, max_steps=1, save_strategy="no"
+    )
     with pytest.raises(ValueError, match="non-zero weights where the masks prune"):
         trainer.train()

@@ -1,6 +1,4 @@
-import json
 import logging
-import math
 
 import pytest
 import torch
@@ -9,23 +7,23 @@ from transformers import AutoModelForImageTextToText
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.models.families import get_family
-from trainer.models.loading import quantization_config
-from trainer.models.masks import apply_masks, load_masks, mask_sparsity
-from trainer.tiny.build import build_tiny_model
-from trainer.training.pruning import (
+from trainer.models.loading import bitsandbytes_config
+from trainer.pruning.masks import apply_masks, mask_sparsity
+from trainer.pruning.methods import (
     PruningConfig,
     collect_input_norms,
     collect_targets,
     compute_masks,
     exact_threshold,
     magnitude_masks,
-    prune_before_quantization,
     sampled_threshold,
     wanda_masks,
 )
+from trainer.tiny.build import build_tiny_model
 
 
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east.", "A road was widened in the south."]
+LNV = get_family("llava-next-video")
 LM_PROJECTIONS = tuple(f"self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj", "o_proj")) + tuple(
     f"mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")
 )
@@ -78,7 +76,7 @@ def test_config_fields_do_not_clash_with_trl():
 def test_targets_are_the_lm_linear_layers_only(fixture, request):
     model = _load(request.getfixturevalue(fixture))
     family = get_family("llava-next-video" if fixture == "tiny_path" else "qwen2.5-vl")
-    targets = collect_targets(model)
+    targets = collect_targets(model, family)
     n_layers = model.config.text_config.num_hidden_layers
     expected = {f"model.language_model.layers.{i}.{p}" for i in range(n_layers) for p in LM_PROJECTIONS}
     assert set(targets) == expected
@@ -94,7 +92,7 @@ def test_targets_are_the_lm_linear_layers_only(fixture, request):
 def test_pruning_leaves_everything_but_targets_untouched(tiny_path):
     model = _load(tiny_path)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    masks, _ = compute_masks(model, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.10))
+    masks, _ = compute_masks(model, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.10), LNV)
     apply_masks(model, masks)
     target_weights = {f"{n}.weight" for n in masks}
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -106,7 +104,7 @@ def test_pruning_leaves_everything_but_targets_untouched(tiny_path):
 @pytest.mark.parametrize("sparsity", [0.01, 0.05, 0.10, 0.5])
 def test_magnitude_reaches_the_exact_sparsity_with_a_global_threshold(tiny_path, sparsity):
     model = _load(tiny_path)
-    targets = collect_targets(model)
+    targets = collect_targets(model, LNV)
     weights = {n: m.weight for n, m in targets.items()}
     total = sum(w.numel() for w in weights.values())
     masks, threshold = magnitude_masks(weights, sparsity)
@@ -171,7 +169,7 @@ def test_exact_threshold_widens_a_missed_bracket(big_weights, caplog):
     small = dict(list(big_weights.items())[:2])
     everything = torch.cat([w.abs().reshape(-1) for w in small.values()])
     reference = float(everything.kthvalue(round(0.05 * everything.numel())).values)
-    with caplog.at_level(logging.WARNING, logger="trainer.training.magnitude"):
+    with caplog.at_level(logging.WARNING, logger="trainer.pruning.methods"):
         # No safety margin: with this seed the first bracket misses the 5 % quantile and must widen (twice).
         found = exact_threshold(small, 0.05, sample_size=2000, seed=2, sigmas=0.0)
     assert found == reference
@@ -213,71 +211,33 @@ def test_collect_input_norms_equals_the_l2_norm_of_the_inputs():
 def test_wanda_on_a_model_prunes_each_row_equally(tiny_path):
     model = _load(tiny_path)
     batch = {"input_ids": torch.randint(10, 200, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
-    masks, meta = compute_masks(model, PruningConfig(pruning_method="wanda", pruning_sparsity=0.25), [batch])
+    masks, meta = compute_masks(model, PruningConfig(pruning_method="wanda", pruning_sparsity=0.25), LNV, [batch])
     assert meta["comparison_group"] == "per-output-row"
     for name, mask in masks.items():
         per_row = (~mask).sum(dim=1)
         assert (per_row == round(0.25 * mask.shape[1])).all(), name
     with pytest.raises(ValueError, match="calibration"):
-        compute_masks(model, PruningConfig(pruning_method="wanda", pruning_sparsity=0.25), None)
+        compute_masks(model, PruningConfig(pruning_method="wanda", pruning_sparsity=0.25), LNV, None)
 
 
 # ---- quantized bases ------------------------------------------------------------------------------------------------
 def _bnb_4bit():
     """The project's own QLoRA config (NF4, double quantization; vision and lm_head kept), fp32 compute on CPU."""
-    return quantization_config(get_family("llava-next-video"), compute_dtype=torch.float32)
+    return bitsandbytes_config(LNV, compute_dtype=torch.float32)
 
 
 def test_pruning_a_packed_4bit_base_raises(tiny_path):
     model = AutoModelForImageTextToText.from_pretrained(tiny_path, quantization_config=_bnb_4bit())
     with pytest.raises(TypeError, match="Params4bit.*prune_before_quantization"):
-        collect_targets(model)
+        collect_targets(model, LNV)
     with pytest.raises(TypeError, match="quantized"):
-        compute_masks(model, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05))
-    targets = collect_targets(model, require_full_precision=False)
+        compute_masks(model, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05), LNV)
+    targets = collect_targets(model, LNV, require_full_precision=False)
     name, layer = next(iter(targets.items()))
     with pytest.raises(TypeError, match="Params4bit"):
         magnitude_masks({name: layer.weight}, 0.05)
     with pytest.raises(TypeError, match="Params4bit"):
         apply_masks(model, {name: torch.ones(layer.out_features, layer.in_features, dtype=torch.bool)})
-
-
-def test_prune_before_quantization_then_nf4_keeps_exact_zeros(tiny_path, tmp_path):
-    import bitsandbytes.functional as bnbf
-
-    # 30 %: at 5 % the pruned weights are so small that NF4 rounds most of them to 0 anyway, a weaker check.
-    config = PruningConfig(pruning_method="magnitude", pruning_sparsity=0.3)
-    out = prune_before_quantization(tiny_path, config, tmp_path / "pruned")
-    assert (out / "config.json").is_file() and (out / "processor_config.json").is_file()
-    report = json.loads((out / "pruning.json").read_text())
-    assert report["source"] == str(tiny_path) and report["method"] == "magnitude"
-    masks = load_masks(out)
-    assert math.isclose(report["sparsity_reached"], mask_sparsity(masks)[0])
-
-    def dequantized(path):
-        model = AutoModelForImageTextToText.from_pretrained(path, quantization_config=_bnb_4bit())
-        layers = collect_targets(model, require_full_precision=False)
-        assert all(type(layer.weight).__name__ == "Params4bit" for layer in layers.values())
-        return {
-            n: bnbf.dequantize_4bit(m.weight.data, m.weight.quant_state).reshape(masks[n].shape)
-            for n, m in layers.items()
-        }
-
-    pruned, dense = dequantized(out), dequantized(tiny_path)
-    full_targets = collect_targets(_load(out))
-    for name, mask in masks.items():
-        assert (full_targets[name].weight[~mask] == 0).all()
-        assert (pruned[name][~mask] == 0).all(), name  # NF4 has an exact zero code
-        assert (dense[name][~mask] != 0).sum() > 0.5 * (~mask).sum(), name  # unpruned, most are not 0 in NF4
-        # Each 64-weight block keeps its absmax (the largest weight is never pruned): kept weights get the codes
-        # they get without pruning.
-        assert torch.equal(pruned[name][mask], dense[name][mask]), name
-
-    # The same request reuses the copy; another one refuses to overwrite it.
-    assert prune_before_quantization(tiny_path, config, out) == out
-    with pytest.raises(FileExistsError, match="pruned the same way"):
-        prune_before_quantization(tiny_path, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.1), out)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
 
 def test_config_parses_from_yaml_and_flags_with_trl(tmp_path):
@@ -301,7 +261,7 @@ def test_lora_and_modules_to_save_copies_are_not_targets(tiny_path):
     model = get_peft_model(_load(tiny_path), config)
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     assert any(".lora_A." in n for n in names) and any("modules_to_save" in n for n in names)
-    targets = collect_targets(model)
+    targets = collect_targets(model, LNV)
     assert saved not in targets  # its trainable copy and frozen original are both left alone
     assert "model.language_model.layers.0.self_attn.q_proj" in targets  # the LoRA layer's base_layer is
     assert all("lora_" not in n and "modules_to_save" not in n for n in targets)

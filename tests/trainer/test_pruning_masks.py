@@ -9,19 +9,21 @@ from transformers import AutoModelForImageTextToText
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.models.families import get_family
-from trainer.models.masks import (
+from trainer.pruning.masks import (
     MASKS_FILE,
     REPORT_FILE,
+    SavedMasks,
     apply_masks,
     canonical_name,
     load_masks,
     mask_sparsity,
     save_masks,
 )
+from trainer.pruning.methods import PruningConfig, collect_targets, compute_masks
 from trainer.tiny.build import build_tiny_model
-from trainer.training.pruning import PruningConfig, collect_targets, compute_masks
 
 
+LNV = get_family("llava-next-video")
 CORPUS = [*PROMPT_TEMPLATES, "A new building was built in the north-east.", "A road was widened in the south."]
 
 
@@ -39,7 +41,7 @@ def _lora(model, seed=0):
     config = LoraConfig(
         r=4,
         lora_alpha=8,
-        target_modules=get_family("llava-next-video").lora_target_modules,
+        target_modules=LNV.lora_target_modules,
         init_lora_weights=False,  # random B: the adapter changes the logits
     )
     return get_peft_model(model, config)
@@ -66,6 +68,21 @@ def test_round_trip_is_exact_and_bit_packed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [REPORT_FILE, MASKS_FILE]  # no temporary files left
 
 
+def test_saved_masks_are_what_the_folder_holds_packed(tmp_path):
+    masks = _random_masks({"a.q_proj": (7, 13), "b.up_proj": (64, 64)})
+    written = save_masks(masks, tmp_path, {"method": "magnitude", "target_sparsity": 0.3})
+    read = SavedMasks.read(tmp_path)
+    report = json.loads((tmp_path / REPORT_FILE).read_text())
+    for saved in (written, read):
+        assert saved.folder == tmp_path and saved.report == report
+        assert saved.shapes == {"a.q_proj": [7, 13], "b.up_proj": [64, 64]}
+        assert all(bits.dtype == torch.uint8 for bits in saved.packed.values())  # 8 weights per byte until unpacked
+        unpacked = saved.unpack()
+        assert unpacked.keys() == masks.keys() and all(torch.equal(unpacked[n], masks[n]) for n in masks)
+    with pytest.raises(FileNotFoundError, match=MASKS_FILE):
+        SavedMasks.read(tmp_path / "empty")
+
+
 def test_report_states_the_sparsity_reached_per_module(tmp_path):
     masks = {"x": torch.tensor([[True, False], [False, False]]), "y": torch.ones(2, 3, dtype=torch.bool)}
     save_masks(masks, tmp_path, {"method": "magnitude", "target_sparsity": 0.3, "threshold": 0.5})
@@ -89,9 +106,9 @@ def test_load_returns_none_without_masks_and_rejects_foreign_files(tmp_path):
 
 
 def test_canonical_names_are_the_same_with_and_without_peft(tiny_path):
-    plain = set(collect_targets(_load(tiny_path)))
+    plain = set(collect_targets(_load(tiny_path), LNV))
     wrapped = _lora(_load(tiny_path))
-    assert set(collect_targets(wrapped)) == plain
+    assert set(collect_targets(wrapped, LNV)) == plain
     peft_names = [n for n, _ in wrapped.named_modules() if n.endswith("q_proj.base_layer")]
     assert peft_names and all(canonical_name(n) in plain for n in peft_names)
     assert canonical_name("base_model.model.model.language_model.layers.0.mlp.up_proj.base_layer") == (
@@ -125,7 +142,7 @@ def test_apply_masks_refuses_unknown_names_and_wrong_shapes(tiny_path):
 def test_adapter_plus_masks_reload_gives_bit_identical_logits(tiny_path, tmp_path):
     inputs = {"input_ids": torch.randint(10, 200, (2, 16)), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
     base = _load(tiny_path)
-    masks, metadata = compute_masks(base, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05))
+    masks, metadata = compute_masks(base, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.05), LNV)
     apply_masks(base, masks)
     trained = _lora(base).eval()
     with torch.no_grad():

@@ -1,19 +1,12 @@
-"""Pruning-mask IO: bit-packed safetensors beside the adapter, a JSON report, and re-applying masks to a model.
+"""Pruning masks: the bit-packed file format beside an adapter, its JSON report, and re-applying masks to a model.
 
-A mask is a ``torch.bool`` tensor shaped like the weight it belongs to: ``True`` keeps a weight, ``False`` prunes it
-(the convention of ``torch.nn.utils.prune``'s ``weight_mask``). Keys are *canonical* in-memory module names, the same
-with and without PEFT, e.g. ``model.language_model.layers.0.self_attn.q_proj`` (see :func:`canonical_name`).
-
-Files written by :func:`save_masks` into a folder (an adapter folder, a ``checkpoint-N`` folder or a pruned copy):
-
-* ``pruning_masks.safetensors``: one ``uint8`` tensor per module, ``np.packbits`` of the flattened mask (8 weights
-  per byte, about 0.8 GB for a 7B language model); the shapes and the run metadata are in the safetensors metadata.
-* ``pruning.json``: method, target sparsity, sparsity reached, per-module sparsity, threshold, and the rest of the
-  metadata the caller passed.
+A mask is a ``torch.bool`` tensor shaped like its weight (``True`` keeps a weight), keyed by the canonical in-memory
+module name, the same with and without PEFT (:func:`canonical_name`). See docs/pruning.md ("Files").
 """
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +47,7 @@ def check_full_precision(name: str, weight: torch.Tensor) -> None:
         raise TypeError(
             f"{name}: the weight is a quantized {kind} of dtype {weight.dtype}, not full-precision values. "
             "Pruning packed 4-bit/8-bit bytes would silently corrupt the model (NF4 byte 0 is -absmax, not 0). "
-            "Prune the full-precision model first with trainer.training.pruning.prune_before_quantization(...), "
+            "Prune the full-precision model first with trainer.pruning.pruned_copy.prune_before_quantization(...), "
             "then load that pruned copy in 4-bit/8-bit."
         )
 
@@ -86,7 +79,65 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.packbits(mask.detach().reshape(-1).cpu().numpy()))
 
 
-def save_masks(masks: dict[str, torch.Tensor], out_dir: str | Path, metadata: dict) -> None:
+def unpack_mask(bits: torch.Tensor, shape) -> torch.Tensor:
+    """The boolean mask of ``shape`` that :func:`pack_mask` packed into ``bits``."""
+    numel = int(np.prod(shape))
+    return torch.from_numpy(np.unpackbits(bits.numpy(), count=numel).astype(bool)).reshape(shape)
+
+
+@dataclass(frozen=True)
+class SavedMasks:
+    """Masks as a folder holds them: bit-packed (:func:`pack_mask`), with their shapes and ``pruning.json``'s report.
+
+    The pruned copy (``trainer.pruning.pruned_copy.prune_before_quantization``) returns one, and the training
+    callback receives one: masks pass from stage to stage as this value, packed (1/8 of the boolean masks' size).
+
+    Attributes:
+        folder: The folder they are saved in (a pruned copy, a ``checkpoint-N`` folder, an adapter folder).
+        packed: Canonical module name -> ``uint8`` packed mask.
+        shapes: Module -> the weight's shape.
+        report: What ``pruning.json`` holds (method, target sparsity, sparsity reached, threshold, ...).
+    """
+
+    folder: Path
+    packed: dict[str, torch.Tensor]
+    shapes: dict[str, list[int]]
+    report: dict
+
+    def unpack(self) -> dict[str, torch.Tensor]:
+        """Canonical module name -> boolean CPU mask (``True`` = kept)."""
+        return {name: unpack_mask(bits, self.shapes[name]) for name, bits in self.packed.items()}
+
+    @classmethod
+    def read(cls, directory: str | Path) -> "SavedMasks":
+        """Read the masks that :func:`save_masks` wrote into ``directory``, still packed.
+
+        Raises:
+            FileNotFoundError: If the folder holds no masks file.
+            ValueError: If the file is not a masks file of this format or a packed mask does not fit its shape.
+        """
+        path = Path(directory) / MASKS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{str(directory)!r} holds no {MASKS_FILE}")
+        packed = {}
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"{path}: metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+            shapes = json.loads(meta["shapes"])
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if name not in shapes:
+                    raise ValueError(f"{path}: tensor {name!r} has no shape in the metadata")
+                shape, bits = shapes[name], f.get_tensor(name)
+                needed = (int(np.prod(shape)) + 7) // 8
+                if bits.numel() != needed:
+                    raise ValueError(f"{path}: {name!r} holds {bits.numel()} bytes, shape {shape} needs {needed}")
+                packed[name] = bits
+        report = json.loads(meta.get("metadata", "{}"))
+        return cls(Path(directory), packed, {name: shapes[name] for name in packed}, report)
+
+
+def save_masks(masks: dict[str, torch.Tensor], out_dir: str | Path, metadata: dict) -> SavedMasks:
     """Write ``pruning_masks.safetensors`` (bit-packed) and ``pruning.json`` into ``out_dir`` (atomic writes).
 
     Args:
@@ -94,6 +145,9 @@ def save_masks(masks: dict[str, torch.Tensor], out_dir: str | Path, metadata: di
         out_dir: Folder to write into; created if missing.
         metadata: JSON-serialisable run facts (``method``, ``target_sparsity``, ``threshold``, ...); the sparsity
             reached and the per-module sparsity are computed here from the masks, so they always match the file.
+
+    Returns:
+        What was written.
 
     Raises:
         ValueError: If a mask is not a boolean tensor.
@@ -106,12 +160,12 @@ def save_masks(masks: dict[str, torch.Tensor], out_dir: str | Path, metadata: di
             raise ValueError(f"mask {name!r}: {error}") from error
         shapes[name] = list(mask.shape)
         pruned[name] = int(mask.numel() - mask.count_nonzero())
-    save_packed_masks(packed, shapes, pruned, out_dir, metadata)
+    return save_packed_masks(packed, shapes, pruned, out_dir, metadata)
 
 
 def save_packed_masks(
     packed: dict[str, torch.Tensor], shapes: dict[str, list[int]], pruned: dict[str, int], out_dir, metadata: dict
-) -> None:
+) -> SavedMasks:
     """:func:`save_masks` for masks already bit-packed (:func:`pack_mask`), e.g. by the streaming checkpoint pruner.
 
     Args:
@@ -120,6 +174,9 @@ def save_packed_masks(
         pruned: Module -> how many of its weights are pruned.
         out_dir: Folder to write into; created if missing.
         metadata: Run facts for ``pruning.json`` (see :func:`save_masks`).
+
+    Returns:
+        What was written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,10 +194,11 @@ def save_packed_masks(
         save_file(dict(packed), tmp, metadata=st_metadata)
     write_json(out / REPORT_FILE, report, indent=2)
     logger.info("saved %d pruning masks (sparsity %.4f) to %s", len(packed), report["sparsity_reached"], out)
+    return SavedMasks(out, dict(packed), dict(shapes), json.loads(st_metadata["metadata"]))
 
 
 def load_masks(directory: str | Path) -> dict[str, torch.Tensor] | None:
-    """Read the masks that :func:`save_masks` wrote into ``directory``.
+    """Read the masks that :func:`save_masks` wrote into ``directory``, unpacked.
 
     Returns:
         Canonical module name -> boolean mask on the CPU, or ``None`` if the folder holds no masks file.
@@ -148,25 +206,9 @@ def load_masks(directory: str | Path) -> dict[str, torch.Tensor] | None:
     Raises:
         ValueError: If the file is not a masks file of this format or a packed mask does not fit its shape.
     """
-    path = Path(directory) / MASKS_FILE
-    if not path.is_file():
+    if not (Path(directory) / MASKS_FILE).is_file():
         return None
-    masks = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
-        shapes = json.loads(meta["shapes"])
-        for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-            if name not in shapes:
-                raise ValueError(f"{path}: tensor {name!r} has no shape in the metadata")
-            shape = shapes[name]
-            numel = int(np.prod(shape))
-            bits = f.get_tensor(name).numpy()
-            if bits.size != (numel + 7) // 8:
-                raise ValueError(f"{path}: {name!r} holds {bits.size} bytes, shape {shape} needs {(numel + 7) // 8}")
-            masks[name] = torch.from_numpy(np.unpackbits(bits, count=numel).astype(bool)).reshape(shape)
-    return masks
+    return SavedMasks.read(directory).unpack()
 
 
 def mask_targets(model: nn.Module, names) -> dict[str, nn.Parameter]:
