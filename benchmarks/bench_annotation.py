@@ -2,10 +2,9 @@
 
     .venv/bin/python benchmarks/bench_annotation.py
 
-Runs the real OpenAI annotator (AsyncOpenAI) against the local fake server of the tests (200 ms simulated latency,
-a server-side sliding-window RPM limit that answers 429 beyond it) and writes benchmarks/results/annotation.json
-and .md. Token counts at the fake server follow OpenAI's published image rule and 4 characters a text token, so the
-input-token error measures our implementation of the rule, not OpenAI's tokenizer.
+The real annotator runs against the tests' fake server (200 ms latency, a server-side RPM window answering 429
+beyond it), which counts tokens by OpenAI's published rule: the input-token error measures our implementation of
+the rule, not OpenAI's tokenizer. Writes benchmarks/results/annotation.{json,md}. See docs/annotation.md.
 """
 
 import io
@@ -25,9 +24,14 @@ sys.path.insert(0, str(ROOT))
 from results_io import write_results  # noqa: E402
 
 from dataset_builder.annotation.base import AnnotationRequest  # noqa: E402
-from dataset_builder.annotation.cost import estimate_cost, load_price_table, pricing_for, request_input_tokens  # noqa: E402
-from dataset_builder.annotation.openai_annotator import OpenAIAnnotator  # noqa: E402
-from dataset_builder.annotation.openai_requests import EXPECTED_OUTPUT_TOKENS  # noqa: E402
+from dataset_builder.annotation.openai.annotator import OpenAIAnnotator  # noqa: E402
+from dataset_builder.annotation.openai.cost import (  # noqa: E402
+    EXPECTED_OUTPUT_TOKENS,
+    estimate_cost,
+    load_price_table,
+    pricing_for,
+    request_input_tokens,
+)
 from dataset_builder.prompts import ANNOTATION_PROMPT  # noqa: E402
 from tests.annotation.fake_openai import FakeOpenAIServer, FakeState  # noqa: E402
 
@@ -135,7 +139,7 @@ def main() -> None:
         "throughput": throughput(),
         "paper_scale_gpt_4o_mini": paper_scale(),
         "expected_output_tokens": EXPECTED_OUTPUT_TOKENS,
-        "prices": "dataset_builder/annotation/openai_prices.yaml",
+        "prices": "dataset_builder/annotation/openai/openai_prices.yaml",
     }
     t = result["throughput"]
     lines = [

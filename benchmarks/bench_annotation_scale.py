@@ -4,16 +4,9 @@
     .venv/bin/python benchmarks/bench_annotation_scale.py 500 5000   # other sizes
     .venv/bin/python benchmarks/bench_annotation_scale.py --kill-only 20000   # redo only the kill-and-resume run
 
-For each size a dataset folder is written straight to Parquet with the builder's own schema
-(``dataset_builder.rows.features``): 1,000-row shards of 100-row row groups, 5 % test, a ``sample_10k`` config, two
-64 px JPEG frames a pair, empty answers. ``geollava-annotate`` then runs as a child process (``--dry_run``, the async
-Chat Completions path, ``--batch`` with 5,000 requests a file) against the tests' fake OpenAI server, and its peak
-RSS is read by ``/usr/bin/time``. At the largest size a ``--batch`` run with a quarter of the pairs a file (5,000 at
-20,000 pairs) is SIGKILLed once two batches are running, then resumed: the server must have answered, and billed,
-every pair once, in 4 batch files, with the enqueued tokens never over ``--batch_max_enqueued_tokens``.
-
-Writes benchmarks/results/annotation_scale.json and .md, with the extrapolation to the paper's 106,042 pairs beside
-the build's own figures (benchmarks/results/build.json).
+``geollava-annotate`` runs as a child process (``--dry_run``, async, ``--batch``) on synthetic folders against the
+tests' fake OpenAI server; then a ``--batch`` run is SIGKILLed with two batches running and resumed. Writes
+benchmarks/results/annotation_scale.{json,md}. See docs/annotation.md.
 """
 
 import io
@@ -36,8 +29,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataset_builder.annotation.cost import load_price_table, pricing_for, request_input_tokens  # noqa: E402
-from dataset_builder.atomic import write_json, write_parquet, write_text  # noqa: E402
+from results_io import RESULTS, write_results  # noqa: E402
+
+from dataset_builder.annotation.openai.cost import load_price_table, pricing_for, request_input_tokens  # noqa: E402
+from dataset_builder.atomic import write_parquet, write_text  # noqa: E402
 from dataset_builder.prompts import ANNOTATION_PROMPT  # noqa: E402
 from dataset_builder.rows import features  # noqa: E402
 from tests.annotation.fake_openai import FakeOpenAIServer, FakeState  # noqa: E402
@@ -49,7 +44,6 @@ FRAME = 64
 SHARD_ROWS = 1_000
 PER_FILE = 5_000
 SAMPLE = 10_000
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _jpeg(rng: np.random.Generator) -> bytes:
@@ -85,7 +79,11 @@ def _row(feats, split: str, i: int, rng: np.random.Generator) -> dict:
 
 
 def write_dataset(root: Path, pairs: int, seed: int = 0) -> Path:
-    """A Hub-layout folder like geollava-build's (no clips, no card), written straight to Parquet."""
+    """A Hub-layout folder like geollava-build's (no clips, no card), written straight to Parquet.
+
+    The builder's own schema (``dataset_builder.rows.features``): 1,000-row shards, 5 % test, a ``sample_10k``
+    config, two 64 px JPEG frames a pair, empty answers.
+    """
     feats, rng = features(with_videos=False, with_changes=False), np.random.default_rng(seed)
     n_test = round(pairs * 0.05)
     splits = {"train": range(pairs - n_test), "test": range(pairs - n_test, pairs)}
@@ -196,7 +194,11 @@ def run_size(pairs: int, tmp: Path) -> tuple[dict, Path]:
 
 
 def run_kill(folder: Path, pairs: int, tmp: Path) -> dict:
-    """--batch killed (SIGKILL) once two batches run, then resumed: the server's view of what was paid."""
+    """--batch killed (SIGKILL) once two batches run, then resumed: the server's view of what was paid.
+
+    A quarter of the pairs a file (5,000 at 20,000 pairs): the server must have answered, and billed, every pair
+    once, in 4 batch files, with the enqueued tokens never over ``--batch_max_enqueued_tokens``.
+    """
     cache = tmp / "kill.jsonl"
     state_file = cache.with_name("kill.batches.json")
 
@@ -270,10 +272,10 @@ def markdown(result: dict) -> str:
     b = ext["build"]
     lines += [
         "",
-        f"Goal: the {large:,}-pair run within 1.2x of the {small:,}-pair run. Before this change, `--dry_run` took "
-        "415 MB at 740 pairs and 791 MB at 6,172 (about 69 KB a pair, 7 GB at 106K). Memory is held per shard "
-        f"and per read batch, so compare sizes that both fill whole {SHARD_ROWS:,}-row shards (the default 2,000 "
-        "and 20,000 do): below that, the shard's size, not the number of pairs, moves the RSS.",
+        f"Goal: the {large:,}-pair run within 1.2x of the {small:,}-pair run (memory flat in the number of pairs). "
+        f"Memory is held per shard and per read batch, so compare sizes that both fill whole {SHARD_ROWS:,}-row "
+        "shards (the default 2,000 and 20,000 do): below that, the shard's size, not the number of pairs, moves the "
+        "RSS.",
         "",
         f"## Extrapolated to the paper's {PAPER_PAIRS:,} pairs",
         "",
@@ -326,10 +328,7 @@ def main() -> None:
             result = {"runs": runs, "extrapolation": extrapolate(runs[0], runs[-1]), "frame_px": FRAME}
         result["kill_and_resume"] = run_kill(folder, sizes[-1], tmp)
     result["machine"] = {"cores": os.cpu_count(), "note": "shared machine; one run each"}
-    write_json(RESULTS / "annotation_scale.json", result, indent=2)
-    text = markdown(result)
-    write_text(RESULTS / "annotation_scale.md", text)
-    print(text)
+    print(write_results("annotation_scale", result, markdown(result)))
 
 
 if __name__ == "__main__":

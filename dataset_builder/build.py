@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from dataset_builder.annotation import AnnotationRequest, get_annotator
-from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
+from dataset_builder.annotation.openai.config import OpenAIAnnotatorConfig
 from dataset_builder.atomic import write_json
 from dataset_builder.card import write_dataset_card
 from dataset_builder.changes import load_ground_truth

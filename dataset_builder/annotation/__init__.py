@@ -2,6 +2,7 @@
 
 Annotators are looked up by name in :data:`ANNOTATORS` and imported only when asked for, so the real builder never
 imports the synthetic world (a stand-in) nor the ``openai`` client unless a run uses them.
+See docs/annotation.md.
 """
 
 import importlib
@@ -14,7 +15,7 @@ from dataset_builder.annotation.base import AnnotationRequest, AnnotationResult,
 ANNOTATORS = {
     "none": "dataset_builder.annotation.base:NoneAnnotator",
     "synthetic": "dataset_builder.synthetic.describe:SyntheticAnnotator",
-    "openai": "dataset_builder.annotation.openai_annotator:OpenAIAnnotator",
+    "openai": "dataset_builder.annotation.openai.annotator:OpenAIAnnotator",
     "import": "dataset_builder.annotation.imported:ImportAnnotator",
 }
 

@@ -3,6 +3,7 @@
 An annotator takes pair requests and yields one result per request. The builder and ``geollava-annotate`` only use
 this interface, so ``synthetic`` (ground truth turned into text), ``none``, ``import:PATH`` (the official release's
 JSON) and ``openai`` are interchangeable.
+See docs/dataset.md ("Annotators").
 """
 
 from collections.abc import Iterable, Iterator

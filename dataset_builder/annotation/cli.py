@@ -2,13 +2,9 @@
 
     OPENAI_API_KEY=sk-... geollava-annotate outputs/geollava --max_cost_usd 25 --concurrency 16
 
-The estimate (tokens and price) is printed before anything is sent; ``--dry_run`` stops there. Each Parquet shard
-is rewritten to a temporary name with the new ``conversations`` (same schema and features) and renamed over the old
-one, so a crash leaves every shard either old or new. Rows already answered are left alone unless ``--overwrite``;
-``sample_10k`` rows reuse the answers of the same pairs. Then ``build_report.json``, ``geollava_json/`` (when
-present) and the card's ``dataset_info`` are brought up to date. Exit status 0 when every asked pair has a final
-answer (refusals included: they are reported), 1 when pairs failed or the budget cap left some unsent (rerun to
-finish; cached answers are not paid again), or on an error.
+The estimate is printed before anything is sent (``--dry_run`` stops there); each shard is rewritten atomically,
+``sample_10k`` rows reuse the answers of the same pairs, and the folder's report, official JSON and card follow.
+See docs/annotation.md.
 """
 
 import json
@@ -24,10 +20,9 @@ import pyarrow.parquet as pq
 from transformers import HfArgumentParser
 
 from dataset_builder.annotation.base import AnnotationRequest
-from dataset_builder.annotation.hash_index import HashIndex
-from dataset_builder.annotation.openai_annotator import OpenAIAnnotator
-from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
-from dataset_builder.annotation.report import summary_line
+from dataset_builder.annotation.openai.annotator import OpenAIAnnotator
+from dataset_builder.annotation.openai.config import OpenAIAnnotatorConfig
+from dataset_builder.annotation.openai.cost import summary_line
 from dataset_builder.atomic import atomic_path, write_json
 from dataset_builder.card import write_dataset_card
 from dataset_builder.official_json import export_official
@@ -88,7 +83,7 @@ class _Pass:
     """One streamed pass over the folder: how many more pairs ``--limit`` allows, and the other configs' own rows."""
 
     remaining: int | None
-    others: HashIndex = field(default_factory=HashIndex)
+    others: set[str] = field(default_factory=set)
 
 
 class FolderRows:
@@ -97,7 +92,7 @@ class FolderRows:
     A row is *asked* (an annotation request) when it is in the default config, or in another config
     (``sample_10k``) with an id the default config does not have; it is *looked up* (its answer comes from the cache
     once its default-config twin is answered) otherwise. The first pass (:meth:`scan`) records the default config's
-    ids in a compact index (8 bytes an id); later passes reuse it.
+    ids in a set (about 12 MB at 100K ids); later passes reuse it.
 
     Args:
         args: The folder and what to annotate.
@@ -106,7 +101,7 @@ class FolderRows:
     def __init__(self, args: AnnotateArguments):
         self.args = args
         self.data = Path(args.dataset_dir) / "data"
-        self.default_ids = HashIndex()
+        self.default_ids: set[str] = set()
         self._scanned = False
 
     def new_pass(self) -> _Pass:
@@ -296,7 +291,12 @@ def annotate_folder(args: AnnotateArguments, config: OpenAIAnnotatorConfig) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``geollava-annotate DATASET_DIR [options]``."""
+    """Entry point of ``geollava-annotate DATASET_DIR [options]``.
+
+    Returns:
+        0 when every asked pair has a final answer (refusals included: they are reported); 1 when pairs failed or
+        the budget cap left some unsent (rerun to finish; cached answers are not paid again), or on an error.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):

@@ -1,4 +1,7 @@
-"""``--annotator import:PATH``: the official GeoLLaVA release's answers (GPT-4o-mini), attached by pair id."""
+"""``--annotator import:PATH``: the official GeoLLaVA release's answers (GPT-4o-mini), attached by pair id.
+
+See docs/dataset.md ("Annotators").
+"""
 
 import json
 import logging

@@ -2,10 +2,7 @@
 
     python -m tests.annotation.batch_crash KILL_AT COUNT N_PAIRS OPTIONS_JSON
 
-``KILL_AT``: a batch file state (``written``, ``uploaded``, ``submitted``, ``downloaded``): die right after the
-state file records the ``COUNT``-th batch file in it; ``upload-lost`` / ``create-lost``: die after the server stored
-an upload / created a batch but before the run learnt of it; ``merging``: die after the first chunk of a batch's
-answers reached the cache (chunks of 2). The kill is a real ``SIGKILL``: no ``finally`` runs, nothing is flushed.
+The kill is a real ``SIGKILL``: no ``finally`` runs, nothing is flushed (``KILL_AT``: see :func:`install`).
 """
 
 import json
@@ -16,9 +13,10 @@ import sys
 import openai.resources.batches
 import openai.resources.files
 
-from dataset_builder.annotation import batch_merge, get_annotator
-from dataset_builder.annotation.batch_ledger import BatchLedger
-from dataset_builder.annotation.cache import AnnotationCache
+from dataset_builder.annotation import get_annotator
+from dataset_builder.annotation.openai import batch
+from dataset_builder.annotation.openai.batch import BatchRunner
+from dataset_builder.annotation.openai.cache import AnnotationCache
 from tests.annotation.helpers import pair_requests
 
 
@@ -44,16 +42,24 @@ def _after(owner, name: str, should_die) -> None:
 
 
 def install(kill_at: str, count: int) -> None:
-    """Patch the point where this run is to die."""
+    """Patch the point where this run is to die.
+
+    Args:
+        kill_at: A batch file state (``written``, ``uploaded``, ``submitted``, ``downloaded``): die right after the
+            state file records the ``count``-th batch file in it; ``upload-lost`` / ``create-lost``: die after the
+            server stored an upload / created a batch but before the run learnt of it; ``merging``: die after the
+            first chunk of a batch's answers reached the cache (chunks of 2).
+        count: See ``kill_at``.
+    """
     if kill_at in STATES:
-        reached = lambda ledger, *_: sum(e["state"] == kill_at for e in ledger.entries.values()) >= count  # noqa: E731
-        _after(BatchLedger, "save", reached)
+        reached = lambda runner, *_: sum(e["state"] == kill_at for e in runner.state.batches.values()) >= count  # noqa: E731
+        _after(BatchRunner, "save_state", reached)
     elif kill_at == "upload-lost":
         _after(openai.resources.files.Files, "create", lambda *_: True)
     elif kill_at == "create-lost":
         _after(openai.resources.batches.Batches, "create", lambda *_: True)
     elif kill_at == "merging":
-        batch_merge.MERGE_CHUNK = 2
+        batch.MERGE_CHUNK = 2
         _after(AnnotationCache, "append_many", lambda _, args, __: any("batch_id" in e for e in args[0]))
     else:
         raise SystemExit(f"KILL_AT {kill_at!r}: expected one of {', '.join(KILL_POINTS)}")

@@ -1,19 +1,9 @@
-"""A local OpenAI-compatible server for the tests and the benchmark (FastAPI + uvicorn on 127.0.0.1).
+"""A local OpenAI-compatible server for the tests and the benchmarks (FastAPI + uvicorn on 127.0.0.1).
 
-It speaks Chat Completions, Files and Batches well enough for the official ``openai`` client, counts what it is
-asked, and can be told to inject faults: 429 with ``retry-after``, 500/503, slow replies, dropped connections,
-malformed JSON, ``finish_reason="content_filter"``, refusals, empty and cut-off answers. Token usage is counted
-independently of ``dataset_builder.annotation.cost`` (decoded image sizes and gpt-4o-mini's published tile numbers).
+    python tests/annotation/fake_openai.py --port 8011 --latency 0.2 --rpm 600
 
-The Batch API's limits are enforced as the real one answers them, with small configurable values so tests stay
-small: an input file over ``batch_max_requests`` lines or ``batch_max_bytes`` bytes is refused at batch creation
-(HTTP 400, "The batch input file is larger than the N maximum ..." as OpenAI words it for bytes; the request-count
-wording is modelled on it), and a batch that would take the enqueued input tokens of the unfinished batches past
-``max_enqueued_tokens`` is created ``failed`` with ``token_limit_exceeded`` ("Enqueued token limit reached ...").
-``billed`` counts, per pair, every answer the server produced (chat or batch): "nothing billed twice" is
-``max(billed.values()) == 1``.
-
-Run alone: ``python tests/annotation/fake_openai.py --port 8011 --latency 0.2 --rpm 600``.
+It speaks Chat Completions, Files and Batches for the official ``openai`` client, injects faults, enforces the Batch
+API's limits, and counts tokens (independently of our estimator) and what it bills per pair. See docs/annotation.md.
 """
 
 import argparse
@@ -42,7 +32,13 @@ FAULTS = ("429", "500", "503", "slow", "drop", "malformed", "content_filter", "r
 
 @dataclass
 class FakeState:
-    """What the server has seen and what it is told to do."""
+    """What the server has seen and what it is told to do.
+
+    Faults (``faults``, one per request, or ``always``): 429 with ``retry-after``, 500/503, slow replies, dropped
+    connections, malformed JSON, ``finish_reason="content_filter"``, refusals, empty and cut-off answers. Token usage
+    is counted from the decoded image sizes and gpt-4o-mini's published tile numbers. ``billed`` counts, per pair,
+    every answer produced (chat or batch): "nothing billed twice" is ``max(billed.values()) == 1``.
+    """
 
     latency_s: float = 0.0
     slow_s: float = 2.0

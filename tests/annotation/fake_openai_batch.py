@@ -1,11 +1,8 @@
 """The Files and Batches endpoints of the fake OpenAI server (``fake_openai.py``), with the Batch API's limits.
 
-An input file over ``state.batch_max_requests`` lines or ``state.batch_max_bytes`` bytes is refused at batch creation
-with HTTP 400, as OpenAI refuses it ("The batch input file is larger than the 209715200 maximum for the gpt-4o model.
-Please try again with a smaller batch."; the request-count wording is modelled on it). A batch that would take the
-input tokens of the unfinished batches past ``state.max_enqueued_tokens`` is created ``failed`` with the error
-``token_limit_exceeded`` ("Enqueued token limit reached for ... Limit: N enqueued tokens. Please try again once some
-in_progress batches have been completed."), as OpenAI does.
+An input file over ``state.batch_max_requests`` lines or ``state.batch_max_bytes`` bytes is refused at batch
+creation (HTTP 400, OpenAI's wording); a batch past ``state.max_enqueued_tokens`` is created ``failed`` with
+``token_limit_exceeded``, as OpenAI does. See docs/annotation.md.
 """
 
 import json

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dataset_builder.annotation import get_annotator
-from dataset_builder.annotation.batch_ledger import state_path
+from dataset_builder.annotation.openai.batch import state_path
 from tests.annotation.batch_crash import STATES
 from tests.annotation.helpers import REPO_ROOT, SECRET, cache_lines, pair_requests
 
@@ -184,3 +184,16 @@ def test_a_batch_created_whose_reply_was_lost_is_found_not_created_twice(server,
     assert {r.status for r in results} == {"ok"} and len(server.state.batches) == 1
     assert set(server.state.billed.values()) == {1} and len(server.state.billed) == 3
     assert annotator.report()["retries_by_reason"] == {"http 500": 1}
+
+
+def test_a_state_file_of_another_format_stops_the_run_and_is_left_as_it_was(server, fast_options, api_key):
+    state = state_path(Path(fast_options["cache_path"]))
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"version": 1, "uploads": {}, "batches": {}}))
+    before = state.read_text()
+    with pytest.raises(RuntimeError, match=r"batch state of version 1, expected 2"):
+        run(fast_options, pair_requests(2))
+    assert state.read_text() == before and server.state.requests == 0 and not server.state.files
+    state.unlink()  # and the lock was released: the next run goes through
+    _, results = run(fast_options, pair_requests(2))
+    assert {r.status for r in results} == {"ok"}

@@ -1,6 +1,6 @@
 import pytest
 
-from dataset_builder.annotation.cost import (
+from dataset_builder.annotation.openai.cost import (
     estimate_cost,
     image_tokens,
     load_price_table,

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from dataset_builder.annotation import AnnotationRequest, get_annotator
-from dataset_builder.annotation.cache import AnnotationCache
-from dataset_builder.annotation.openai_annotator import OpenAIAnnotator
-from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
-from dataset_builder.annotation.rate_limit import RateLimiter, backoff_delay, retry_after_seconds
+from dataset_builder.annotation.openai.annotator import OpenAIAnnotator
+from dataset_builder.annotation.openai.cache import AnnotationCache
+from dataset_builder.annotation.openai.client import RateLimiter, backoff_delay, retry_after_seconds
+from dataset_builder.annotation.openai.config import OpenAIAnnotatorConfig
 from dataset_builder.prompts import ANNOTATION_PROMPT
 from tests.annotation.helpers import SECRET, cache_lines
 from tests.annotation.helpers import pair_requests as requests

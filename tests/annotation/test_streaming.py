@@ -1,13 +1,13 @@
-"""Bounded memory by construction: requests read only as answers come back, and a 16-byte-an-answer cache index."""
+"""Bounded memory by construction: requests read only as answers come back, and a cache index of key hashes."""
 
 from pathlib import Path
 
 import pytest
 
-from dataset_builder.annotation import get_annotator, hash_index
-from dataset_builder.annotation.batch_ledger import state_path
-from dataset_builder.annotation.cache import AnnotationCache
-from dataset_builder.annotation.hash_index import HashIndex
+from dataset_builder.annotation import get_annotator
+from dataset_builder.annotation.openai import cache as cache_module
+from dataset_builder.annotation.openai.batch import state_path
+from dataset_builder.annotation.openai.cache import AnnotationCache
 from tests.annotation.helpers import pair_requests
 
 
@@ -29,20 +29,20 @@ def test_requests_are_read_only_as_fast_as_answers_come_back(server, fast_option
     annotator.close()
     assert len(results) == n and {r.status for r in results} == {"ok"}
     # at most the window (2 x concurrency) in flight, as many answered but not yet handed on, and one in hand;
-    # planning everything first, as before, would show a gap of n - 1
+    # planning everything before sending would show a gap of n - 1
     assert max(gaps) <= 2 * 2 * concurrency + 1, gaps
     assert server.state.total_successes() == n
 
 
-def test_the_hash_index_maps_replaces_and_stays_small():
-    index = HashIndex(merge_every=100)
-    for i in range(20_000):
-        index.add(f"key-{i}", i)
-    for i in range(0, 20_000, 7):
-        index.add(f"key-{i}", -i)  # a later value replaces the earlier one
-    assert all(index.get(f"key-{i}") == (-i if i % 7 == 0 else i) for i in range(20_000))
-    assert index.get("key-20000") is None and "key-3" in index
-    assert len(index) == 20_000 and index.nbytes() == 16 * 20_000
+def test_a_later_answer_for_the_same_key_replaces_the_earlier_one_across_a_reopen(tmp_path):
+    path = tmp_path / "c.jsonl"
+    with AnnotationCache(path) as cache:
+        cache.append_many([{"key": f"k{i}", "id": f"k{i}", "status": "refused", "text": None} for i in range(2000)])
+        cache.append({"key": "k7", "id": "k7", "status": "ok", "text": "asked again"})  # --retry_failed
+        assert cache.get("k7")["text"] == "asked again" and cache.get("k8")["status"] == "refused"
+    with AnnotationCache(path) as cache:
+        assert len(cache) == 2000 and cache.get("k7")["text"] == "asked again"
+        assert all(cache.get(f"k{i}")["status"] == "refused" for i in range(2000) if i != 7)
 
 
 def test_the_cache_reads_entries_back_and_never_returns_another_keys_answer(tmp_path, monkeypatch):
@@ -52,7 +52,7 @@ def test_the_cache_reads_entries_back_and_never_returns_another_keys_answer(tmp_
         assert cache.get("a")["text"] == "A" and cache.get("b")["text"] == "B" and cache.get("c") is None
     with AnnotationCache(path) as cache:  # reopened: the index is rebuilt from the file
         assert cache.get("b")["text"] == "B" and len(cache) == 2
-    monkeypatch.setattr(hash_index, "string_hash", lambda text: 42)  # every key collides
+    monkeypatch.setattr(cache_module, "string_hash", lambda text: 42)  # every key collides
     with AnnotationCache(path) as cache:
         assert cache.get("a") is None  # the index points at b's line, whose key is not a's
         assert cache.get("b")["text"] == "B" and cache.get("zzz") is None

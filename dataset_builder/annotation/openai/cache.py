@@ -1,10 +1,8 @@
-"""Append-only, fsync'd JSONL cache of paid answers: what makes a rerun never pay twice.
+"""The answer cache: an append-only, fsync'd JSONL file of paid answers, what makes a rerun never pay twice.
 
-One line per final answer, written and fsync'd before the answer is counted or handed on. A line cut short by a
-crash or ``kill -9`` is skipped on load (its pair is asked again); nothing is ever rewritten in place. The key is
-(pair id, model, sha256 of prompt + parameters, sha256 of both images' bytes), so a shared cache file serves any
-number of builds and ``geollava-annotate`` runs. In memory only key -> offset is kept (16 bytes an answer, 1.7 MB at
-106K pairs); an entry is read back from the file when it is asked for.
+An answer is written and fsync'd before it is counted or handed on; a line cut short by a crash is skipped on load.
+Only a hash of each key and its byte offset are held in memory; entries are read back from the file.
+See docs/annotation.md.
 """
 
 import hashlib
@@ -14,7 +12,7 @@ import os
 import threading
 from pathlib import Path
 
-from dataset_builder.annotation.hash_index import HashIndex
+from dataset_builder.annotation.base import AnnotationResult
 
 
 logger = logging.getLogger(__name__)
@@ -35,15 +33,30 @@ def sha256_hex(*parts: bytes | str) -> str:
 
 
 def cache_key(pair_id: str, model: str, params_hash: str, image_hash: str) -> str:
-    """The cache key of one request."""
+    """The cache key of one request: what makes one shared cache file safe for every build and run."""
     return f"{pair_id}|{model}|{params_hash}|{image_hash}"
 
 
-class AnnotationCache:
-    """An append-only JSONL file of final answers, indexed by key -> byte offset (16 bytes an entry in memory).
+def string_hash(text: str) -> int:
+    """The 64-bit hash of a string (stable across runs and machines): how keys are held in memory.
 
-    Only the index is held: an entry is read back from the file when asked for (``os.pread``), and its stored key is
-    compared with the one asked, so a hash collision of the index reads as "not cached", never as a wrong answer.
+    Two different strings share a hash with probability ~n²/2^65 (3e-10 at 100K strings); the cache compares the
+    stored key, so a collision reads as "not cached", never as another pair's answer.
+    """
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def cached_result(pair_id: str, entry: dict) -> AnnotationResult:
+    """The result of a pair answered before (a cache entry)."""
+    return AnnotationResult(pair_id, entry.get("text"), entry["status"], entry.get("reason", ""), entry["usage"])
+
+
+class AnnotationCache:
+    """An append-only JSONL file of final answers, indexed by the key's hash -> byte offset.
+
+    Only the index is held (about 140 bytes an answer: 14 MB at 100K): an entry is read back from the file when asked
+    for (``os.pread``), and its stored key is compared with the one asked, so a hash collision reads as "not
+    cached", never as a wrong answer.
 
     Args:
         path: The JSONL file (created with its folder when missing).
@@ -52,7 +65,7 @@ class AnnotationCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._index = HashIndex()
+        self._index: dict[int, int] = {}  # string_hash(key) -> byte offset of its line
         self._lock = threading.Lock()
         self.skipped_lines = 0
         if self.path.exists():
@@ -65,7 +78,7 @@ class AnnotationCache:
         with open(self.path, "rb") as fh:
             for lineno, line in enumerate(fh, 1):
                 try:
-                    self._index.add(json.loads(line)["key"], offset)
+                    self._index[string_hash(json.loads(line)["key"])] = offset
                 except (ValueError, KeyError, TypeError):
                     self.skipped_lines += 1
                     logger.warning("%s:%d: unreadable cache line skipped (cut short by a crash?)", self.path, lineno)
@@ -94,7 +107,7 @@ class AnnotationCache:
 
     def get(self, key: str) -> dict | None:
         """The cached entry of a key (read back from the file), or ``None``."""
-        offset = self._index.get(key)
+        offset = self._index.get(string_hash(key))
         if offset is None:
             return None
         try:
@@ -128,7 +141,7 @@ class AnnotationCache:
             # O_APPEND puts the file position at the end of what this process just wrote, whoever else appends
             offset = os.lseek(self._fd, 0, os.SEEK_CUR) - sum(len(line) for line in lines)
             for entry, line in zip(entries, lines, strict=True):
-                self._index.add(entry["key"], offset)
+                self._index[string_hash(entry["key"])] = offset
                 offset += len(line)
 
     def close(self) -> None:

@@ -1,18 +1,8 @@
-"""The ``openai`` annotator: the paper's GPT-4o-mini descriptions through any OpenAI-compatible endpoint.
+"""The ``openai`` annotator: plans each pair, asks through the chat or the Batch path, records every answer.
 
-Each pair is one Chat Completions request: the paper's prompt (``ANNOTATION_PROMPT``) and the two frames, earlier
-first, as base64 data URLs. Frames stored in the dataset (``frames_jpeg``) are sent as they are; fMoW images are
-downscaled to ``image_max_side`` pixels (JPEG, quality 90) when larger. At detail ``low`` the size does not change
-the price; at ``high`` it does (see ``dataset_builder.annotation.cost``).
-
-Never pay twice: every final answer (ok, refused, content filter, empty, malformed) is appended to an fsync'd JSONL
-cache (``dataset_builder.annotation.cache``) before it is counted or handed on, so a rerun after a crash only sends
-what is missing. The ``openai`` client's own retries are off; ours (``dataset_builder.annotation.transport``) are
-bounded, counted, honour ``retry-after`` and back off with jitter. The API key is read from ``OPENAI_API_KEY`` and
-never logged, reported or stored.
-
-The pieces: planning and bodies in ``openai_requests``, the estimate in ``cost``, the spending cap in ``budget``,
-retries in ``transport``, the two ways of sending in ``openai_chat`` and ``openai_batch``, the report in ``report``.
+Each pair is one Chat Completions request (the paper's prompt and the two frames, earlier first). Every final answer
+is cached (fsync'd) before it is counted or handed on, so a rerun after a crash only sends what is missing.
+See docs/annotation.md.
 """
 
 import logging
@@ -22,14 +12,21 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dataset_builder.annotation.base import AnnotationRequest, AnnotationResult
-from dataset_builder.annotation.budget import Budget
-from dataset_builder.annotation.cache import FINAL_STATUSES, AnnotationCache
-from dataset_builder.annotation.cost import CostEstimate, estimate_totals, load_price_table, pricing_for
-from dataset_builder.annotation.openai_batch import BatchRunner
-from dataset_builder.annotation.openai_chat import ChatRunner
-from dataset_builder.annotation.openai_config import OpenAIAnnotatorConfig
-from dataset_builder.annotation.openai_requests import EXPECTED_OUTPUT_TOKENS, PlannedRequest, RequestPlanner
-from dataset_builder.annotation.report import AnnotationStats, build_report, summary_line
+from dataset_builder.annotation.openai.batch import BatchRunner
+from dataset_builder.annotation.openai.cache import FINAL_STATUSES, AnnotationCache, cached_result
+from dataset_builder.annotation.openai.client import AnnotatorParts, ChatRunner, PlannedRequest, RequestPlanner
+from dataset_builder.annotation.openai.config import OpenAIAnnotatorConfig
+from dataset_builder.annotation.openai.cost import (
+    EXPECTED_OUTPUT_TOKENS,
+    AnnotationStats,
+    Budget,
+    CostEstimate,
+    build_report,
+    estimate_totals,
+    load_price_table,
+    pricing_for,
+    summary_line,
+)
 from dataset_builder.atomic import write_json
 from dataset_builder.prompts import ANNOTATION_PROMPT
 
@@ -38,10 +35,14 @@ logger = logging.getLogger(__name__)
 
 
 class OpenAIAnnotator:
-    """Annotator that asks an OpenAI-compatible Chat Completions endpoint (see the module docstring).
+    """Annotator that asks an OpenAI-compatible Chat Completions endpoint, never paying twice for an answer.
+
+    Frames stored in the dataset (``frames_jpeg``) are sent as they are; fMoW images are downscaled to
+    ``image_max_side`` pixels (JPEG, quality 90) when larger. The API key is read from ``OPENAI_API_KEY`` only when
+    something must be sent, and never logged, reported or stored.
 
     Args:
-        **options: The fields of :class:`~dataset_builder.annotation.openai_config.OpenAIAnnotatorConfig`.
+        **options: The fields of :class:`~dataset_builder.annotation.openai.config.OpenAIAnnotatorConfig`.
 
     Raises:
         ValueError: On a bad option, or ``max_cost_usd`` with a model the price table does not list.
@@ -74,6 +75,10 @@ class OpenAIAnnotator:
             self._cache = AnnotationCache(self.config.resolved_cache_path)
         return self._cache
 
+    def cached(self, key: str) -> dict | None:
+        """The cache entry of a key, or ``None``."""
+        return self.cache.get(key)
+
     def plan(self, request: AnnotationRequest) -> PlannedRequest:
         """Key, sizes and estimated input tokens of one request, and its cached answer if any.
 
@@ -81,7 +86,7 @@ class OpenAIAnnotator:
             ValueError: If an image cannot be read (the message names the pair and the file).
         """
         planned = self.planner.plan(request)
-        planned.cached = self.cache.get(planned.key)
+        planned.cached = self.cached(planned.key)
         return planned
 
     def lookup(self, request: AnnotationRequest) -> AnnotationResult | None:
@@ -89,7 +94,7 @@ class OpenAIAnnotator:
         planned = self.plan(request)
         if planned.cached is None or planned.cached.get("status") not in FINAL_STATUSES:
             return None
-        return self.result_from_entry(request.id, planned.cached)
+        return cached_result(request.id, planned.cached)
 
     def _needs_sending(self, planned: PlannedRequest) -> bool:
         entry = planned.cached
@@ -131,7 +136,7 @@ class OpenAIAnnotator:
             s.pairs += 1
             if not self._needs_sending(planned):
                 s.cached += 1
-                yield self.result_from_entry(planned.request.id, planned.cached)
+                yield cached_result(planned.request.id, planned.cached)
                 continue
             n, tokens = n + 1, tokens + planned.input_tokens
             s.estimated_input_tokens += planned.input_tokens
@@ -180,7 +185,7 @@ class OpenAIAnnotator:
                     yield AnnotationResult(item.request.id, None, "missing", "dry run: not sent")
             self.write_report()
             return
-        runner = BatchRunner(self) if self.config.batch else ChatRunner(self)
+        runner = (BatchRunner if self.config.batch else ChatRunner)(self._parts())
         start = time.perf_counter()
         try:
             yield from runner.run(items)
@@ -190,33 +195,28 @@ class OpenAIAnnotator:
         if runner.fatal:
             raise RuntimeError(runner.fatal)
 
+    def _parts(self) -> AnnotatorParts:
+        return AnnotatorParts(
+            config=self.config,
+            planner=self.planner,
+            budget=self.budget,
+            stats=self.stats,
+            cached=self.cached,
+            api_key=self.api_key,
+            record=self.record_many,
+            fail=self.fail,
+            budget_result=self.budget_result,
+            write_report=self.write_report,
+        )
+
     # ------------------------------------------------------------------ answers
-    def result_from_entry(self, pair_id: str, entry: dict) -> AnnotationResult:
-        """The result of a pair answered before (a cache entry)."""
-        return AnnotationResult(pair_id, entry.get("text"), entry["status"], entry.get("reason", ""), entry["usage"])
-
-    def record(
-        self, planned: PlannedRequest, status: str, text: str | None, reason: str, usage: dict
-    ) -> AnnotationResult:
-        """Cache a final answer (fsync'd), then count it; the only way an answer enters the results.
-
-        Args:
-            planned: The request.
-            status: A final status (``ok``, ``refused``, ``content_filter``, ``empty``, ``malformed``).
-            text: The caption for ``ok``.
-            reason: Why, for any other status.
-            usage: The ``usage`` the server reported.
-
-        Returns:
-            The result to hand on.
-        """
-        return self.record_many([(planned, status, text, reason, usage)])[0]
-
     def record_many(self, answers: list[tuple], **extra) -> list[AnnotationResult]:
-        """:meth:`record` for many answers with one write and one fsync (a Batch API output file, by chunks).
+        """Cache final answers (one write, one fsync), then count them: the only way an answer enters the results.
 
         Args:
-            answers: ``(planned, status, text, reason, usage)`` tuples.
+            answers: ``(planned, status, text, reason, usage)`` tuples: a final status (``ok``, ``refused``,
+                ``content_filter``, ``empty``, ``malformed``), the caption for ``ok``, why for any other status,
+                and the ``usage`` the server reported.
             **extra: Added to every cache entry (the Batch path adds ``batch_id``).
 
         Returns:

@@ -1,7 +1,8 @@
 """Options of the OpenAI annotator, shared by ``geollava-build --annotator openai`` and ``geollava-annotate``.
 
-The API key is never an option: it comes from ``OPENAI_API_KEY`` only, so it cannot reach a saved config, a report
-or a card. The endpoint comes from ``--base_url`` or ``OPENAI_BASE_URL`` (any OpenAI-compatible server works).
+It imports no client, so the builder parses these options without loading ``openai``. The API key is never an
+option (``OPENAI_API_KEY`` only), so it cannot reach a saved config, a report or a card.
+See docs/annotation.md.
 """
 
 import os
