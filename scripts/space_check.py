@@ -2,19 +2,9 @@
 
     python scripts/space_check.py [--keep] [--venv DIR]
 
-1. A tiny base model and a LoRA adapter (with pruning masks): the quickstart's when ``outputs/quickstart`` has them,
-   else built here; both pushed to the loopback Hub as model repos, so the Space downloads them.
-2. ``geollava-push space spaces_demo --repo-id ... --model-repo-id ... --base-model ...``, then
-   ``snapshot_download`` of the Space repo into an empty folder.
-3. A fresh virtual environment from the pulled ``requirements.txt`` alone (PyPI packages; torch from this machine's
-   disk as pip resolves it), checked: no project package importable from outside the pulled folder, none of the
-   training stack installed, and from inside it only the copies that ship in the Space.
-4. ``python app.py`` in the pulled folder (``PYTHONPATH`` empty, no ``BASE_MODEL_ID``/``ADAPTER_ID``: the app reads
-   the ``space_config.json`` the push wrote), one pair asked through ``gradio_client``, and the answer compared with
-   ``geollava-predict`` on the same Hub repos.
-
-Timings go to benchmarks/results/space_check.{json,md}; logs to outputs/space_check/. Takes minutes (the venv install
-dominates): it is not part of `make test`.
+A tiny base and adapter pushed as model repos; the Space pushed, pulled into an empty folder and installed in a fresh
+venv from its requirements.txt alone; ``python app.py`` there, and one pair's answer compared with
+``geollava-predict``. Minutes (the venv install): not part of `make test`. See docs/space.md "make space-check".
 """
 
 import argparse
