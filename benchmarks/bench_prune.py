@@ -80,7 +80,9 @@ class PruneBenchConfig:
     vocab_size: int = field(default=32064, metadata={"help": "Vocabulary (LLaVA-NeXT-Video-7B-hf: 32064)."})
     sparsity: float = field(default=0.05, metadata={"help": "Fraction pruned (the paper's headline: 5 %)."})
     max_shard_size: str = field(default="1GB", metadata={"help": "Shard size of the checkpoint it writes."})
-    min_parameters: float = field(default=1e9, metadata={"help": "Refuse a smaller model (the issue's bar: 1B)."})
+    min_parameters: float = field(
+        default=1e9, metadata={"help": "Refuse a smaller model (below 1B the memory ratio says little about 7B)."}
+    )
     compare_loaded: bool = field(
         default=False, metadata={"help": "Also prune by loading the whole model in fp32 (for comparison)."}
     )
