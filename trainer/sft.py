@@ -7,7 +7,6 @@ A YAML recipe and ``--field value`` overrides, parsed by ``TrlParser``; ``output
 folder, never optimizer state. See docs/training.md.
 """
 
-import json
 import logging
 import shutil
 import sys
@@ -24,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl import SFTTrainer, TrlParser
 
 from trainer.evaluation.selection import selection_callback
+from trainer.pruning.callback import PruningCallback
 from trainer.pruning.masks import MASKS_FILE, SavedMasks
 from trainer.pruning.methods import PruningConfig, calibration_batches
 from trainer.training.callbacks import get_callbacks
@@ -221,7 +221,7 @@ def save_run(trainer, args, argv, loaded: LoadedModel, train_dataset, collator, 
         return
     out = Path(training_args.output_dir)
     finalize_output_dir(out, training_args.keep_checkpoints)
-    pruning_report = out / "pruning.json"
+    pruning = next((cb.saved for cb in trainer.callback_handler.callbacks if isinstance(cb, PruningCallback)), None)
     timings["save"] = round(time.perf_counter() - start, 3)
     summary = build_summary(
         recipe=recipe_path(argv),
@@ -240,7 +240,7 @@ def save_run(trainer, args, argv, loaded: LoadedModel, train_dataset, collator, 
         train_metrics=result.metrics,
         throughput=throughput.totals,
         skipped_overlong={"count": collator.n_skipped, "ids": collator.skipped_ids},
-        pruning=json.loads(pruning_report.read_text()) if pruning_report.is_file() else None,
+        pruning=pruning.report if pruning is not None else None,
         timings=timings,
     )
     summary["distributed"] = {

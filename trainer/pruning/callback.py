@@ -102,6 +102,8 @@ class PruningCallback(TrainerCallback):
         self.metadata: dict = {}
         self._pruned: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._quantized = False
+        #: What ``on_train_end`` wrote beside the adapter (the run summary reports it).
+        self.saved: SavedMasks | None = None
 
     # ---- events -------------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -150,7 +152,7 @@ class PruningCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         """Write the masks into ``output_dir``, beside the adapter."""
         if self.masks is not None and state.is_world_process_zero:
-            save_masks(self.masks, args.output_dir, self.metadata)
+            self.saved = save_masks(self.masks, args.output_dir, self.metadata)
         return control
 
     # ---- helpers ------------------------------------------------------------------------------------------------
