@@ -108,6 +108,13 @@ NO_CHANGE_PHRASES: tuple[str, ...] = (
     "No significant changes are visible between the two images.",
     "The scene looks unchanged between the two images.",
 )
+#: A sequence's sentence for one interval with changes (``{start}``/``{end}``: the months of its two dates, YYYY-MM).
+INTERVAL_PHRASE = "Between {start} and {end}, {changes}."
+#: A sequence's sentence when nothing changed at any date (``{n}``: how many dates).
+SEQUENCE_NO_CHANGE_PHRASES: tuple[str, ...] = (
+    "No change is visible across the {n} dates.",
+    "The scene stays unchanged across the {n} dates.",
+)
 
 
 def _near(subjects: str, verbs: str) -> str:
