@@ -24,6 +24,12 @@ ANNOTATION_PROMPT = "Briefly describe each image independently, then explain the
 #: The visual placeholder that ends every human turn, as in the official LLaVA-format JSON.
 VIDEO_TOKEN = "<video>"
 
+#: The question of every ``sequences`` row (its frames' dates are in the row's ``timestamps``, not in this text).
+SEQUENCE_QUESTION = (
+    "These satellite frames show the same location at different dates, in time order. Describe the first and the "
+    "last frame, then say what changed and between which dates."
+)
+
 
 def choose_template(pair_id: str) -> int:
     """Pick a template index for a pair, deterministically from its id (stable across runs and machines).
