@@ -91,7 +91,7 @@ def test_cli_refuses_bad_input_with_non_zero_exit(tiny, images, tmp_path, capsys
     assert main(["--model", str(base), str(before), str(tmp_path / "notes.txt")]) == 2
     assert "notes.txt: not a readable image" in capsys.readouterr().err
     assert main(["--model", str(base), str(before)]) == 2
-    assert "exactly two images" in capsys.readouterr().err
+    assert "give two images, BEFORE and AFTER, 3 or more in time order" in capsys.readouterr().err
     assert main(["--model", str(base), "--prompt_template", "9", str(before), str(before)]) == 2
     assert "--prompt_template must be in 0..5, got 9" in capsys.readouterr().err
     assert main(["--model", str(tmp_path / "no-model"), str(before), str(before)]) == 1
