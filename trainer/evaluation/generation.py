@@ -66,7 +66,7 @@ def generate_batch(
     dates: Sequence[Sequence[str] | None] | None = None,
     **generate_kwargs,
 ) -> list[str]:
-    """Generate one answer per (question, frames) row, all rows in one left-padded batch.
+    """Generate one answer per (question, frames) row, all rows with as many frames in one left-padded batch.
 
     Args:
         model: The loaded model (base or PEFT-wrapped).
@@ -84,6 +84,26 @@ def generate_batch(
     """
     if not questions:
         return []
+    by_length: dict[int, list[int]] = {}
+    for i, row_frames in enumerate(frames):
+        by_length.setdefault(len(row_frames), []).append(i)
+    if len(by_length) > 1:  # a clip needs one length per batch: each frame count is its own batch
+        answers: list[str] = [""] * len(questions)
+        for rows in by_length.values():
+            texts = generate_batch(
+                model,
+                processor,
+                family,
+                [questions[i] for i in rows],
+                [frames[i] for i in rows],
+                max_new_tokens,
+                do_sample,
+                None if dates is None else [dates[i] for i in rows],
+                **generate_kwargs,
+            )
+            for i, text in zip(rows, texts, strict=True):
+                answers[i] = text
+        return answers
     inputs = move_inputs(encode_batch(processor, family, questions, frames, dates), model)
     tokenizer = processor.tokenizer
     output = model.generate(

@@ -121,6 +121,16 @@ def _as_tensor(value) -> torch.Tensor:
     return torch.as_tensor(np.asarray(value))
 
 
+def _one_clip(clips: list[torch.Tensor]) -> torch.Tensor:
+    """Clips of different lengths as one clip of all their frames, ``(1, total frames, C, H, W)``.
+
+    The families that take a sequence as a clip (LLaVA-NeXT-Video, Video-LLaVA) encode each frame on its own, and
+    the model fills the batch's video placeholders in order: each row's placeholders get its own frames' features,
+    exactly as in a batch of one.
+    """
+    return torch.cat(list(clips))[None]
+
+
 class VideoSFTCollator:
     """Collate dataset rows into ``input_ids``, ``attention_mask``, visual inputs and ``labels``.
 
@@ -179,6 +189,8 @@ class VideoSFTCollator:
         texts = [p + fmt.separator + a + fmt.end_of_turn for p, a in zip(prompts, answers, strict=True)]
         images, videos = zip(*(_visuals(c) for c in conversations), strict=True)
         bos = self.processor.tokenizer.bos_token
+        # Clips of different lengths (a batch of sequences) cannot be stacked: the processor returns them as a list.
+        mixed_clips = len({len(clip) for row_videos in videos for clip in row_videos}) > 1
         enc = self.processor(
             text=texts,
             images=list(images) if any(images) else None,
@@ -188,7 +200,10 @@ class VideoSFTCollator:
             return_offsets_mapping=True,
             return_text_replacement_offsets=True,
             add_special_tokens=not (bos and texts[0].startswith(bos)),
+            **({"return_tensors": None} if mixed_clips else {}),
         )
+        if mixed_clips:
+            enc["pixel_values_videos"] = _one_clip(enc["pixel_values_videos"])
         offsets = enc.pop("offset_mapping")
         replacements = enc.pop("text_replacement_offsets", None) or [[] for _ in texts]
         answer_masks = []
