@@ -37,7 +37,7 @@ from trainer.training.throughput import ThroughputCallback
 
 logger = logging.getLogger(__name__)
 
-ROW_COLUMNS = ("id", "frames", "conversations")
+ROW_COLUMNS = ("id", "frames", "timestamps", "conversations")
 # Files the trainer writes into output_dir that do not belong in an adapter folder: PEFT's placeholder card (the card
 # renderer writes the real one) and the pickled training arguments (run_summary.json records them as JSON).
 NOT_ADAPTER_FILES = ("README.md", "training_args.bin")
@@ -67,6 +67,7 @@ def load_rows(script_args: GeoScriptArguments):
     if missing:
         raise ValueError(f"dataset_name {script_args.dataset_name!r}: rows lack the column(s) {missing}")
     dataset = dataset.select_columns([c for c in ROW_COLUMNS if c in dataset.column_names])
+    check_frame_counts(dataset, script_args)
     if script_args.shuffle_seed is not None:
         dataset = dataset.shuffle(seed=script_args.shuffle_seed)
     if script_args.max_samples is not None:
@@ -76,6 +77,25 @@ def load_rows(script_args: GeoScriptArguments):
             f"dataset_name {script_args.dataset_name!r}: split {script_args.dataset_train_split!r} is empty"
         )
     return dataset
+
+
+def check_frame_counts(dataset, script_args: GeoScriptArguments) -> None:
+    """Check the rows hold what ``num_frames`` says: 2 frames for pairs, at most ``num_frames`` for sequences.
+
+    Raises:
+        ValueError: Naming ``num_frames`` and the first row that does not fit.
+    """
+    if "timestamps" not in dataset.column_names:
+        if script_args.num_frames != 2:
+            raise ValueError(f"num_frames {script_args.num_frames}: the rows are pairs of 2 frames (no 'timestamps')")
+        return
+    ids = dataset["id"] if "id" in dataset.column_names else range(len(dataset))
+    for row_id, timestamps in zip(ids, dataset["timestamps"], strict=True):
+        if len(timestamps) > script_args.num_frames:
+            raise ValueError(
+                f"num_frames {script_args.num_frames}: row {row_id!r} holds {len(timestamps)} dated frames; "
+                "raise num_frames to the dataset's max_frames"
+            )
 
 
 def resume_checkpoint(training_args) -> str | None:

@@ -22,6 +22,9 @@ from trainer.evaluation.grounding import grounding_scores
 GEOLLAVA_KEYS = ("rouge1", "rouge2", "rougeL", "sentence_bleu2", "sbert_cosine", "bertscore_f1")
 LEVIRCC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL_coco", "cider_d", "s_m")
 GROUNDING_KEYS = ("grounding_precision", "grounding_recall", "grounding_f1")
+#: Temporal grounding of sequence rows (``trainer.evaluation.temporal``, which imports this module: the ``evaluate``
+#: modules do not carry it).
+TEMPORAL_KEYS = ("temporal_precision", "temporal_recall", "temporal_f1")
 
 
 @dataclass(frozen=True)

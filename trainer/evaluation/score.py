@@ -23,10 +23,12 @@ from trainer.evaluation.metric_sets import (
     GEOLLAVA_KEYS,
     GROUNDING_KEYS,
     LEVIRCC_KEYS,
+    TEMPORAL_KEYS,
     EncoderOptions,
     geollava_set,
     levircc_set,
 )
+from trainer.evaluation.temporal import month, temporal_set, true_events
 
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,16 @@ LIBRARIES = (
     "transformers",
     "torch",
 )
-__all__ = ["GEOLLAVA_KEYS", "GROUNDING_KEYS", "LEVIRCC_KEYS", "ScoreConfig", "collect_rows", "main", "score_rows"]
+__all__ = [
+    "GEOLLAVA_KEYS",
+    "GROUNDING_KEYS",
+    "LEVIRCC_KEYS",
+    "TEMPORAL_KEYS",
+    "ScoreConfig",
+    "collect_rows",
+    "main",
+    "score_rows",
+]
 
 
 @dataclass
@@ -105,6 +116,7 @@ class ScoredRow:
     references: list[str]
     category: str | None = None
     changes: list[dict] | None = None
+    timestamps: list[str] | None = None
 
 
 def _read_jsonl(path: str | Path) -> Iterable[tuple[int, dict | None, str | None]]:
@@ -160,6 +172,16 @@ def _extras_problem(source: dict, row: dict) -> str | None:
         and all(isinstance(c, dict) and isinstance(c.get("kind"), str) and c["kind"] for c in changes)
     ):
         return "'changes' must be a list of objects with a non-empty string 'kind'"
+    timestamps = source.get("timestamps", row.get("timestamps"))
+    if timestamps is not None:
+        if not (isinstance(timestamps, list) and len(timestamps) >= 2 and all(isinstance(t, str) for t in timestamps)):
+            return "'timestamps' must be a list of at least 2 ISO 8601 strings (a sequence row)"
+        try:
+            for value in timestamps:
+                month(value)
+            true_events(changes or [])
+        except ValueError as err:
+            return f"a sequence row needs dated 'timestamps' and 'changes' with 'start' and 'end': {err}"
     return None
 
 
@@ -234,6 +256,7 @@ def collect_rows(predictions_path: str | Path, references_path: str | Path | Non
                 references=refs,
                 category=source.get("category", row.get("category")),
                 changes=source.get("changes", row.get("changes")) if "changes" in source or "changes" in row else None,
+                timestamps=source.get("timestamps", row.get("timestamps")),
             )
         )
     if by_id is not None:
@@ -246,7 +269,10 @@ def collect_rows(predictions_path: str | Path, references_path: str | Path | Non
 def score_rows(
     rows: list[ScoredRow], *, meteor: bool = True, model_metrics: bool = True, options: EncoderOptions | None = None
 ) -> dict:
-    """Every metric over the rows (GeoLLaVA macro means, LEVIR-CC corpus metrics, grounding when ``changes`` exist).
+    """Every metric: GeoLLaVA macro means, LEVIR-CC corpus metrics, grounding and temporal grounding where known.
+
+    Grounding needs the rows' ``changes``; temporal grounding is computed over the sequence rows (those with
+    ``timestamps``, :func:`trainer.evaluation.temporal.temporal_set`).
 
     Args:
         rows: Checked rows (:func:`collect_rows`).
@@ -267,6 +293,7 @@ def score_rows(
     changes = [r.changes for r in rows]
     scored = geollava_set(predictions, references, changes, model_metrics=model_metrics, options=options)
     scored.update(levircc_set(predictions, references, meteor=meteor))
+    scored.update(temporal_set(predictions, references, changes, [r.timestamps for r in rows]))
     out: dict = {"n_rows": len(rows), **scored.values}
     by_category: dict[str, list[float]] = defaultdict(list)
     for row, value in zip(rows, scored.per_row["rougeL"], strict=True):
@@ -320,11 +347,16 @@ def score_file(config: ScoreConfig) -> dict:
 def summary_lines(result: dict) -> list[str]:
     """Human-readable lines: every metric computed, then what was skipped or unavailable."""
     lines = [f"scored {result['n_rows']} rows ({result.get('n_skipped', 0)} skipped)"]
-    for key in (*GEOLLAVA_KEYS, "sacrebleu", *LEVIRCC_KEYS, *GROUNDING_KEYS):
+    for key in (*GEOLLAVA_KEYS, "sacrebleu", *LEVIRCC_KEYS, *GROUNDING_KEYS, *TEMPORAL_KEYS):
         if key in result:
             lines.append(f"  {key:<20} {result[key]:.4f}")
         elif key in result.get("unavailable", {}):
             lines.append(f"  {key:<20} not computed: {result['unavailable'][key]}")
+    majority = result.get("temporal_majority")
+    if majority:
+        lines.append(
+            f"  {'temporal_f1 majority':<20} {majority['temporal_f1']:.4f} (always {majority['kinds'] or 'no change'})"
+        )
     for name, info in result.get("models", {}).items():
         lines.append(f"  [{name}] {info}")
     deviation = (result.get("precision") or {}).get("deviation_from_fp32")
