@@ -12,6 +12,8 @@ from datetime import date
 import numpy as np
 from PIL import Image
 
+from dataset_builder.prompts import IMAGE_LABEL
+
 
 def lm_projections(prefix: str = "language_model") -> str:
     """LoRA target regex: the attention and MLP projections of the language model under ``prefix``."""
@@ -183,7 +185,7 @@ def sequence_content(family: Family, question: str, images: list[Image.Image], d
         return [clip, {"type": "text", "text": f"Frame dates: {listed}. {question}" if dates else question}]
     content = []
     for i, image in enumerate(images, 1):
-        label = f"Image {i} ({dates[i - 1]}): " if dates else f"Image {i}: "
+        label = (IMAGE_LABEL.format(index=i, date=dates[i - 1]) if dates else f"Image {i}:") + " "
         content += [{"type": "text", "text": label if i == 1 else "\n" + label}, {"type": "image", "image": image}]
     return [*content, {"type": "text", "text": "\n" + question}]
 
