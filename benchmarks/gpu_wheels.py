@@ -231,14 +231,13 @@ def resolve(
     skip = {canonicalize_name(n) for n in not_needed}
     wheels: dict[str, Wheel] = {}
     conflicts: list[str] = []
+    needs: list[tuple[str, Requirement]] = []
     queue = deque((p.requirement, p.reason) for p in planned)
     while queue:
         requirement, reason = queue.popleft()
         name = canonicalize_name(requirement.name)
         if name in wheels:
-            if not requirement.specifier.contains(wheels[name].version, prereleases=True):
-                conflicts.append(f"{requirement} ({reason}) but the wheelhouse holds {name} {wheels[name].version}")
-            continue
+            continue  # checked against what each wheel needs at the end
         wanted = pinned.get(name, requirement)
         path = download(Requirement(f"{name}{wanted.specifier}"))
         dist, version, requires = wheel_metadata(path)
@@ -251,6 +250,7 @@ def resolve(
             dep = canonicalize_name(dependency.name)
             if dep in skip:
                 continue
+            needs.append((f"{dist} {version}", dependency))
             why = why_fetch(dependency, installed)
             if dep in NEVER_FETCHED:
                 if why and installed.get(dep):
@@ -258,7 +258,52 @@ def resolve(
                 continue
             if why:
                 queue.append((dependency, f"needed by {dist} {version} ({dependency}); {why}"))
-    return list(wheels.values()), conflicts
+    for who, dependency in needs:  # a wheel needing another version of one the wheelhouse holds
+        held = wheels.get(canonicalize_name(dependency.name))
+        if held is not None and not dependency.specifier.contains(held.version, prereleases=True):
+            conflicts.append(f"{who} needs {dependency}, but the wheelhouse holds {held.name} {held.version}")
+    return list(wheels.values()), list(dict.fromkeys(conflicts))
+
+
+def broken_by_wheelhouse(
+    pins: Iterable[Requirement],
+    installed: dict[str, str | None],
+    wheels: list[Wheel],
+    requires_of: Callable[[Requirement], list[Requirement]],
+    not_needed: Iterable[str] = NOT_NEEDED,
+    environment: dict[str, str] | None = None,
+) -> list[Planned]:
+    """The pins the node meets at a known version whose own requirements a fetched wheel breaks, to fetch as well.
+
+    The node's tokenizers 0.23.2, for one, needs huggingface-hub < 2 and the pinned huggingface-hub is 2.4.0: the
+    pin's newest release (whose requirements allow it) comes with the wheelhouse then.
+
+    Args:
+        pins: The project's requirements.
+        installed: The node's packages.
+        wheels: The wheelhouse so far.
+        requires_of: The requirements of one exact ``name==version`` (read from its wheel).
+        not_needed: Pins the check does not import.
+        environment: The node's marker environment.
+    """
+    environment = environment or target_environment()
+    held = {canonicalize_name(w.name): w for w in wheels}
+    skip = {canonicalize_name(n) for n in (*not_needed, *NEVER_FETCHED)}
+    broken = []
+    for pin in pins:
+        name = canonicalize_name(pin.name)
+        version = installed.get(name)
+        if name in held or name in skip or version is None or not applies(pin, environment):
+            continue
+        for dependency in requires_of(Requirement(f"{name}=={version}")):
+            wheel = held.get(canonicalize_name(dependency.name))
+            if wheel is None or not applies(dependency, environment):
+                continue
+            if not dependency.specifier.contains(wheel.version, prereleases=True):
+                why = f"the node's {name} {version} needs {dependency}, not the wheelhouse's {wheel.version}"
+                broken.append(Planned(pin, f"pinned {pin.specifier}; {why}"))
+                break
+    return broken
 
 
 def pip_download(requirement: Requirement, folder: Path, python_version: str = PYTHON_VERSION) -> Path:
@@ -530,14 +575,31 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)  # exactly one version of each: two stop the whole --no-deps install
     out.mkdir(parents=True)
 
+    fetched: dict[str, Path] = {}
+
     def download(requirement: Requirement) -> Path:
-        path = pip_download(requirement, out)
-        say(f"fetched {path.name} ({path.stat().st_size / 1e6:.2f} MB)")
-        return path
+        if str(requirement) not in fetched:  # a second round of resolve fetches nothing twice
+            fetched[str(requirement)] = path = pip_download(requirement, out)
+            say(f"fetched {path.name} ({path.stat().st_size / 1e6:.2f} MB)")
+        return fetched[str(requirement)]
+
+    def requires_of(requirement: Requirement) -> list[Requirement]:
+        with tempfile.TemporaryDirectory(prefix="gpu-wheels-metadata-") as tmp:
+            return wheel_metadata(pip_download(requirement, Path(tmp)))[2]
 
     for item in planned:
         say(f"planned {item.requirement}: {item.reason}")
     wheels, conflicts = resolve(planned, installed, download, pins, not_needed)
+    for _ in range(3):  # what a fetched wheel breaks of the node's, fetched too; then what that needs
+        broken = broken_by_wheelhouse(pins, installed, wheels, requires_of, not_needed)
+        if not broken:
+            break
+        for item in broken:
+            say(f"planned {item.requirement}: {item.reason}")
+        planned += broken
+        wheels, conflicts = resolve(planned, installed, download, pins, not_needed)
+    for path in set(out.glob("*.whl")) - {out / w.file for w in wheels}:
+        path.unlink()  # fetched in an earlier round, needed by none now
     major = cuda_major(installed) if config.bnb_cuda == "auto" else config.bnb_cuda
     for wheel in wheels:
         if canonicalize_name(wheel.name) == "bitsandbytes" and major not in (None, "all"):

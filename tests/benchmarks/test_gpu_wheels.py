@@ -189,3 +189,32 @@ def test_the_script_installs_a_wheelhouse_beside_an_interpreter_and_leaves_its_p
     # the wheelhouse it was given is measured, and a probe is not what the node needs
     assert by_key["wheelhouse"]["status"] == "failed" and "run `make gpu-wheels`" in by_key["wheelhouse"]["error"]
     assert proc.returncode == 1  # one failed step
+
+
+def test_a_pin_the_node_meets_but_whose_requirements_a_fetched_wheel_breaks_is_fetched_too(tmp_path):
+    # the node's tokenizers 0.23.2 needs huggingface-hub < 2; the pinned hub is 2.4.0
+    requires = {
+        "tokenizers==0.23.2": [Requirement("huggingface-hub<2.0,>=0.16.4")],
+        "accelerate==1.15.0": [Requirement("huggingface-hub>=0.21"), Requirement("numpy>=1.17")],
+    }
+    pins = [Requirement("tokenizers<0.24,>=0.22"), Requirement("accelerate==1.15.0"), Requirement("torch==2.14.1")]
+    installed = {"tokenizers": "0.23.2", "accelerate": "1.15.0", "torch": "2.11.0+cu130"}
+    hub = gpu_wheels.Wheel("huggingface_hub", "2.4.0", "huggingface_hub-2.4.0-py3-none-any.whl", 1, "pinned")
+    broken = gpu_wheels.broken_by_wheelhouse(pins, installed, [hub], lambda r: requires.get(str(r), []))
+    assert [str(item.requirement) for item in broken] == ["tokenizers<0.24,>=0.22"]
+    assert broken[0].reason == (
+        "pinned <0.24,>=0.22; the node's tokenizers 0.23.2 needs huggingface-hub<2.0,>=0.16.4, "
+        "not the wheelhouse's 2.4.0"
+    )
+
+
+def test_a_wheel_needing_another_version_of_one_the_wheelhouse_holds_is_a_conflict(tmp_path):
+    make_wheel(tmp_path, "hub", "2.4.0")
+    make_wheel(tmp_path, "tok", "0.23.2", ["hub<2"])
+
+    def download(requirement: Requirement) -> Path:
+        return next(tmp_path.glob(f"{requirement.name}-*.whl"))
+
+    planned = [gpu_wheels.Planned(Requirement(r), "pinned") for r in ("hub==2.4.0", "tok")]
+    _, conflicts = gpu_wheels.resolve(planned, {"hub": "1.33.0"}, download)
+    assert conflicts == ["tok 0.23.2 needs hub<2, but the wheelhouse holds hub 2.4.0"]
