@@ -310,6 +310,8 @@ def step_line(entry: dict) -> str:
         line += f": {entry['error'].splitlines()[0][:300]} (log: {entry.get('log')})"
     elif entry.get("reason"):
         line += f": {entry['reason']}"
+    elif (entry.get("checks") or {}).get("note"):
+        line += f"; note: {entry['checks']['note'][:500]}"
     return line
 
 
@@ -411,18 +413,20 @@ def versions() -> dict[str, str | None]:
 
 
 def preflight(chain: Chain) -> dict:
-    """What this interpreter lacks of the check's packages (and of theirs), and what CUDA it has."""
+    """What this interpreter lacks of the check's packages (and of theirs), and what CUDA it has.
+
+    A missing requirement fails the step; one at another version is reported (``note``) and the steps show whether
+    it matters.
+    """
     report = gpu_wheels.missing_here(gpu_wheels.pinned_requirements())
     checks = {**report, "cuda": {k: v for k, v in chain.cuda.items() if k != "problem"}}
     checks["pythonpath"] = os.environ.get("PYTHONPATH")  # a wheelhouse installed for this run comes first
     for line in preflight_lines(chain.cuda, report):
         print(line)
-    if report["missing"] or report["other_version"]:
-        raise CheckFailed(
-            f"{len(report['missing'])} missing, {len(report['other_version'])} at another version: "
-            + "; ".join([*report["missing"], *report["other_version"]])[:1500],
-            checks,
-        )
+    if report["other_version"]:
+        checks["note"] = f"{len(report['other_version'])} at another version: " + "; ".join(report["other_version"])
+    if report["missing"]:
+        raise CheckFailed(f"{len(report['missing'])} missing: " + "; ".join(report["missing"])[:1500], checks)
     return checks
 
 
@@ -450,7 +454,9 @@ def wheelhouse(chain: Chain) -> dict:
     installed = gpu_wheels.read_installed(chain.check.installed)
     planned, left_out = gpu_wheels.plan(gpu_wheels.pinned_requirements(), installed)
     if chain.check.wheels:
-        contents, source = gpu_wheels.wheelhouse_contents(chain.check.wheels), chain.check.wheels
+        folder = Path(chain.check.wheels).resolve()
+        contents = gpu_wheels.wheelhouse_contents(folder)
+        source = str(folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder)
     else:
         manifest = json.loads((RESULTS / "gpu_wheels.json").read_text())
         contents = [{k: w[k] for k in ("name", "version", "bytes")} for w in manifest["wheels"]]
