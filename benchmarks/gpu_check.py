@@ -42,7 +42,8 @@ import gpu_wheels  # noqa: E402
 from results_io import RESULTS, write_results  # noqa: E402
 
 
-NO_CUDA = "gpu-check: no CUDA device: `make gpu-check` needs an NVIDIA GPU that torch can see; nothing was run"
+#: After what stops CUDA (an old driver, no device, a CPU-only torch), said first.
+NO_CUDA = "`make gpu-check` needs an NVIDIA GPU that this torch can use; nothing was run"
 #: The oldest driver each CUDA major runs on (NVIDIA's minor-version compatibility: every 12.x on >= 525, ...).
 MIN_DRIVER = {11: 450, 12: 525, 13: 580}
 #: The packages whose versions the results record.
@@ -763,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in preflight_lines(cuda):
         print(f"[preflight] {line}", flush=True)
     if not check.dry_run and cuda["problem"]:
-        print(f"{NO_CUDA}: {cuda['problem']}", file=sys.stderr)
+        print(f"gpu-check: {cuda['problem']}. {NO_CUDA}", file=sys.stderr)
         return 1
     steps = gpu_steps(check)
     unknown = set(check.step_keys) - {s.key for s in steps}

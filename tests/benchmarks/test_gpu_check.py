@@ -29,6 +29,19 @@ def test_without_cuda_it_fails_clearly_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_driver_older_than_the_cuda_build_is_named_as_such_not_as_no_device(tmp_path, capsys, monkeypatch):
+    # nvidia-smi as it answers on a node whose driver predates torch's CUDA 13.0 build (torch then sees no device)
+    smi = ("535.104.05", ["NVIDIA H100 80GB HBM3 (81559 MiB)"], None)
+    monkeypatch.setattr(gpu_check, "driver_and_gpus", lambda: smi)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert gpu_check.main(["--out_dir", str(tmp_path / "results")]) == 1
+    captured = capsys.readouterr()
+    assert "GPUs: NVIDIA H100 80GB HBM3 (81559 MiB)" in captured.out  # the preflight names driver and GPU first
+    assert captured.err.startswith("gpu-check: driver 535.104.05 is older than CUDA 13.0 needs (>= 580)")
+    assert "no CUDA device" not in captured.err and "nothing was run" in captured.err
+    assert not (tmp_path / "results").exists()
+
+
 def test_what_stops_cuda_is_said_in_words():
     problem = gpu_check.cuda_problem
     assert problem("2.11.0+cu130", "13.0", "535.104.05", False, None) == (
