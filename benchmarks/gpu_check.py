@@ -780,7 +780,8 @@ def main(argv: list[str] | None = None) -> int:
     chain = Chain(check, "cpu" if check.dry_run else "cuda", work, results_dir, cuda)
     log_dir = (results_dir or work) / "gpu_logs"
     environment = dict(os.environ)
-    # Progress bars would fill the step logs with carriage returns; the logs say what each step did.
+    # Progress bars would fill the step logs with carriage returns. These are read at import: by the child processes
+    # (pytest, gpu_train.py) and by the libraries a step imports first; bars of what is already imported remain.
     os.environ.update(TQDM_DISABLE="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
     try:
         result = run_steps(steps, chain, header, log_dir)
