@@ -302,7 +302,8 @@ def run_recipe(
 def render_markdown(result: dict) -> str:
     """The results as a Markdown page."""
     lines = [
-        "# GPU training benchmark: the LLaVA-NeXT-Video-7B recipes",
+        "# GPU training benchmark: the LLaVA-NeXT-Video-7B recipes"
+        + (" (dry run on the CPU, tiny config: nothing here is a GPU figure)" if result["dry_run"] else ""),
         "",
         f"Device: {result['device']} (peak {result['peak_tflops']} dense bf16 TFLOP/s used for MFU). "
         f"{result['tokens_per_sample']} tokens/sample ({result['video_tokens']} video tokens, "

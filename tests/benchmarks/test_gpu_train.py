@@ -116,7 +116,9 @@ def test_dry_run_times_every_recipe_and_writes_its_results(tmp_path):
         assert r["samples_per_s"] > 0 and r["losses_finite"] and r["lora_parameters"] > 0
         assert r["flops_per_sample"]["6n"] > 0 and r["flops_per_sample"]["4n"] > 0
         assert r["parameters"] == counts  # the QLoRA base is counted unpacked
-    assert "| qlora_prune5 | qlora | random (7B config) | 2 |" in (tmp_path / "gpu_train.md").read_text()
+    page = (tmp_path / "gpu_train.md").read_text()
+    assert "| qlora_prune5 | qlora | random (7B config) | 2 |" in page
+    assert page.splitlines()[0].endswith("(dry run on the CPU, tiny config: nothing here is a GPU figure)")
 
 
 def test_dry_run_writes_nothing_into_the_results_folder(tmp_path, monkeypatch):
