@@ -145,12 +145,32 @@ def finalize_output_dir(output_dir: str | Path, keep_checkpoints: bool) -> None:
             shutil.rmtree(checkpoint, ignore_errors=True)
 
 
+class CurrentStdoutHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout`` is when a record is emitted, not to the one of its creation.
+
+    A caller that captures one run's output (``contextlib.redirect_stdout``) then still sees the logs of the runs after
+    it, instead of their going to the first run's closed or discarded buffer.
+    """
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        """The current ``sys.stdout``."""
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass  # always the current sys.stdout
+
+
 def setup(training_args, script_args, model_args, pruning_args) -> None:
     """Logging on every process (at the process's level), the seed, and the torch thread count."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
+        handlers=[CurrentStdoutHandler()],
     )
     log_level = training_args.get_process_log_level()
     logging.getLogger("trainer").setLevel(log_level)
@@ -181,6 +201,7 @@ def load_training_model(model_args, training_args, pruning_args, train_dataset, 
         pruned_dir=out.with_name(out.name + ".pruned-base"),
         calibration=calibration,
         activation_checkpointing=bool(training_args.activation_checkpointing),
+        device=training_args.device,  # Wanda calibrates where training runs
     )
 
 

@@ -23,6 +23,7 @@ from transformers import HfArgumentParser
 from dataset_builder.atomic import write_lines
 from dataset_builder.prompts import strip_visual_placeholder
 from trainer.evaluation.generation import generate_batch
+from trainer.evaluation.metric_sets import EncoderOptions
 from trainer.evaluation.report import write_report
 from trainer.evaluation.score import collect_rows, score_rows, summary_lines, write_json_atomic
 from trainer.models.device import DEVICE_CHOICES, model_device, resolve_device, resolve_dtype
@@ -258,7 +259,8 @@ def run_eval(config: EvalConfig) -> dict:
     rows = [r for r in rows if r.id in wanted]
     if not rows:
         raise ValueError(f"no prediction can be scored in {path}")
-    metrics = score_rows(rows, meteor=config.meteor, model_metrics=config.model_metrics)
+    options = EncoderOptions(device=config.device)  # the metric encoders run where the model ran
+    metrics = score_rows(rows, meteor=config.meteor, model_metrics=config.model_metrics, options=options)
     metrics["empty_predictions"] = sum(not r.prediction.strip() for r in rows)
     metrics["skipped"] = [*generation["skipped"], *[s for s in skipped if s.get("id") in wanted]]
     metrics["n_skipped"] = len(metrics["skipped"])

@@ -90,6 +90,13 @@ class ScoreConfig:
             "choices": list(shared_encoder.PRECISIONS),
         },
     )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": f"Where the encoders run: {metrics.ENCODER_DEVICES} (auto: the first CUDA device when there is "
+            "one; the CPU for int8)."
+        },
+    )
 
     def __post_init__(self):
         if not Path(self.predictions).is_file():
@@ -100,11 +107,15 @@ class ScoreConfig:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.bertscore_model is not None and self.bertscore_layers is None:
             raise ValueError(f"--bertscore_layers is required with --bertscore_model {self.bertscore_model!r}")
+        try:
+            metrics.encoder_device(self.device, self.precision)
+        except ValueError as error:
+            raise ValueError(f"--{error}") from error
 
     def encoder_options(self) -> EncoderOptions:
-        """The encoder's options: models, batch size, precision."""
+        """The encoder's options: models, batch size, precision, device."""
         models = (self.sbert_model, self.bertscore_model, self.bertscore_layers)
-        return EncoderOptions(*models, batch_size=self.batch_size, precision=self.precision)
+        return EncoderOptions(*models, batch_size=self.batch_size, precision=self.precision, device=self.device)
 
 
 @dataclass
@@ -283,7 +294,8 @@ def score_rows(
 
     Returns:
         The metrics dict: metric keys, ``n_rows``, ``per_category``, ``libraries``, ``models``, ``unavailable``
-        (metric -> why it was not computed), ``precision`` and ``timings_s``.
+        (metric -> why it was not computed), ``precision``, ``encoder_device`` (where the encoders ran, ``None``
+        without model metrics) and ``timings_s``.
     """
     if not rows:
         raise ValueError("no row can be scored")
@@ -304,6 +316,7 @@ def score_rows(
     out["unavailable"] = scored.unavailable
     deviation = shared_encoder.measured_deviation(options.precision)
     out["precision"] = {"encoder": options.precision, "deviation_from_fp32": deviation}
+    out["encoder_device"] = options.resolved_device if model_metrics else None
     out["libraries"] = metrics.library_versions(LIBRARIES)
     out["timings_s"] = {k: round(v, 3) for k, v in scored.seconds.items()}
     return out
