@@ -84,7 +84,8 @@ def report_markdown(report: dict) -> str:
     lines = [
         "# GeoLLaVA quickstart report" + ("" if profile == "default" else f" ({profile} profile)"),
         "",
-        f"Main job: **{report['main_job_seconds']} s** on {os.cpu_count()} cores. Rows: {report['rows']}.",
+        f"Main job: **{report['main_job_seconds']} s** on {os.cpu_count()} cores. "
+        f"Rows ({report.get('config', 'default')} config): {report['rows']}.",
         f"Sparsity reached: {report['sparsity']}. Repos (loopback Hub): {', '.join(report['repos'].values())}.",
         "",
         "| metric | base | trained | majority |",
@@ -121,11 +122,13 @@ def write_report(
     pruning_path = out / "adapter" / "pruning.json"
     pruning = json.loads(pruning_path.read_text()) if pruning_path.exists() else {}
     majority = majority_metrics(out / "eval_trained" / "predictions.jsonl", trained_metrics)
+    config = (trained_metrics.get("run") or {}).get("config") or "default"  # the config trained and scored
     report = {
         "profile": profile,
         "stage_seconds": stage_seconds,
         "main_job_seconds": round(total_seconds, 1),
-        "rows": build.get("pairs_per_split", {}),
+        "config": config,
+        "rows": build.get("pairs_per_split", {}) if config == "default" else build[config]["rows_per_split"],
         "metrics": {"base": base_metrics, "trained": trained_metrics, "majority": majority},
         "sparsity": pruning.get("sparsity_reached", pruning.get("sparsity")),
         "repos": repos,

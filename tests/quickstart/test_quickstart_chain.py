@@ -187,3 +187,17 @@ def test_temporal_bars_and_the_majority_answer_on_sequences(tmp_path):
     majority = quickstart_report.majority_metrics(path, {"temporal_majority": temporal})
     assert majority["kinds"] == ["no_change"] and majority["temporal_f1"] == 0.4  # kinds: grounding's answer
     assert quickstart_report.majority_metrics(path) == {k: v for k, v in majority.items() if "temporal" not in k}
+
+
+def test_the_report_counts_the_rows_of_the_config_it_scored(tmp_path):
+    for folder in ("eval_base", "eval_trained", "dataset"):
+        (tmp_path / folder).mkdir()
+    metrics = {"rougeL": 0.5, "temporal_f1": 0.2, "run": {"config": "sequences"}}
+    for folder in ("eval_base", "eval_trained"):
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "eval_trained" / "predictions.jsonl").write_text(json.dumps({"id": "a_0", "changes": []}) + "\n")
+    build = {"pairs_per_split": {"train": 90, "test": 10}, "sequences": {"rows_per_split": {"train": 9, "test": 3}}}
+    (tmp_path / "dataset" / "build_report.json").write_text(json.dumps(build))
+    report = quickstart_report.write_report(tmp_path, "sequences", {}, {}, {}, 1.0, {"model": "o/m"})
+    assert report["config"] == "sequences" and report["rows"] == {"train": 9, "test": 3}
+    assert "Rows (sequences config): {'train': 9, 'test': 3}." in (tmp_path / "report.md").read_text()
