@@ -70,8 +70,9 @@ SPECIAL_TOKENS = {
 
 
 # LLaVA-OneVision's chat template as transformers' tests/models/llava_onevision/test_processor_llava_onevision.py
-# writes it (`prepare_processor_dict`), transcribed here on one line as it stands there.
-ONEVISION_PUBLISHED = "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}{# Render all video then #}{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ '\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"  # noqa: E501
+# writes it (`prepare_processor_dict`), transcribed on one line as it stands there: a raw string, so its three
+# Jinja escapes stay the two characters `\n` that its source writes as '\\n'.
+ONEVISION_PUBLISHED = r"{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}{# Render all video then #}{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ '\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"  # noqa: E501
 
 
 def _user(visual: str, text: str) -> dict:
@@ -207,10 +208,21 @@ def test_the_tiny_tokenizer_carries_the_familys_special_tokens(family):
     assert processor.chat_template == PUBLISHED_TEMPLATES.get(name)  # Video-LLaVA's checkpoint publishes none
 
 
-def test_the_onevision_template_is_the_published_one_byte_for_byte():
-    assert PUBLISHED_TEMPLATES["llava-onevision"] == ONEVISION_PUBLISHED
-    # the size of the checkpoint's chat_template.json (the superseded template of the conversion script is 824)
-    assert len(json.dumps({"chat_template": ONEVISION_PUBLISHED}, indent=2)) + 1 == 826
+def test_the_onevision_template_is_the_published_one(tokenizer):
+    copy = PUBLISHED_TEMPLATES["llava-onevision"]
+    # the published string, its three Jinja escapes read as the newlines Jinja reads them as
+    assert ONEVISION_PUBLISHED.count("\\n") == 3 and copy == ONEVISION_PUBLISHED.replace("\\n", "\n")
+    # as save_pretrained writes the checkpoint's chat_template.json (the conversion script's template gives 824)
+    assert len(json.dumps({"chat_template": copy}, indent=2)) + 1 == 826
+    conversation = [_user("video", QUESTION), _assistant(ANSWER), _user("image", IMAGE_Q)]
+    for generation in (False, True):
+        rendered = [
+            tokenizer.apply_chat_template(
+                conversation, chat_template=template, tokenize=False, add_generation_prompt=generation
+            )
+            for template in (copy, ONEVISION_PUBLISHED)
+        ]
+        assert rendered[0] == rendered[1]
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """Chat templates: the four families' formats as their checkpoints publish them, and the project's own.
 
-The published templates are reconstructed from transformers' own sources (each one's provenance beside it); the
-collator does not depend on ``{% generation %}`` markers, so they are used as they are. The formats:
+The published templates come from transformers' own sources and tests, LLaVA-OneVision's copied, the others
+reconstructed (each one's provenance beside it); the collator does not depend on ``{% generation %}`` markers, so they
+are used as they are. The formats:
 docs/training.md "The four families' prompt formats".
 """
 
@@ -28,13 +29,17 @@ LLAVA_NEXT_VIDEO_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
-#: ``llava-hf/llava-onevision-qwen2-*-ov-hf``'s chat template, byte for byte: the string of transformers'
+#: ``llava-hf/llava-onevision-qwen2-*-ov-hf``'s chat template, copied from the string of transformers'
 #: tests/models/llava_onevision/test_processor_llava_onevision.py (``prepare_processor_dict``), whose
-#: ``test_chat_template`` checks it against the checkpoint llava-hf/llava-onevision-qwen2-7b-ov-hf (826 bytes as that
-#: checkpoint's chat_template.json). Its quirks: a space after the role (``<|im_start|>user <video>\n...``), no newline
-#: after ``<|im_end|>``, and an assistant turn rendered as ``<|im_start|>assistant \n{answer}`` while the generation
-#: prompt ends ``<|im_start|>assistant\n``. It supersedes the one transformers'
-#: models/llava_onevision/convert_llava_onevision_weights_to_hf.py writes (``<|im_start|>user\n<video>\n...``).
+#: ``test_chat_template`` renders the checkpoint llava-hf/llava-onevision-qwen2-7b-ov-hf's. It is that string
+#: character for character, except that the three newlines inside its Jinja string literals, which that source
+#: writes as the escape ``\n`` (``'\\n'`` in Python), are here the newline characters Jinja reads them as: so, as
+#: ``save_pretrained`` writes a chat_template.json (indented JSON, a final newline), it is the checkpoint's 826 bytes.
+#: Its quirks: a space after the role (``<|im_start|>user <video>\n...``), no newline after ``<|im_end|>``, and an
+#: assistant turn rendered as ``<|im_start|>assistant \n{answer}`` while the generation prompt ends
+#: ``<|im_start|>assistant\n``. It supersedes the one transformers'
+#: models/llava_onevision/convert_llava_onevision_weights_to_hf.py writes (``<|im_start|>user\n<video>\n...``,
+#: 824 bytes as JSON).
 LLAVA_ONEVISION_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{# Render all images first #}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
