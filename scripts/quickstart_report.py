@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dataset_builder.atomic import write_json, write_text
 from trainer.evaluation.grounding import majority_baseline
+from trainer.evaluation.metric_sets import TEMPORAL_KEYS
 
 
 #: The bars a profile can set (profiles.yaml ``bars``): name -> (metric, what the target is computed from: nothing,
@@ -28,9 +29,16 @@ BARS = {
     ),
     "rougeL_min": ("rougeL", None, lambda x, ref: x, "trained ROUGE-L >= {x}"),
     "rougeL_gain": ("rougeL", "base", lambda x, ref: ref + x, "trained ROUGE-L >= the base's + {x}"),
+    "temporal_f1_gain": ("temporal_f1", "base", lambda x, ref: ref + x, "trained temporal F1 >= the base's + {x}"),
+    "temporal_f1_vs_majority": (
+        "temporal_f1",
+        "majority",
+        lambda x, ref: ref + x,
+        "trained temporal F1 >= the majority answer's + {x}",
+    ),
 }
 #: The metrics the markdown table shows, in order.
-TABLE_KEYS = ("rougeL", "rouge1", "sentence_bleu2", "bertscore_f1", "grounding_f1", "cider_d", "s_m")
+TABLE_KEYS = ("rougeL", "rouge1", "sentence_bleu2", "bertscore_f1", "grounding_f1", "temporal_f1", "cider_d", "s_m")
 
 
 def check_bars(bars: dict, base: dict, trained: dict, majority: dict | None = None) -> list[dict]:
@@ -40,7 +48,7 @@ def check_bars(bars: dict, base: dict, trained: dict, majority: dict | None = No
         bars: ``{bar name (see BARS): its number}``.
         base: The base model's metrics.json.
         trained: The trained adapter's metrics.json.
-        majority: The majority answer's metrics (:func:`majority_metrics`).
+        majority: The majority answer's metrics (:func:`majority_metrics`), for the bars against it.
 
     Returns:
         ``[{"bar", "metric", "value", "target", "met"}]``; a metric that was not computed (by the trained adapter, or
@@ -58,15 +66,20 @@ def check_bars(bars: dict, base: dict, trained: dict, majority: dict | None = No
     return checked
 
 
-def majority_metrics(predictions_path: Path) -> dict:
+def majority_metrics(predictions_path: Path, metrics: dict | None = None) -> dict:
     """Grounding of always naming the test split's most common change kinds, from the rows' true ``changes``.
+
+    On sequences, the ``temporal_*`` of the dates-only majority answer come with it, from the evaluation's
+    ``metrics`` (``temporal_majority``, :func:`trainer.evaluation.temporal.temporal_majority`).
 
     Returns:
         :func:`trainer.evaluation.grounding.majority_baseline`'s dict, or ``{}`` when no row carries ``changes``.
     """
     rows = [json.loads(line) for line in predictions_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     changes = [row["changes"] for row in rows if row.get("changes") is not None]
-    return majority_baseline(changes) if changes else {}
+    majority = majority_baseline(changes) if changes else {}
+    temporal = (metrics or {}).get("temporal_majority") or {}
+    return {**majority, **{key: temporal[key] for key in TEMPORAL_KEYS if key in temporal}}
 
 
 def _fmt(value) -> str:
@@ -92,6 +105,11 @@ def report_markdown(report: dict) -> str:
     if majority:
         kinds = ", ".join(majority["kinds"])
         lines += ["", f"Majority: always naming the test split's most common change kinds ({kinds})."]
+        if "temporal_f1" in majority:
+            lines.append(
+                "Its temporal F1 is the dates-only majority answer's: the split's most common kinds, each in the "
+                "interval where it happens most often, with each row's own dates."
+            )
     if report["bars"]:
         lines += ["", "| bar | trained | target | met |", "|---|---|---|---|"]
         for bar in report["bars"]:
@@ -111,7 +129,7 @@ def write_report(
     build = json.loads((out / "dataset" / "build_report.json").read_text())
     pruning_path = out / "adapter" / "pruning.json"
     pruning = json.loads(pruning_path.read_text()) if pruning_path.exists() else {}
-    majority = majority_metrics(out / "eval_trained" / "predictions.jsonl")
+    majority = majority_metrics(out / "eval_trained" / "predictions.jsonl", trained_metrics)
     report = {
         "profile": profile,
         "stage_seconds": stage_seconds,
@@ -139,6 +157,11 @@ def print_summary(out: Path, report: dict, demo: str) -> None:
         f"grounding F1 {_fmt(base.get('grounding_f1'))} -> {_fmt(trained.get('grounding_f1'))} "
         f"(majority answer {_fmt(majority.get('grounding_f1'))})"
     )
+    if "temporal_f1" in trained:
+        print(
+            f"temporal F1 {_fmt(base.get('temporal_f1'))} -> {_fmt(trained.get('temporal_f1'))} "
+            f"(majority answer {_fmt(majority.get('temporal_f1'))})"
+        )
     missed = [bar["bar"] for bar in report["bars"] if not bar["met"]]
     if report["bars"]:
         print("bars: all met" if not missed else f"bars NOT met: {'; '.join(missed)}")
