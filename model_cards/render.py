@@ -1,10 +1,11 @@
-"""Render the cards of a release from the run's own files: dataset card, model card, Space README.
+"""Render the cards of a release from the run's own files: dataset card, model and base cards, Space README.
 
     geollava-card model outputs/quickstart/adapter --repo-id my-org/geollava-lora --metrics outputs/eval/metrics.json
 
 ``dataset`` renders ``README.md`` of a built dataset folder from its build report and shards; ``model`` renders the
 adapter folder's ``README.md`` from ``run_summary.json``, ``pruning.json`` and ``metrics.json`` (``model-index`` with
-the evaluation's metric keys); ``space`` writes the Space's ``README.md`` and ``space_config.json`` (which base and
+the evaluation's metric keys); ``base`` renders a base model folder's ``README.md`` (a tiny one's from its
+``tiny_model.json``); ``space`` writes the Space's ``README.md`` and ``space_config.json`` (which base and
 adapter it serves, its dataset and suggested hardware). Every card is validated offline (its YAML parses back into
 the Hub's card-data classes) before it is written.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "CardArguments",
     "main",
     "read_space_settings",
+    "render_base_card",
     "render_model_card",
     "render_space_card",
     "space_settings",
@@ -157,6 +159,8 @@ def render_model_card(
         model_name=model_name,
         eval_results=results or None,
     )
+    # A base that is not a Hub id is a local folder: the card says so and how to publish it.
+    local_base = None if base_model else model_info.get("base_model") or adapter.get("base_model_name_or_path")
     recipe_src = {**summary.get("data", {}), **model_info, **summary.get("training", {})}
     recipe = {}
     if base_model or model_info.get("base_model"):  # a local path is shown by its folder name only
@@ -181,6 +185,9 @@ def render_model_card(
         repo_id=repo_id,
         model_name=model_name,
         base_model=base_model,
+        local_base=local_base,
+        suggested_base=f"{repo_id.split('/')[0]}/{Path(local_base).name}" if local_base else None,
+        adapter_dir=str(adapter_dir),
         family=recipe_src.get("family", "video-LLM"),
         dataset=dataset_repo_id,
         recipe=recipe,
@@ -191,6 +198,57 @@ def render_model_card(
             for k, v in (metrics_all.get("models") or {}).items()
         ),
         synthetic="grounding_f1" in metrics,
+    )
+    return str(card)
+
+
+#: What ``geollava-tiny-model`` writes beside a tiny model (its options, parameter count, vision pretraining); named
+#: here, not imported, because the tiny models are a test stand-in that production code never imports.
+TINY_MODEL_FILE = "tiny_model.json"
+#: The options of ``geollava-tiny-model`` a tiny base's card lists, in order.
+TINY_OPTION_KEYS = (
+    "family",
+    "image_size",
+    "patch_size",
+    "hidden_size",
+    "num_layers",
+    "vision_layers",
+    "rope_theta",
+    "seed",
+    "vision_pretrain_steps",
+    "vision_pretrain_images",
+)
+
+
+def render_base_card(folder: Path, repo_id: str) -> str:
+    """A base model's card (text): what it is and how to load it; a tiny model's from its ``tiny_model.json``.
+
+    Raises:
+        FileNotFoundError: If ``folder`` has no ``config.json`` (it is not a model folder).
+    """
+    folder = Path(folder)
+    config = _load(folder / "config.json")
+    if not config:
+        raise FileNotFoundError(f"{folder}: no config.json, not a model folder")
+    tiny = _load(folder / TINY_MODEL_FILE)
+    family = tiny.get("family") or config.get("model_type", "model")
+    model_name = repo_id.split("/")[-1]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        license="apache-2.0",
+        tags=["geollava", family, *(["tiny", "random-weights"] if tiny else [])],
+        model_name=model_name,
+    )
+    options = {k: tiny[k] for k in TINY_OPTION_KEYS if tiny.get(k) is not None}
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "base_card.md"),
+        repo_id=repo_id,
+        model_name=model_name,
+        family=family,
+        tiny=tiny or None,
+        options=options,
     )
     return str(card)
 
@@ -312,7 +370,7 @@ def write_space_release(
 
 
 USAGE = (
-    "geollava-card {dataset,model,space} FOLDER --repo-id ORG/NAME [--metrics METRICS_JSON] "
+    "geollava-card {dataset,model,base,space} FOLDER --repo-id ORG/NAME [--metrics METRICS_JSON] "
     "[--dataset-repo-id ORG/NAME] [--model-repo-id ORG/NAME] [--base-model HUB_ID] [--hardware zero-a10g]"
 )
 
@@ -321,7 +379,9 @@ USAGE = (
 class CardArguments:
     """Which card to render, into which folder, from which inputs."""
 
-    kind: str = field(metadata={"help": "dataset, model or space (first positional)."})
+    kind: str = field(
+        metadata={"help": "dataset, model (an adapter), base (a base model) or space (first positional)."}
+    )
     folder: str = field(metadata={"help": "The folder to be pushed; its README.md is written (second positional)."})
     repo_id: str = field(metadata={"help": "ORG/NAME the folder will be pushed to."})
     metrics: str | None = field(default=None, metadata={"help": "metrics.json of geollava-eval (model cards)."})
@@ -337,8 +397,8 @@ class CardArguments:
     )
 
     def __post_init__(self):
-        if self.kind not in ("dataset", "model", "space"):
-            raise ValueError(f"kind: {self.kind!r} is not one of dataset, model, space")
+        if self.kind not in ("dataset", "model", "base", "space"):
+            raise ValueError(f"kind: {self.kind!r} is not one of dataset, model, base, space")
         if not Path(self.folder).is_dir():
             raise ValueError(f"folder: {self.folder!r} is not a folder")
         for name in ("repo_id", "dataset_repo_id", "model_repo_id"):
@@ -364,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
             metrics = Path(args.metrics) if args.metrics else None
             text = render_model_card(folder, args.repo_id, metrics, args.dataset_repo_id, args.base_model)
             validate_card(text, args.kind)
+            target = _write(folder, text)
+        elif args.kind == "base":
+            text = render_base_card(folder, args.repo_id)
+            validate_card(text, "model")
             target = _write(folder, text)
         else:
             target = write_space_release(

@@ -2,9 +2,10 @@
 
     make quickstart            # reuses what is already done and valid; FRESH=1 starts over, LONG=1 the long profile
 
-Every stage runs the project's console scripts as a user would and prints one line with its time; the last pushes
-the release to a loopback Hub and loads it back in a fresh process. The profiles are data:
-trainer/recipes/quickstart/profiles.yaml. See README.md.
+Every stage runs the project's console scripts as a user would and prints one line with its time. A loopback Hub
+runs from the base model on: the tiny base is pushed to it and every later stage names it by its Hub id, through the
+HF cache; the last stage pushes the release and loads it back in a fresh process, by the card's snippet. The profiles
+are data: trainer/recipes/quickstart/profiles.yaml. See README.md.
 """
 
 import argparse
@@ -32,6 +33,8 @@ ORG = "geollava-org"
 REPOS = {"dataset": f"{ORG}/geollava", "model": f"{ORG}/geollava-tiny-lora", "space": f"{ORG}/geollava-demo"}
 #: The output folders of a run's first four stages.
 FOLDERS = ("fmow", "dataset", "base", "adapter")
+#: The loopback Hub accepts any token; the Hub clients want one to write.
+LOCAL_TOKEN = "hf_quickstart_local_token"
 
 
 PROFILES = load_profiles()
@@ -96,10 +99,28 @@ class Job:
         self.fmow, self.dataset, self.base, self.adapter = (self.out / n for n in FOLDERS)
         self.eval_base, self.eval_trained = self.out / "eval_base", self.out / "eval_trained"
         self.cards, self.logs, self.hub = self.out / "cards", self.out / "logs", self.out / "hub"
+        #: The HF cache every stage after the base push downloads through (the run's own, so nothing comes from
+        #: the user's cache).
+        self.hf_home = self.out / "hf_home"
+        #: The base's Hub id, as a user names ``llava-hf/LLaVA-NeXT-Video-7B-hf``.
+        self.base_id = f"{ORG}/tiny-{self.profile.base['family']}"
+        self.repos = {"base": self.base_id, **REPOS}
+        #: The environment of the stages that talk to the loopback Hub (set once it is up, see :meth:`hub_env`).
+        self.env: dict[str, str] = {}
+
+    def hub_env(self, url: str) -> dict[str, str]:
+        """The Hub clients' environment for the loopback Hub at ``url``; later stages run with it."""
+        self.env = {
+            "HF_ENDPOINT": url,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_TOKEN": LOCAL_TOKEN,
+            "HF_HOME": str(self.hf_home),
+        }
+        return self.env
 
     def run(self, *cmd: str | Path, **kwargs) -> None:
-        """Run a console script, its log under ``logs/``."""
-        sh(*cmd, logs=self.logs, **kwargs)
+        """Run a console script with the Hub's environment (once it is up), its log under ``logs/``."""
+        sh(*cmd, logs=self.logs, env={**self.env, **kwargs.pop("env", {})}, **kwargs)
 
     @property
     def build_key(self) -> dict:
@@ -163,7 +184,7 @@ def stage_data(stages: Stages, job: Job) -> None:
 
 
 def stage_base(stages: Stages, job: Job) -> None:
-    """The tiny base model, then its evaluation."""
+    """The tiny base model, pushed to the Hub with its card, then its evaluation by Hub id."""
     p = job.profile
     stages.run(
         "base",
@@ -172,37 +193,63 @@ def stage_base(stages: Stages, job: Job) -> None:
         p.base,
         (job.base / "config.json",),
     )
+
+    def push_base() -> None:
+        job.run("geollava-card", "base", job.base, "--repo-id", job.base_id, log="card_base")
+        job.run("geollava-push", "base", job.base, "--repo-id", job.base_id, log="push_base")
+
+    stages.run(
+        "push_base",
+        "geollava-push base: the tiny base onto the loopback Hub",
+        push_base,
+        {**p.base, "repo": job.base_id},
+        (job.hub / "index.json",),
+    )
     stages.run(
         "eval_base",
         "geollava-eval: the base model on the test split",
         lambda: job.run(
-            "geollava-eval", "--model", job.base, *job.eval_args(), "--out", job.eval_base, log="eval_base"
+            "geollava-eval", "--model", job.base_id, *job.eval_args(), "--out", job.eval_base, log="eval_base"
         ),
         {**job.build_key, **p.base, "eval": p.eval_options},
         (job.eval_base / "metrics.json",),
     )
 
 
-def stage_train(stages: Stages, job: Job) -> None:
-    """Training (resumed from its last checkpoint when one exists), then the trained adapter's evaluation."""
+def train(job: Job) -> None:
+    """geollava-train on the Hub-named base (resumed from its last checkpoint when one exists)."""
     p = job.profile
-    train = ("geollava-train", "--config", p.recipe, "--model_name_or_path", job.base, "--dataset_name", job.dataset)
+    checkpoints = any(job.adapter.glob("checkpoint-*"))
+    if not checkpoints:
+        # A new run: a pruned copy left by an earlier base (same name, other weights) must not be reused.
+        shutil.rmtree(job.adapter.with_name(job.adapter.name + ".pruned-base"), ignore_errors=True)
+    job.run(
+        "geollava-train",
+        "--config",
+        p.recipe,
+        "--model_name_or_path",
+        job.base_id,
+        "--dataset_name",
+        job.dataset,
+        "--output_dir",
+        job.adapter,
+        *job.config_flags["train"],
+        *p.train_overrides,
+        # A long run interrupted after a checkpoint goes on from it.
+        *(("--resume_from_checkpoint", "true") if checkpoints else ()),
+    )
+
+
+def stage_train(stages: Stages, job: Job) -> None:
+    """Training, then the trained adapter's evaluation."""
     stages.run(
         "train",
         "geollava-train: tiny recipe, LoRA/QLoRA + 5 % pruning",
-        lambda: job.run(
-            *train,
-            "--output_dir",
-            job.adapter,
-            *job.config_flags["train"],
-            *p.train_overrides,
-            # A long run interrupted after a checkpoint goes on from it.
-            *(("--resume_from_checkpoint", "true") if any(job.adapter.glob("checkpoint-*")) else ()),
-        ),
+        lambda: train(job),
         job.recipe_key,
         (job.adapter / "adapter_config.json",),
     )
-    model = ("geollava-eval", "--model", job.base, "--adapter", job.adapter)
+    model = ("geollava-eval", "--model", job.base_id, "--adapter", job.adapter)
     stages.run(
         "eval_trained",
         "geollava-eval: the trained adapter on the test split",
@@ -222,32 +269,28 @@ def render_cards(job: Job) -> None:
     shutil.rmtree(space, ignore_errors=True)
     shutil.copytree(ROOT / "spaces_demo", space, ignore=shutil.ignore_patterns("__pycache__"))
     repos = ("--repo-id", REPOS["space"], "--model-repo-id", REPOS["model"], "--dataset-repo-id", REPOS["dataset"])
-    job.run("geollava-card", "space", space, *repos, log="card_space")
+    job.run("geollava-card", "space", space, *repos, "--base-model", job.base_id, log="card_space")
 
 
 def push_and_load_back(job: Job) -> dict:
-    """Push the three artifacts to a loopback Hub, then load them back in a fresh process; return its report."""
-    shutil.rmtree(job.hub, ignore_errors=True)
-    with serve_hub(job.hub, log_path=job.logs / "geollava-hub.log") as url:
-        env = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_quickstart_local_token"}
-        job.run("geollava-push", "dataset", job.dataset, "--repo-id", REPOS["dataset"], env=env, log="push_dataset")
-        job.run("geollava-push", "model", job.adapter, "--repo-id", REPOS["model"], env=env, log="push_model")
-        space = job.cards / "space"
-        job.run("geollava-push", "space", space, "--repo-id", REPOS["space"], env=env, log="push_space")
-        fresh_home = job.out / "fresh_hf_home"
-        shutil.rmtree(fresh_home, ignore_errors=True)
-        try:
-            return run_in_fresh_process(
-                REPOS,
-                job.dataset,
-                job.adapter,
-                job.base,
-                env=env,
-                hf_home=fresh_home,
-                log_path=job.logs / "verify.log",
-            )
-        except RoundTripError as err:
-            sys.exit(str(err))
+    """Push the three artifacts to the loopback Hub, then load them back in a fresh process; return its report."""
+    job.run("geollava-push", "dataset", job.dataset, "--repo-id", REPOS["dataset"], log="push_dataset")
+    job.run("geollava-push", "model", job.adapter, "--repo-id", REPOS["model"], log="push_model")
+    job.run("geollava-push", "space", job.cards / "space", "--repo-id", REPOS["space"], log="push_space")
+    fresh_home = job.out / "fresh_hf_home"
+    shutil.rmtree(fresh_home, ignore_errors=True)
+    try:
+        return run_in_fresh_process(
+            REPOS,
+            job.dataset,
+            job.adapter,
+            job.base_id,
+            env=job.env,
+            hf_home=fresh_home,
+            log_path=job.logs / "verify.log",
+        )
+    except RoundTripError as err:
+        sys.exit(str(err))
 
 
 def stage_release(stages: Stages, job: Job) -> dict:
@@ -256,7 +299,7 @@ def stage_release(stages: Stages, job: Job) -> dict:
     hub_result: dict = {}
     stages.run(
         "hub",
-        "geollava-hub + geollava-push, then load back (fresh cache)",
+        "geollava-push, then load back by the card (fresh cache)",
         lambda: hub_result.update(push_and_load_back(job)),
         None,
         (),
@@ -279,29 +322,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the stages in order, then write and print the report."""
+    """Run the stages in order (the loopback Hub up from the base on), then write and print the report."""
     args = parse_args(argv)
     profile = PROFILES[args.profile]
     job = Job(profile, (args.out or profile.out).resolve())
     if args.fresh:
         shutil.rmtree(job.out, ignore_errors=True)
-    job.out.mkdir(parents=True, exist_ok=True)
+    job.logs.mkdir(parents=True, exist_ok=True)
     total_start = time.perf_counter()
-    stages = Stages(10, args.fresh, job.out)
+    stages = Stages(11, args.fresh, job.out)
     print(
-        "GeoLLaVA quickstart: synthetic fMoW -> dataset -> tiny LLaVA-NeXT-Video -> LoRA + pruning -> Hub"
+        "GeoLLaVA quickstart: synthetic fMoW -> dataset -> tiny LLaVA-NeXT-Video on the Hub -> LoRA + pruning -> Hub"
         + ("" if args.profile == "default" else f" ({args.profile} profile)"),
         flush=True,
     )
     stage_data(stages, job)
-    stage_base(stages, job)
-    stage_train(stages, job)
-    hub_result = stage_release(stages, job)
+    # The Hub's storage persists under the run's folder, so a re-run finds the base it pushed before.
+    with serve_hub(job.hub, log_path=job.logs / "geollava-hub.log") as url:
+        job.hub_env(url)
+        stage_base(stages, job)
+        stage_train(stages, job)
+        hub_result = stage_release(stages, job)
     report = write_report(
-        job.out, args.profile, profile.bars, stages.times, hub_result, time.perf_counter() - total_start, REPOS
+        job.out, args.profile, profile.bars, stages.times, hub_result, time.perf_counter() - total_start, job.repos
     )
     stages.run("report", f"report: {_shown(job.out / 'report.md')} + report.json", lambda: None, None, ())
-    demo = f"BASE_MODEL_ID={_shown(job.base)} ADAPTER_ID={_shown(job.adapter)} make demo"
+    demo = f"QUICKSTART_OUT={_shown(job.out)} make demo"
     if job.out == PROFILES["default"].out:
         demo = "make demo                      # the Space on this tiny model, in your browser"
     print_summary(job.out, report, demo)

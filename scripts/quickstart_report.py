@@ -11,24 +11,30 @@ from trainer.evaluation.grounding import majority_baseline
 from trainer.evaluation.metric_sets import TEMPORAL_KEYS
 
 
-#: The bars a profile can set (profiles.yaml ``bars``): name -> (metric, how the target is computed from the
-#: reference's value, its wording, the reference: the base model's metrics or the majority answer's).
+#: The bars a profile can set (profiles.yaml ``bars``): name -> (metric, what the target is computed from: nothing,
+#: the base's value or the majority answer's, how, its wording).
 BARS = {
-    "grounding_f1_min": ("grounding_f1", lambda x, ref: x, "trained grounding F1 >= {x}", "base"),
+    "grounding_f1_min": ("grounding_f1", None, lambda x, ref: x, "trained grounding F1 >= {x}"),
     "grounding_f1_vs_base": (
         "grounding_f1",
+        "base",
         lambda x, ref: x * ref,
         "trained grounding F1 >= {x}x the base's",
-        "base",
     ),
-    "rougeL_min": ("rougeL", lambda x, ref: x, "trained ROUGE-L >= {x}", "base"),
-    "rougeL_gain": ("rougeL", lambda x, ref: ref + x, "trained ROUGE-L >= the base's + {x}", "base"),
-    "temporal_f1_gain": ("temporal_f1", lambda x, ref: ref + x, "trained temporal F1 >= the base's + {x}", "base"),
+    "grounding_f1_vs_majority": (
+        "grounding_f1",
+        "majority",
+        lambda x, ref: ref + x,
+        "trained grounding F1 >= the majority answer's + {x}",
+    ),
+    "rougeL_min": ("rougeL", None, lambda x, ref: x, "trained ROUGE-L >= {x}"),
+    "rougeL_gain": ("rougeL", "base", lambda x, ref: ref + x, "trained ROUGE-L >= the base's + {x}"),
+    "temporal_f1_gain": ("temporal_f1", "base", lambda x, ref: ref + x, "trained temporal F1 >= the base's + {x}"),
     "temporal_f1_vs_majority": (
         "temporal_f1",
+        "majority",
         lambda x, ref: ref + x,
         "trained temporal F1 >= the majority answer's + {x}",
-        "majority",
     ),
 }
 #: The metrics the markdown table shows, in order.
@@ -45,13 +51,16 @@ def check_bars(bars: dict, base: dict, trained: dict, majority: dict | None = No
         majority: The majority answer's metrics (:func:`majority_metrics`), for the bars against it.
 
     Returns:
-        ``[{"bar", "metric", "value", "target", "met"}]``; a metric that was not computed does not meet its bar.
+        ``[{"bar", "metric", "value", "target", "met"}]``; a metric that was not computed (by the trained adapter, or
+        by what the target is computed from) does not meet its bar.
     """
+    references = {"base": base, "majority": majority or {}}
     checked = []
     for name, x in bars.items():
-        metric, target_of, wording, reference = BARS[name]
-        value, base_value = trained.get(metric), (base if reference == "base" else majority or {}).get(metric)
-        target = target_of(x, base_value) if isinstance(base_value, int | float) else None
+        metric, reference, target_of, wording = BARS[name]
+        value = trained.get(metric)
+        ref = references[reference].get(metric) if reference else 0.0
+        target = target_of(x, ref) if isinstance(ref, int | float) else None
         met = isinstance(value, int | float) and target is not None and value >= target
         checked.append({"bar": wording.format(x=x), "metric": metric, "value": value, "target": target, "met": met})
     return checked

@@ -1,4 +1,4 @@
-"""Push a dataset, an adapter, the Space or a metric to the Hub as ONE commit (a large folder: resumable parts).
+"""Push a dataset, an adapter, a base model, the Space or a metric to the Hub as ONE commit (large: resumable parts).
 
     geollava-push dataset outputs/quickstart/dataset --repo-id my-org/geollava [--revision BRANCH] [--dry-run]
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 USAGE = (
-    "geollava-push {dataset,model,space,metric} FOLDER --repo-id ORG/NAME [--private] [--revision BRANCH]\n"
+    "geollava-push {dataset,model,base,space,metric} FOLDER --repo-id ORG/NAME [--private] [--revision BRANCH]\n"
     "       [--dry-run] [--large-folder-files N] [--large-folder-bytes B] [--files-per-commit K]\n"
     "       space only: [--model-repo-id ORG/NAME] [--base-model ORG/NAME] [--dataset-repo-id ORG/NAME] [--hardware H]"
 )
@@ -126,7 +126,7 @@ def push(
     ``upload.metric_space``) and that is pushed.
 
     Args:
-        kind: ``dataset``, ``model``, ``space`` or ``metric``.
+        kind: ``dataset``, ``model`` (an adapter), ``base`` (a full model), ``space`` or ``metric``.
         folder: The artifact's folder.
         repo_id: ``ORG/NAME`` on the Hub.
         private: Create the repo private.

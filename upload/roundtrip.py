@@ -2,16 +2,21 @@
 
     HF_ENDPOINT=http://127.0.0.1:PORT HF_HOME=/tmp/empty-hf-home HF_HUB_DISABLE_XET=1 python -m upload.roundtrip \
         --repos '{"dataset": "org/geollava", "model": "org/geollava-tiny-lora"}' \
-        --dataset outputs/quickstart/dataset --adapter outputs/quickstart/adapter --base outputs/quickstart/base
+        --dataset outputs/quickstart/dataset --adapter outputs/quickstart/adapter --base org/tiny-llava-next-video
 
+The adapter is loaded by its model card's snippet, run as written in an interpreter that cannot import this project.
 Prints the report as one JSON line; exits 1 naming the first difference. See docs/release.md "Loading a release back".
 """
 
 import argparse
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,8 +25,77 @@ from pathlib import Path
 CONFIGS = ("default", "sample_10k")
 
 
+#: The project's own packages: a user who copies the card's snippet has none of them.
+PROJECT_PACKAGES = ("dataset_builder", "trainer", "model_cards", "upload", "spaces_demo")
+#: What the card's snippet may import: the libraries the card asks a user to install, and the standard json.
+SNIPPET_IMPORTS = frozenset({"json", "torch", "huggingface_hub", "peft", "safetensors", "transformers"})
+# Run before the snippet: the project's packages (installed editable here) cannot be imported, and that is checked.
+_BLOCKER = textwrap.dedent(
+    f"""
+    import importlib.abc, sys
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {PROJECT_PACKAGES!r}:
+                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: not installed for this user)")
+            return None
+    sys.meta_path.insert(0, Blocker())
+    for package in {PROJECT_PACKAGES!r}:
+        try:
+            __import__(package)
+        except ModuleNotFoundError:
+            pass
+        else:
+            raise SystemExit(f"{{package}} is importable: the check would prove nothing")
+    """
+)
+#: Appended to the snippet by :func:`check_adapter`: the state of the model the snippet built.
+_SAVE_STATE = 'torch.save(model.state_dict(), "snippet_state.pt")\n'
+
+
 class RoundTripError(RuntimeError):
     """What was loaded back from the Hub differs from what was pushed; the message names the first difference."""
+
+
+def card_snippet(card: str) -> str:
+    """The Python block of a model card's "Load it" section, exactly as written.
+
+    Raises:
+        RoundTripError: If the card has no such block, or the block imports more than :data:`SNIPPET_IMPORTS`.
+    """
+    section = card.split("## Load it", 1)[1] if "## Load it" in card else ""
+    match = re.search(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    if not match:
+        raise RoundTripError("the model card has no Python block under '## Load it'")
+    tree = ast.parse(match.group(1))
+    modules = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    if modules - SNIPPET_IMPORTS:
+        raise RoundTripError(f"the card's snippet imports {sorted(modules - SNIPPET_IMPORTS)}, beyond what it names")
+    return match.group(1)
+
+
+def run_card_snippet(card: str, epilogue: str, workdir: str | Path, env: dict[str, str] | None = None) -> None:
+    """Run the card's snippet, then ``epilogue``, in a fresh interpreter that cannot import this project.
+
+    The interpreter is isolated (``python -I``, no ``PYTHONPATH``, ``workdir`` as its cwd) and blocks the imports of
+    :data:`PROJECT_PACKAGES`, so the snippet runs as a user who installed only what the card names would run it.
+
+    Args:
+        card: The model card's text.
+        epilogue: Code run after the snippet, in the same namespace (e.g. saving what ``model`` computes).
+        workdir: Its working directory.
+        env: Variables to set over this process's environment (``HF_ENDPOINT``, ``HF_HOME``, ...).
+
+    Raises:
+        RoundTripError: If the card has no valid snippet or it fails (with the end of its error output).
+    """
+    script = _BLOCKER + card_snippet(card) + "\n" + epilogue
+    environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=workdir, env=environ, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RoundTripError(f"the model card's snippet failed:\n{proc.stderr[-4000:]}")
 
 
 def card_configs(local_dataset: str | Path) -> list[str]:
@@ -81,17 +155,24 @@ def _load_adapter(base: str | Path, adapter: str | Path, masks):
 
 
 def check_adapter(repo_id: str, local_adapter: str | Path, base: str | Path) -> dict:
-    """Load the adapter repo (masks, then LoRA) on ``base``, as its card says, and compare every tensor.
+    """Load the adapter repo as its card says (the card's snippet) and compare every tensor with the local folder's.
+
+    Args:
+        repo_id: The adapter's repo.
+        local_adapter: The adapter folder that was pushed.
+        base: The base model it was trained on (a Hub id or a folder): the local folder is loaded on it.
 
     Returns:
-        ``{"adapter_tensors_identical": True, "masks": number of masked modules}``.
+        ``{"adapter_tensors_identical": True, "masks": number of masked modules, "loaded_by": "the card's snippet",
+        "base_model": the base the card names}``.
 
     Raises:
-        RoundTripError: Naming the first tensor that differs, or a mask set that does not match.
+        RoundTripError: Naming the first tensor that differs, a mask set that does not match, or a card whose snippet
+            fails or names no base.
     """
     # Imported here: huggingface_hub reads HF_ENDPOINT when it is imported (see the module docstring).
     import torch
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import ModelCard, hf_hub_download, snapshot_download
 
     from trainer.pruning.masks import load_masks  # pulls transformers (14 s): only in the checking process
 
@@ -99,18 +180,31 @@ def check_adapter(repo_id: str, local_adapter: str | Path, base: str | Path) -> 
     local_masks = load_masks(local_adapter)
     if set(masks or {}) != set(local_masks or {}):
         raise RoundTripError(f"{repo_id}: its pruning masks cover other modules than {local_adapter}'s")
-    hub = _load_adapter(base, repo_id, masks).state_dict()
+    card = Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8")
+    base_model = ModelCard(card).data.base_model
+    if not base_model:
+        raise RoundTripError(f"{repo_id}: its card names no base_model, so a Hub user cannot load it")
+    with tempfile.TemporaryDirectory(prefix="geollava-card-snippet-") as tmp:
+        run_card_snippet(card, _SAVE_STATE, tmp)
+        hub = torch.load(Path(tmp) / "snippet_state.pt", weights_only=True)
     local = _load_adapter(base, local_adapter, local_masks).state_dict()
     if list(hub) != list(local):
-        raise RoundTripError(f"{repo_id}: loaded with other tensor names than {local_adapter}")
+        raise RoundTripError(
+            f"{repo_id}: the card's snippet built a model with other tensor names than {local_adapter}"
+        )
     for name, tensor in hub.items():
         if not torch.equal(tensor, local[name]):
             raise RoundTripError(f"{repo_id}: tensor {name} differs from {local_adapter}'s")
-    return {"adapter_tensors_identical": True, "masks": len(masks or {})}
+    return {
+        "adapter_tensors_identical": True,
+        "masks": len(masks or {}),
+        "loaded_by": "the card's snippet",
+        "base_model": base_model,
+    }
 
 
 def check_round_trip(repos: dict, dataset: str | Path, adapter: str | Path, base: str | Path) -> dict:
-    """The dataset and adapter checks together: ``{config: {split: rows}, "adapter_tensors_identical", "masks"}``."""
+    """The dataset and adapter checks together: ``{config: {split: rows}, "adapter_tensors_identical", ...}``."""
     return {**check_dataset(repos["dataset"], dataset), **check_adapter(repos["model"], adapter, base)}
 
 
@@ -165,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repos", required=True, help='JSON: {"dataset": repo id, "model": repo id}')
     parser.add_argument("--dataset", required=True, help="the local dataset folder that was pushed")
     parser.add_argument("--adapter", required=True, help="the local adapter folder that was pushed")
-    parser.add_argument("--base", required=True, help="the base model of the adapter")
+    parser.add_argument("--base", required=True, help="the base model of the adapter (a Hub id or a folder)")
     args = parser.parse_args(argv)
     try:
         report = check_round_trip(json.loads(args.repos), args.dataset, args.adapter, args.base)

@@ -2,9 +2,9 @@
 
 A dataset push carries the card, the Parquet shards, the clips and the official JSON; a model push carries the adapter
 weights and config, the pruning masks, the processor files, the card, metrics and plots, never optimizer state or
-checkpoints; a Space push carries the app, the project modules it imports, its requirements, settings, README and
-examples; a metric push (an ``evaluate`` module, pushed as a Space) carries the module's scripts, card, page and
-requirements.
+checkpoints; a base push carries a whole model's config, weights, processor files and card; a Space push carries the
+app, the project modules it imports, its requirements, settings, README and examples; a metric push (an ``evaluate``
+module, pushed as a Space) carries the module's scripts, card, page and requirements.
 """
 
 import fnmatch
@@ -33,11 +33,33 @@ ALLOW: dict[str, list[str]] = {
         "video_preprocessor_config.json",
         "generation_config.json",
     ],
+    "base": [
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model-*.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer*",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.*",
+        "processor_config.json",
+        "preprocessor_config.json",
+        "video_preprocessor_config.json",
+    ],
     "space": ["README.md", "app.py", "requirements.txt", "space_config.json", "examples/**", "*.py"],
     "metric": ["README.md", "app.py", "requirements.txt", "packages.txt", "*.py"],
 }
-#: The Hub repo type each artifact is pushed as: an ``evaluate`` metric lives in a Space, as on the Hub.
-REPO_TYPE: dict[str, str] = {"dataset": "dataset", "model": "model", "space": "space", "metric": "space"}
+#: The Hub repo type each artifact is pushed as: a base model is a model repo, an ``evaluate`` metric lives in a Space,
+#: as on the Hub.
+REPO_TYPE: dict[str, str] = {
+    "dataset": "dataset",
+    "model": "model",
+    "base": "model",
+    "space": "space",
+    "metric": "space",
+}
 #: What never belongs, whatever the artifact: training state, checkpoints, temporary and hidden files.
 IGNORE: list[str] = [
     "checkpoint-*",
@@ -65,7 +87,7 @@ def is_staged(kind: str, rel: str) -> bool:
     """Whether the relative path ``rel`` belongs in an artifact of ``kind``.
 
     Args:
-        kind: ``dataset``, ``model``, ``space`` or ``metric``.
+        kind: ``dataset``, ``model``, ``base``, ``space`` or ``metric``.
         rel: A POSIX path relative to the artifact's folder.
 
     Returns:
@@ -80,7 +102,7 @@ def staged_files(kind: str, folder: Path | str) -> list[Path]:
     """The files of ``folder`` that a push of ``kind`` uploads, as sorted relative paths.
 
     Args:
-        kind: ``dataset``, ``model``, ``space`` or ``metric``.
+        kind: ``dataset``, ``model``, ``base``, ``space`` or ``metric``.
         folder: The artifact's folder.
 
     Returns:

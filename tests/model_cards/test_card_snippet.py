@@ -1,25 +1,21 @@
 """The model card's load snippet runs as a user would run it: only transformers, peft, safetensors and torch.
 
 The snippet is cut out of the rendered card and run in a fresh interpreter in which none of the project's packages
-can be imported, against a tiny base and a pruned adapter pushed to the loopback Hub; it must give the same logits as
-the project's own loader.
+can be imported (``upload.roundtrip.run_card_snippet``), against a tiny base and a pruned adapter pushed to the
+loopback Hub; it must give the same logits as the project's own loader.
 """
 
 import ast
 import json
-import os
-import re
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from huggingface_hub import HfApi
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
+from model_cards.render import main as card_main
 from model_cards.render import render_model_card
 from model_cards.validate import validate_card
 from trainer.models.families import get_family
@@ -28,31 +24,11 @@ from trainer.pruning.masks import apply_masks, save_masks
 from trainer.pruning.methods import PruningConfig, compute_masks
 from trainer.tiny.build import build_tiny_model
 from upload.push import main as push_main
+from upload.roundtrip import RoundTripError, card_snippet, run_card_snippet
 
 
-PROJECT_PACKAGES = ("trainer", "dataset_builder", "model_cards", "upload", "spaces_demo", "tests")
 ALLOWED_IMPORTS = {"json", "torch", "huggingface_hub", "peft", "safetensors", "transformers"}
 INPUT_IDS = [[1, 5, 9, 12, 7, 3]]
-
-# Run before the snippet: the project's packages (installed editable in this venv) cannot be imported.
-BLOCKER = textwrap.dedent(
-    f"""
-    import importlib.abc, sys
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {PROJECT_PACKAGES!r}:
-                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: not installed for this user)")
-            return None
-    sys.meta_path.insert(0, Blocker())
-    for package in {PROJECT_PACKAGES!r}:
-        try:
-            __import__(package)
-        except ModuleNotFoundError:
-            pass
-        else:
-            raise SystemExit(f"{{package}} is importable: the check would prove nothing")
-    """
-)
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +47,13 @@ def published(hub_server, tmp_path_factory):
     peft_model.save_pretrained(adapter)
     AutoProcessor.from_pretrained(base).save_pretrained(adapter)
     save_masks(masks, adapter, metadata)
-    api = HfApi()
-    api.create_repo("geo-org/tiny-base", exist_ok=True)
-    api.upload_folder(folder_path=str(base), repo_id="geo-org/tiny-base")
+    assert card_main(["base", str(base), "--repo-id", "geo-org/tiny-base"]) == 0
+    assert push_main(["base", str(base), "--repo-id", "geo-org/tiny-base"]) == 0
     text = render_model_card(adapter, "geo-org/tiny-pruned-lora", dataset_repo_id="geo-org/geollava")
     validate_card(text, "model")
     (adapter / "README.md").write_text(text)
     assert push_main(["model", str(adapter), "--repo-id", "geo-org/tiny-pruned-lora"]) == 0
     return base, adapter, text
-
-
-def _snippet(card: str) -> str:
-    section = card.split("## Load it", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def test_card_metadata_names_the_real_base_and_the_masks(published):
@@ -96,7 +66,7 @@ def test_card_metadata_names_the_real_base_and_the_masks(published):
 
 
 def test_snippet_imports_only_the_four_libraries(published):
-    tree = ast.parse(_snippet(published[2]))
+    tree = ast.parse(card_snippet(published[2]))
     modules = {
         alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }
@@ -118,13 +88,8 @@ def test_snippet_runs_without_the_project_and_matches_the_project_loader(publish
         torch.save(logits, {str(out)!r})
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_HOME"] = str(tmp_path / "fresh-hf-home")  # an empty cache: everything comes from the Hub
-    script = BLOCKER + _snippet(text) + check
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # an empty cache: everything comes from the Hub
+    run_card_snippet(text, check, tmp_path, env={"HF_HOME": str(tmp_path / "fresh-hf-home")})
     model, _, _ = load_for_inference(base, adapter, device="cpu")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -147,3 +112,16 @@ def get_peft_model_logits(base, adapter) -> torch.Tensor:
 
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
     return model(input_ids=torch.tensor(INPUT_IDS)).logits
+
+
+def test_a_snippet_that_needs_the_project_fails_and_says_why(published, tmp_path):
+    _, _, text = published
+    needs_project = text.replace("import torch\n", "import torch\nimport trainer\n", 1)
+    with pytest.raises(RoundTripError, match=r"imports \['trainer'\], beyond what it names"):
+        card_snippet(needs_project)
+    # an import hidden from the static check still cannot reach the project
+    hidden = text.replace("import torch\n", "import torch\n__import__('trainer')\n", 1)
+    with pytest.raises(RoundTripError, match="No module named 'trainer' \\(blocked"):
+        run_card_snippet(hidden, "", tmp_path)
+    with pytest.raises(RoundTripError, match="no Python block under '## Load it'"):
+        card_snippet(text.split("## Load it")[0])

@@ -91,6 +91,35 @@ def test_model_card_tolerates_missing_inputs(tmp_path):
     assert "model-index" not in meta
     assert "No evaluation was given" in text and "pruning" not in meta.get("tags", [])
     assert "| r | `4` |" in text
+    # the card says plainly that the base is local and how to publish it; no placeholder in code a user copies
+    load = text.split("## Load it")[1].split("## Recipe")[0]
+    assert "The base model is a local folder (`/local/path/base`), not a Hub repo" in load.replace("\n", " ")
+    assert "```python" not in load and "<base model>" not in text
+    assert "geollava-push base /local/path/base --repo-id geo-org/base" in load
+    assert f"geollava-card model {folder} --repo-id geo-org/bare --base-model geo-org/base" in load
+
+
+def test_base_card_says_what_a_tiny_base_is(tmp_path, capsys):
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava_next_video"}))
+    pretraining = {"steps": 600, "images": 3000, "patch_accuracy": 0.9561}
+    tiny = {"family": "llava-next-video", "out": "/tmp/x/base", "image_size": 64, "hidden_size": 64, "num_layers": 2}
+    tiny |= {"rope_theta": None, "parameters": 1234567, "vocab_size": 640, "vision_pretraining": pretraining}
+    (folder / "tiny_model.json").write_text(json.dumps(tiny))
+    assert card_main(["base", str(folder), "--repo-id", "geo-org/tiny-llava-next-video"]) == 0
+    text = (folder / "README.md").read_text()
+    meta = validate_card(text, "model")
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "image-text-to-text"
+    assert {"tiny", "random-weights", "llava-next-video"} <= set(meta["tags"]) and "base_model" not in meta
+    assert "**random weights**" in text and "1,234,567 parameters" in text and "640-token" in text
+    assert "pretrained for 600 steps" in text and "0.956" in text
+    assert 'AutoModelForImageTextToText.from_pretrained("geo-org/tiny-llava-next-video")' in text
+    assert "| `num_layers` | `2` |" in text and "rope_theta" not in text and "/tmp/x" not in text
+    # a folder that is not a model is refused, naming it
+    (tmp_path / "empty").mkdir()
+    assert card_main(["base", str(tmp_path / "empty"), "--repo-id", "geo-org/x"]) == 1
+    assert "no config.json" in capsys.readouterr().err
 
 
 def test_card_cli_rejects_bad_arguments(adapter, tmp_path, capsys):

@@ -1,22 +1,35 @@
-"""`make quickstart`'s chain at test size (`--profile ci`): every stage, artifact and round trip; no quality bar."""
+"""`make quickstart`'s chain at test size (`--profile ci`): every stage, artifact and round trip; no quality bar.
 
+The base goes through the loopback Hub as a Hub user meets it: every stage after its push names it by its Hub id, and
+the adapter's card loads it, by its snippet, with none of the project's packages importable.
+"""
+
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from dataset_builder.synthetic.synth import SynthConfig
+from trainer.models.loading import load_for_inference
+from upload.loopback import serve_hub
+from upload.roundtrip import run_card_snippet
 
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
-import quickstart  # noqa: E402  (scripts/ is not a package)
+import demo  # noqa: E402  (scripts/ is not a package)
+import quickstart  # noqa: E402
 import quickstart_report  # noqa: E402
 
 
-STAGES = ["setup", "synth", "build", "base", "eval_base", "train", "eval_trained", "cards", "hub"]
+STAGES = ["setup", "synth", "build", "base", "push_base", "eval_base", "train", "eval_trained", "cards", "hub"]
+BASE_ID = "geollava-org/tiny-llava-next-video"
+INPUT_IDS = [[1, 5, 9, 12, 7, 3]]
 
 
 def _quickstart(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -25,7 +38,7 @@ def _quickstart(out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def _stage_lines(stdout: str) -> list[str]:
-    return [line for line in stdout.splitlines() if line.startswith("[") and "/10]" in line.split()[0]]
+    return [line for line in stdout.splitlines() if line.startswith("[") and "/11]" in line.split()[0]]
 
 
 @pytest.mark.slow
@@ -34,7 +47,7 @@ def test_quickstart_chain_at_test_size_then_a_rerun_reuses_it(tmp_path):
     first = _quickstart(out, "--fresh")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     lines = _stage_lines(first.stdout)
-    assert [line.split()[0] for line in lines] == [f"[{i}/10]" for i in range(1, 11)]
+    assert [line.split()[0] for line in lines] == [f"[{i}/11]" for i in range(1, 12)]
     assert all(line.split()[-3] == "done" and line.endswith(" s") for line in lines[1:])
 
     report = json.loads((out / "report.json").read_text())
@@ -54,6 +67,7 @@ def test_quickstart_chain_at_test_size_then_a_rerun_reuses_it(tmp_path):
     assert report["bars"] == []  # the ci profile checks no quality bar
     assert report["sparsity"] == pytest.approx(0.05, abs=0.005)
     assert report["repos"] == {
+        "base": BASE_ID,
         "dataset": "geollava-org/geollava",
         "model": "geollava-org/geollava-tiny-lora",
         "space": "geollava-org/geollava-demo",
@@ -61,6 +75,7 @@ def test_quickstart_chain_at_test_size_then_a_rerun_reuses_it(tmp_path):
     # what the fresh process loaded from the loopback Hub equals what was pushed
     round_trip = report["hub_round_trip"]
     assert round_trip["adapter_tensors_identical"] is True and round_trip["masks"] > 0
+    assert round_trip["loaded_by"] == "the card's snippet" and round_trip["base_model"] == BASE_ID
     assert round_trip["default"] == {"train": rows["train"], "test": rows["test"]}
     assert round_trip["sample_10k"]["test"] == rows["test"]
 
@@ -73,40 +88,83 @@ def test_quickstart_chain_at_test_size_then_a_rerun_reuses_it(tmp_path):
     md = (out / "report.md").read_text()
     assert md.startswith("# GeoLLaVA quickstart report (ci profile)") and "| grounding_f1 |" in md
     assert "| metric | base | trained | majority |" in md and "most common change kinds" in md
-    assert "ROUGE-L" in first.stdout and f"ADAPTER_ID={out / 'adapter'} make demo" in first.stdout
+    assert "ROUGE-L" in first.stdout and f"QUICKSTART_OUT={out} make demo" in first.stdout
     assert not list(out.glob("**/.*.tmp")), "no half-written file is left behind"
+
+    # the base is a Hub id everywhere after its push: training, the adapter, its card, the Space's settings
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == BASE_ID
+    assert json.loads((out / "adapter" / "run_summary.json").read_text())["model"]["base_model"] == BASE_ID
+    card = (out / "adapter" / "README.md").read_text()
+    assert yaml.safe_load(card.split("---\n")[1])["base_model"] == BASE_ID and "<base model>" not in card
+    assert json.loads((out / "cards" / "space" / "space_config.json").read_text())["base_model"] == BASE_ID
+    assert "**random weights**" in (out / "base" / "README.md").read_text()
+    # downloaded through the run's own HF cache
+    assert any((out / "hf_home" / "hub" / "models--geollava-org--tiny-llava-next-video" / "snapshots").iterdir())
+    assert demo.quickstart_repos(out) == report["repos"]  # what `make demo` serves
 
     # a second run reuses every stage whose inputs did not change, and pushes and reports again
     second = _quickstart(out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     states = [line.split()[-3] for line in _stage_lines(second.stdout)]
-    assert states == ["reused"] * 7 + ["done"] * 3
+    assert states == ["reused"] * 8 + ["done"] * 3
     again = json.loads((out / "report.json").read_text())
     assert again["metrics"] == report["metrics"]
     assert again["stage_seconds"]["train"] == report["stage_seconds"]["train"]  # a reused stage keeps its time
 
+    # the adapter's card, as a Hub user copies it: its snippet against the run's loopback Hub, with only the
+    # libraries it names importable, gives the logits of the project's loader on the local folders
+    check = (
+        "torch.set_num_threads(1)\n"
+        f"assert model.peft_config['default'].base_model_name_or_path == {BASE_ID!r}\n"
+        "with torch.no_grad():\n"
+        f"    torch.save(model(input_ids=torch.tensor({INPUT_IDS!r})).logits, 'logits.pt')\n"
+    )
+    with serve_hub(out / "hub", log_path=tmp_path / "hub.log") as url:
+        home = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "user_home")}
+        run_card_snippet(card, check, tmp_path, env=home)
+    model, _, _ = load_for_inference(out / "base", out / "adapter", device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            expected = model(input_ids=torch.tensor(INPUT_IDS)).logits
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+
 
 def test_profiles_name_their_recipes_and_keep_the_default_contract():
-    default = quickstart.PROFILES["default"]
+    profiles = quickstart.PROFILES
+    # --profile's names
+    assert {"ci", "default", "long", "long-simple", "simple", "multi-date", "sequences"} <= set(profiles)
+    default, multi = profiles["default"], profiles["multi-date"]
     assert default.out == ROOT / "outputs" / "quickstart" and default.recipe.name == "qlora_prune.yaml"
-    assert quickstart.PROFILES["long"].recipe.name == "lora_prune_deep.yaml"
-    for name, profile in quickstart.PROFILES.items():
+    assert profiles["long"].recipe.name == "lora_prune_deep.yaml"
+    for name, profile in profiles.items():
         assert profile.recipe.is_file(), name
         assert profile.out.parent == ROOT / "outputs", name
-    assert quickstart.PROFILES["long"].base["num_layers"] == 6
-    for name in ("simple", "long-simple"):
-        assert quickstart.PROFILES[name].synth["two_dates"] is True, name
-        SynthConfig(out="x", **quickstart.PROFILES[name].synth)  # the flags geollava-synth is given are valid
-    assert quickstart.PROFILES["long-simple"].base == quickstart.PROFILES["long"].base
-    # the 5-minute default's bars (training taught the model to see the change); long-simple: grounding F1 >= 0.80
+        SynthConfig(out="x", **profile.synth)  # the flags geollava-synth is given are valid
+    assert len({profile.out for profile in profiles.values()}) == len(profiles)  # each its own folder
+    # the default: two dates a location (one change or none a pair), the multi-date scenes under their own name
+    assert default.synth["two_dates"] is True and default.synth["locations"] == 3100
+    assert "two_dates" not in multi.synth and multi.synth["locations"] == 2000
+    assert (default.base, default.recipe, default.frame_size) == (multi.base, multi.recipe, multi.frame_size)
+    assert dataclasses.replace(profiles["simple"], out=default.out) == default
+    # long keeps the multi-date scenes with the 6-layer model; long-simple the same model on two-date scenes
+    assert profiles["long"].synth == multi.synth and profiles["long"].base["num_layers"] == 6
+    assert profiles["long-simple"].synth["two_dates"] is True
+    assert profiles["long-simple"].base == profiles["long"].base
+    # the default's bars: it sees the change (well above the base and the constant answer) and writes captions
     assert default.bars == {
-        "grounding_f1_min": 0.3,
+        "grounding_f1_min": 0.45,
         "grounding_f1_vs_base": 2.5,
         "rougeL_min": 0.6,
         "rougeL_gain": 0.4,
+        "grounding_f1_vs_majority": 0.15,
     }
-    assert quickstart.PROFILES["long-simple"].bars["grounding_f1_min"] == 0.8
-    assert quickstart.PROFILES["ci"].bars == {}
+    assert multi.bars == {"grounding_f1_min": 0.3, "grounding_f1_vs_base": 2.5, "rougeL_min": 0.6, "rougeL_gain": 0.4}
+    assert profiles["long-simple"].bars["grounding_f1_min"] == 0.8
+    assert profiles["ci"].bars == {}
 
 
 def _profiles(tmp_path, text):
@@ -135,18 +193,22 @@ def test_profiles_extend_by_merging_mappings_and_bad_files_are_named(tmp_path):
 
 def test_bars_say_which_are_met():
     bars = {"grounding_f1_min": 0.3, "grounding_f1_vs_base": 2.5, "rougeL_min": 0.6, "rougeL_gain": 0.4}
+    bars["grounding_f1_vs_majority"] = 0.15
     checked = quickstart_report.check_bars(
-        bars, {"grounding_f1": 0.1, "rougeL": 0.05}, {"grounding_f1": 0.3, "rougeL": 0.5}
+        bars, {"grounding_f1": 0.1, "rougeL": 0.05}, {"grounding_f1": 0.3, "rougeL": 0.5}, {"grounding_f1": 0.2}
     )
     assert [(c["bar"], c["met"]) for c in checked] == [
         ("trained grounding F1 >= 0.3", True),
         ("trained grounding F1 >= 2.5x the base's", True),
         ("trained ROUGE-L >= 0.6", False),
         ("trained ROUGE-L >= the base's + 0.4", True),
+        ("trained grounding F1 >= the majority answer's + 0.15", False),
     ]
     assert checked[1]["target"] == pytest.approx(0.25) and checked[3]["target"] == pytest.approx(0.45)
-    # a metric that was not computed meets no bar
+    assert checked[4]["target"] == pytest.approx(0.35)
+    # a metric that was not computed meets no bar: the trained one, or what the target is computed from
     assert not quickstart_report.check_bars({"grounding_f1_min": 0.3}, {}, {})[0]["met"]
+    assert not quickstart_report.check_bars({"grounding_f1_vs_majority": 0.1}, {}, {"grounding_f1": 0.9})[0]["met"]
 
 
 def test_the_sequences_profile_builds_trains_and_evaluates_the_sequences_config(tmp_path):
@@ -155,6 +217,8 @@ def test_the_sequences_profile_builds_trains_and_evaluates_the_sequences_config(
     assert profile.synth["min_dates"] == 3  # every synthetic location makes a sequences row
     assert profile.bars == {"temporal_f1_gain": 0.05, "temporal_f1_vs_majority": 0.01}
     job = quickstart.Job(profile, tmp_path)
+    # its base goes through the loopback Hub like every profile's, named by its Hub id
+    assert job.base_id == BASE_ID and job.repos["base"] == BASE_ID
     assert job.config_flags == {
         "build": ("--sequences",),
         "train": ("--dataset_config", "sequences"),

@@ -1,9 +1,12 @@
 """The four families' published prompt formats, and answer-only labels that end with the end-of-turn token.
 
 Each tiny model carries its family's real special tokens and its checkpoint's published template (Video-LLaVA's
-publishes none); the collator must render the documented format and supervise exactly the answer + end-of-turn
-tokens, token for token, whatever ``{% generation %}`` markers the template has or lacks.
+publishes none); each template copy renders the strings transformers' tests and docs publish for the same messages,
+and the collator supervises exactly the answer + end-of-turn tokens, token for token, whatever ``{% generation %}``
+markers the template has or lacks.
 """
+
+import json
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from trainer.models.chat_templates import (
 )
 from trainer.models.families import build_messages
 from trainer.tiny.build import build_tiny_model
+from trainer.tiny.tokenizer import build_tokenizer
 from trainer.training.collator import IGNORE_INDEX, AnswerFormat, VideoSFTCollator, answer_format
 
 
@@ -32,7 +36,7 @@ QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 PROMPTS = {
     "llava-next-video": f"USER: <video>\n{QUESTION} ASSISTANT:",
     "video-llava": f"USER: <video>\n{QUESTION} ASSISTANT:",
-    "llava-onevision": f"<|im_start|>user\n<video>\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n",
+    "llava-onevision": f"<|im_start|>user <video>\n{QUESTION}<|im_end|><|im_start|>assistant\n",
     "qwen2.5-vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     f"<|im_start|>user\n{QWEN_IMAGE}{QWEN_IMAGE}{QUESTION}<|im_end|>\n<|im_start|>assistant\n",
 }
@@ -65,6 +69,112 @@ SPECIAL_TOKENS = {
 }
 
 
+# LLaVA-OneVision's chat template as transformers' tests/models/llava_onevision/test_processor_llava_onevision.py
+# writes it (`prepare_processor_dict`), transcribed on one line as it stands there: a raw string, so its three
+# Jinja escapes stay the two characters `\n` that its source writes as '\\n'.
+ONEVISION_PUBLISHED = r"{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}{# Render all video then #}{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ '\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"  # noqa: E501
+
+
+def _user(visual: str, text: str) -> dict:
+    return {"role": "user", "content": [{"type": visual}, {"type": "text", "text": text}]}
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+IMAGE_Q, VIDEO_Q = "What is shown in this image?", "What is shown in this video?"
+# Qwen2-VL's multi-turn example in transformers' docs/source/en/model_doc/qwen2_vl.md ("Multiple Image Inputs").
+QWEN_DOCS_CONVERSATION = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hello, how are you?"}]},
+    {"role": "assistant", "content": "I'm doing well, thank you for asking. How can I assist you today?"},
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Can you describe these images and video?"},
+            {"type": "image"},
+            {"type": "image"},
+            {"type": "video"},
+            {"type": "text", "text": "These are from my vacation."},
+        ],
+    },
+    {
+        "role": "assistant",
+        "content": "I'd be happy to describe the images and video for you. Could you please provide more context "
+        "about your vacation?",
+    },
+    {"role": "user", "content": "It was a trip to the mountains. Can you see the details in the images and video?"},
+]
+QWEN_DOCS_RENDERED = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|>"
+    "<|vision_end|>Hello, how are you?<|im_end|>\n<|im_start|>assistant\nI'm doing well, thank you for asking. How "
+    "can I assist you today?<|im_end|>\n<|im_start|>user\nCan you describe these images and video?<|vision_start|>"
+    "<|image_pad|><|vision_end|><|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>"
+    "These are from my vacation.<|im_end|>\n<|im_start|>assistant\nI'd be happy to describe the images and video for "
+    "you. Could you please provide more context about your vacation?<|im_end|>\n<|im_start|>user\nIt was a trip to "
+    "the mountains. Can you see the details in the images and video?<|im_end|>\n<|im_start|>assistant\n"
+)
+# The docs' second expected output, with add_vision_id=True.
+QWEN_DOCS_RENDERED_WITH_IDS = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nPicture 1: <|vision_start|>"
+    "<|image_pad|><|vision_end|>Hello, how are you?<|im_end|>\n<|im_start|>assistant\nI'm doing well, thank you for "
+    "asking. How can I assist you today?<|im_end|>\n<|im_start|>user\nCan you describe these images and video?"
+    "Picture 2: <|vision_start|><|image_pad|><|vision_end|>Picture 3: <|vision_start|><|image_pad|><|vision_end|>"
+    "Video 1: <|vision_start|><|video_pad|><|vision_end|>These are from my vacation.<|im_end|>\n<|im_start|>assistant"
+    "\nI'd be happy to describe the images and video for you. Could you please provide more context about your "
+    "vacation?<|im_end|>\n<|im_start|>user\nIt was a trip to the mountains. Can you see the details in the images and "
+    "video?<|im_end|>\n<|im_start|>assistant\n"
+)
+# (family, messages, add_generation_prompt, the published rendering). Where each string comes from:
+#   llava-next-video, generation: tests/models/llava_next_video/test_processor_llava_next_video.py, test_chat_template
+#     (image) and test_chat_template_dict, whose expected ids decode to "<s>" + the video string (the BOS is the
+#     tokenizer's), both from llava-hf/LLaVA-NeXT-Video-7B-hf;
+#   llava-onevision, generation: tests/models/llava_onevision/test_processor_llava_onevision.py, test_chat_template
+#     (image) and test_chat_template_dict (ids [151644, 872, 220, 151647, 198, ..., 151645, 151644, 77091, 198]:
+#     "<|im_start|>", "user", " ", "<video>", "\n", ..., "<|im_end|>", "<|im_start|>", "assistant", "\n"), both from
+#     llava-hf/llava-onevision-qwen2-7b-ov-hf;
+#   qwen2.5-vl: the docs' multi-turn example above, and the same string cut after the first answer for the training
+#     conversation (the template renders turn by turn);
+#   llava-next-video and llava-onevision, training conversation: no rendering is published; the strings are written
+#     out from the published templates' text ("ASSISTANT: " + answer + " "; "<|im_start|>assistant " + "\n" + answer
+#     + "<|im_end|>").
+PUBLISHED_RENDERINGS = [
+    ("llava-next-video", [_user("image", IMAGE_Q)], True, f"USER: <image>\n{IMAGE_Q} ASSISTANT:"),
+    ("llava-next-video", [_user("video", VIDEO_Q)], True, f"USER: <video>\n{VIDEO_Q} ASSISTANT:"),
+    (
+        "llava-next-video",
+        [_user("video", QUESTION), _assistant(ANSWER)],
+        False,
+        f"USER: <video>\n{QUESTION} ASSISTANT: {ANSWER} ",
+    ),
+    (
+        "llava-onevision",
+        [_user("image", IMAGE_Q)],
+        True,
+        f"<|im_start|>user <image>\n{IMAGE_Q}<|im_end|><|im_start|>assistant\n",
+    ),
+    (
+        "llava-onevision",
+        [_user("video", VIDEO_Q)],
+        True,
+        f"<|im_start|>user <video>\n{VIDEO_Q}<|im_end|><|im_start|>assistant\n",
+    ),
+    (
+        "llava-onevision",
+        [_user("video", QUESTION), _assistant(ANSWER)],
+        False,
+        f"<|im_start|>user <video>\n{QUESTION}<|im_end|><|im_start|>assistant \n{ANSWER}<|im_end|>",
+    ),
+    ("qwen2.5-vl", QWEN_DOCS_CONVERSATION, True, QWEN_DOCS_RENDERED),
+    (
+        "qwen2.5-vl",
+        QWEN_DOCS_CONVERSATION[:2],
+        False,
+        QWEN_DOCS_RENDERED[: QWEN_DOCS_RENDERED.index("<|im_end|>", QWEN_DOCS_RENDERED.index("I'm doing")) + 11],
+    ),
+]
+
+
 def _frames(size: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(2)]
@@ -73,6 +183,11 @@ def _frames(size: int) -> list[np.ndarray]:
 def _row(size: int) -> dict:
     conversations = [{"from": "human", "value": QUESTION + "\n<video>"}, {"from": "gpt", "value": ANSWER}]
     return {"id": "pair_0", "frames": _frames(size), "conversations": conversations}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(CORPUS)
 
 
 @pytest.fixture(scope="module", params=sorted(PROMPTS))
@@ -91,6 +206,47 @@ def test_the_tiny_tokenizer_carries_the_familys_special_tokens(family):
         if token is not None:
             assert token in tok.all_special_tokens and len(tok(token, add_special_tokens=False).input_ids) == 1
     assert processor.chat_template == PUBLISHED_TEMPLATES.get(name)  # Video-LLaVA's checkpoint publishes none
+
+
+def test_the_onevision_template_is_the_published_one(tokenizer):
+    copy = PUBLISHED_TEMPLATES["llava-onevision"]
+    # the published string, its three Jinja escapes read as the newlines Jinja reads them as
+    assert ONEVISION_PUBLISHED.count("\\n") == 3 and copy == ONEVISION_PUBLISHED.replace("\\n", "\n")
+    # as save_pretrained writes the checkpoint's chat_template.json (the conversion script's template gives 824)
+    assert len(json.dumps({"chat_template": copy}, indent=2)) + 1 == 826
+    conversation = [_user("video", QUESTION), _assistant(ANSWER), _user("image", IMAGE_Q)]
+    for generation in (False, True):
+        rendered = [
+            tokenizer.apply_chat_template(
+                conversation, chat_template=template, tokenize=False, add_generation_prompt=generation
+            )
+            for template in (copy, ONEVISION_PUBLISHED)
+        ]
+        assert rendered[0] == rendered[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "messages", "generation", "expected"),
+    PUBLISHED_RENDERINGS,
+    ids=[f"{case[0]}-{'generation' if case[2] else 'training'}-{i}" for i, case in enumerate(PUBLISHED_RENDERINGS)],
+)
+def test_each_template_copy_renders_the_published_strings(name, messages, generation, expected, tokenizer):
+    # The template alone decides the text: rendered through a tokenizer, with the messages exactly as published.
+    rendered = tokenizer.apply_chat_template(
+        messages, chat_template=PUBLISHED_TEMPLATES[name], tokenize=False, add_generation_prompt=generation
+    )
+    assert rendered == expected
+
+
+def test_qwen_template_numbers_the_visuals_as_the_docs_show(tokenizer):
+    rendered = tokenizer.apply_chat_template(
+        QWEN_DOCS_CONVERSATION,
+        chat_template=PUBLISHED_TEMPLATES["qwen2.5-vl"],
+        tokenize=False,
+        add_generation_prompt=True,
+        add_vision_id=True,
+    )
+    assert rendered == QWEN_DOCS_RENDERED_WITH_IDS
 
 
 def test_the_generation_prompt_is_the_documented_format(family):

@@ -122,8 +122,8 @@ def test_each_family_renders_its_sequence_prompt(tiny):
         f"Image 1 (2010-01-02): {QWEN_IMAGE}\nImage 2 (2011-02-02): {QWEN_IMAGE}\nImage 3 (2012-03-02): {QWEN_IMAGE}"
         f"\n{SEQUENCE_QUESTION}<|im_end|>\n<|im_start|>assistant\n",
         # The published LLaVA-OneVision template renders every image first: the labels then follow in order.
-        "llava-onevision": "<|im_start|>user\n<image>\n<image>\n<image>\nImage 1 (2010-01-02): \n"
-        f"Image 2 (2011-02-02): \nImage 3 (2012-03-02): \n{SEQUENCE_QUESTION}<|im_end|>\n<|im_start|>assistant\n",
+        "llava-onevision": "<|im_start|>user <image><image><image>\nImage 1 (2010-01-02): \n\n"
+        f"Image 2 (2011-02-02): \n\nImage 3 (2012-03-02): \n\n{SEQUENCE_QUESTION}<|im_end|><|im_start|>assistant\n",
     }
     assert prompt == expected[name]
 
@@ -136,8 +136,8 @@ def test_the_interleaved_onevision_template_keeps_pairs_byte_for_byte(tmp_path):
     row = _row(0, 3, "llava-onevision")
     messages = build_messages("llava-onevision", SEQUENCE_QUESTION, row["frames"], dates=row["timestamps"])
     assert ours.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == (
-        "<|im_start|>user\nImage 1 (2010-01-02): <image>\nImage 2 (2011-02-02): <image>\nImage 3 (2012-03-02): "
-        f"<image>\n{SEQUENCE_QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+        "<|im_start|>user Image 1 (2010-01-02): <image>\nImage 2 (2011-02-02): <image>\nImage 3 (2012-03-02): "
+        f"<image>\n{SEQUENCE_QUESTION}<|im_end|><|im_start|>assistant\n"
     )
     batch = VideoSFTCollator(ours, "llava-onevision")([row])
     supervised = batch["labels"][0] != IGNORE_INDEX

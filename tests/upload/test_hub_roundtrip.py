@@ -30,8 +30,11 @@ def dataset_dir(build_small_dataset):
     return build_small_dataset("release")
 
 
+BASE_ID = "geo-org/tiny-llava-next-video"
+
+
 @pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory):
+def adapter_dir(hub_server, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
@@ -41,6 +44,9 @@ def adapter_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("adapter")
     base = build_tiny_model("llava-next-video", root / "base", image_size=32, corpus=list(PROMPT_TEMPLATES))
+    # the base on the Hub first, so the adapter's card names it and carries the lines that load it
+    assert card_main(["base", str(base), "--repo-id", BASE_ID]) == 0
+    assert push_main(["base", str(base), "--repo-id", BASE_ID]) == 0
     model = AutoModelForImageTextToText.from_pretrained(base)
     weight = model.model.language_model.layers[0].mlp.down_proj.weight
     masks = {"model.language_model.layers.0.mlp.down_proj": weight.abs() > weight.abs().median()}
@@ -70,7 +76,7 @@ def adapter_dir(tmp_path_factory):
     write_summary(summary, out)
     (root / "metrics.json").write_text(json.dumps({"rougeL": 0.5, "cider_d": 1.25, "grounding_f1": 0.1}))
     card = ["model", str(out), "--repo-id", "geo-org/tiny-lora", "--metrics", str(root / "metrics.json")]
-    assert card_main([*card, "--dataset-repo-id", "geo-org/geollava"]) == 0
+    assert card_main([*card, "--dataset-repo-id", "geo-org/geollava", "--base-model", BASE_ID]) == 0
     (out / "checkpoint-2").mkdir()
     (out / "checkpoint-2" / "optimizer.pt").write_bytes(b"x" * 10)
     (out / "optimizer.pt").write_bytes(b"x" * 10)
@@ -102,7 +108,7 @@ def test_adapter_push_and_peft_load_is_bit_identical(hub_server, adapter_dir, tm
 
     from trainer.pruning.masks import apply_masks, load_masks
 
-    base, adapter, trained = adapter_dir
+    _, adapter, trained = adapter_dir
     staged = {str(p) for p in staged_files("model", adapter)}
     assert "adapter_model.safetensors" in staged and "pruning_masks.safetensors" in staged
     assert not any("checkpoint" in p or "optimizer" in p for p in staged)
@@ -111,6 +117,7 @@ def test_adapter_push_and_peft_load_is_bit_identical(hub_server, adapter_dir, tm
     assert not list(Path(local).rglob("optimizer.pt"))
     card = ModelCard.load("geo-org/tiny-lora")  # the card as the Hub page would show it
     assert card.data.library_name == "peft" and card.data.datasets == ["geo-org/geollava"]
+    assert card.data.base_model == BASE_ID
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
         "rougeL": 0.5,
         "cider_d": 1.25,
@@ -118,7 +125,7 @@ def test_adapter_push_and_peft_load_is_bit_identical(hub_server, adapter_dir, tm
     }
     assert "PeftModel.from_pretrained" in card.text and "apply_masks" in card.text
     assert json.loads((Path(local) / "pruning.json").read_text())["method"] == "magnitude"
-    model = AutoModelForImageTextToText.from_pretrained(base)
+    model = AutoModelForImageTextToText.from_pretrained(BASE_ID, cache_dir=str(tmp_path / "c"))  # as the card names it
     apply_masks(model, load_masks(local))
     model = PeftModel.from_pretrained(model, "geo-org/tiny-lora", cache_dir=str(tmp_path / "c"))
     for (name, a), (_, b) in zip(model.state_dict().items(), trained.state_dict().items(), strict=True):

@@ -35,6 +35,17 @@ def test_model_staging_never_carries_training_state(tmp_path):
     assert [p.as_posix() for p in staged_files("model", tmp_path)] == sorted(keep)
 
 
+def test_base_staging_carries_the_whole_model_and_its_processor(tmp_path):
+    keep = ["README.md", "config.json", "generation_config.json", "model.safetensors", "chat_template.jinja"]
+    keep += ["tokenizer.json", "tokenizer_config.json", "processor_config.json"]
+    sharded = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    # the builder's notes record the local folder; an adapter's files or training state are not a base's
+    drop = ["tiny_model.json", "adapter_model.safetensors", "optimizer.pt", "checkpoint-5/model.safetensors"]
+    _touch(tmp_path, *keep, *sharded, *drop)
+    assert [p.as_posix() for p in staged_files("base", tmp_path)] == sorted(keep + sharded)
+    assert not any(is_staged("model", name) for name in ("config.json", "model.safetensors"))
+
+
 def test_dataset_and_space_staging(tmp_path):
     _touch(tmp_path, "README.md", "data/train-00000.parquet", "videos/a.mp4", "geollava_json/train.json")
     _touch(tmp_path, "build_report.json", ".cache/x", "work/state.json", "raw/frame.jpg")

@@ -1,7 +1,8 @@
 """Chat templates: the four families' formats as their checkpoints publish them, and the project's own.
 
-The published templates are reconstructed from transformers' own sources (each one's provenance beside it); the
-collator does not depend on ``{% generation %}`` markers, so they are used as they are. The formats:
+The published templates come from transformers' own sources and tests, LLaVA-OneVision's copied, the others
+reconstructed (each one's provenance beside it); the collator does not depend on ``{% generation %}`` markers, so they
+are used as they are. The formats:
 docs/training.md "The four families' prompt formats".
 """
 
@@ -28,20 +29,27 @@ LLAVA_NEXT_VIDEO_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
-#: ``llava-hf/llava-onevision-qwen2-*-ov-hf``'s chat template, as transformers'
-#: models/llava_onevision/convert_llava_onevision_weights_to_hf.py writes it (``chat_template = ...``); its
-#: ``{% generation %}`` block covers the answer text only, ``<|im_end|>`` is outside it. The docs' decoded output
-#: ``'user\n\nWhat is shown in this image?\nassistant\n...'`` (docs/source/en/model_doc/llava_onevision.md) agrees.
+#: ``llava-hf/llava-onevision-qwen2-*-ov-hf``'s chat template, copied from the string of transformers'
+#: tests/models/llava_onevision/test_processor_llava_onevision.py (``prepare_processor_dict``), whose
+#: ``test_chat_template`` renders the checkpoint llava-hf/llava-onevision-qwen2-7b-ov-hf's. It is that string
+#: character for character, except that the three newlines inside its Jinja string literals, which that source
+#: writes as the escape ``\n`` (``'\\n'`` in Python), are here the newline characters Jinja reads them as: so, as
+#: ``save_pretrained`` writes a chat_template.json (indented JSON, a final newline), it is the checkpoint's 826 bytes.
+#: Its quirks: a space after the role (``<|im_start|>user <video>\n...``), no newline after ``<|im_end|>``, and an
+#: assistant turn rendered as ``<|im_start|>assistant \n{answer}`` while the generation prompt ends
+#: ``<|im_start|>assistant\n``. It supersedes the one transformers'
+#: models/llava_onevision/convert_llava_onevision_weights_to_hf.py writes (``<|im_start|>user\n<video>\n...``,
+#: 824 bytes as JSON).
 LLAVA_ONEVISION_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}{# Render all images first #}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
     "{# Render all video then #}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
     "{# Render all text next #}{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
-    "{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}"
-    "{{ content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ '\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 #: ``Qwen/Qwen2.5-VL-7B-Instruct``'s chat template (Qwen2-VL's), as transformers' tests/models/qwen2_vl/
