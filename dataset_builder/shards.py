@@ -8,6 +8,7 @@ import logging
 import math
 import shutil
 from collections import defaultdict
+from collections.abc import Iterator
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -76,6 +77,17 @@ def _write_sequence_shard(job: dict) -> dict:
     return {"path": job["path"], "split": job["split"], "rows": len(rows), "failed": failed}
 
 
+def _shard_chunks(items: list, rows_per_shard: int) -> Iterator[tuple[str, int, int, list]]:
+    """``(split, i, n, chunk)`` for each shard: the items grouped by their ``split`` in build order, then cut."""
+    by_split: dict[str, list] = defaultdict(list)
+    for item in items:
+        by_split[item.split].append(item)
+    for split, split_items in by_split.items():
+        n = math.ceil(len(split_items) / rows_per_shard)
+        for i in range(n):
+            yield split, i, n, split_items[i * rows_per_shard : (i + 1) * rows_per_shard]
+
+
 def plan_shards(
     pairs: list[Pair],
     captions: dict[str, str],
@@ -104,35 +116,27 @@ def plan_shards(
     Returns:
         One job dict per shard.
     """
-    by_split: dict[str, list[Pair]] = defaultdict(list)
-    for p in pairs:
-        by_split[p.split].append(p)
-    jobs = []
-    for split, split_pairs in by_split.items():
-        n = math.ceil(len(split_pairs) / shard_rows)
-        for i in range(n):
-            items = [
+    return [
+        {
+            "config": "default",
+            "path": f"data/{split}-{i:05d}-of-{n:05d}.parquet",
+            "split": split,
+            "items": [
                 {
                     "pair": p,
                     "caption": captions[p.id],
                     "changes": truth[p.first.split].get(p.id, []) if truth else None,
                 }
-                for p in split_pairs[i * shard_rows : (i + 1) * shard_rows]
-            ]
-            jobs.append(
-                {
-                    "config": "default",
-                    "path": f"data/{split}-{i:05d}-of-{n:05d}.parquet",
-                    "split": split,
-                    "items": items,
-                    "out": out,
-                    "frame_size": frame_size,
-                    "jpeg_quality": jpeg_quality,
-                    "videos": videos,
-                    "features": feats,
-                }
-            )
-    return jobs
+                for p in chunk
+            ],
+            "out": out,
+            "frame_size": frame_size,
+            "jpeg_quality": jpeg_quality,
+            "videos": videos,
+            "features": feats,
+        }
+        for split, i, n, chunk in _shard_chunks(pairs, shard_rows)
+    ]
 
 
 def plan_sequence_shards(
@@ -168,36 +172,28 @@ def plan_sequence_shards(
         One job dict per shard.
     """
     rows_per_shard = max(1, shard_rows * PAIR_FRAMES // max_frames)
-    by_split: dict[str, list[ViewSequence]] = defaultdict(list)
-    for sequence in sequences:
-        by_split[sequence.split].append(sequence)
-    jobs = []
-    for split, split_sequences in by_split.items():
-        n = math.ceil(len(split_sequences) / rows_per_shard)
-        for i in range(n):
-            items = [
+    return [
+        {
+            "config": SEQUENCES_CONFIG,
+            "path": f"data/{SEQUENCES_CONFIG}/{split}-{i:05d}-of-{n:05d}.parquet",
+            "split": split,
+            "items": [
                 {
                     "sequence": s,
                     "caption": captions[s.key],
                     "changes": sequence_changes(s.views, truth[s.views[0].split]) if truth else None,
                 }
-                for s in split_sequences[i * rows_per_shard : (i + 1) * rows_per_shard]
-            ]
-            jobs.append(
-                {
-                    "config": SEQUENCES_CONFIG,
-                    "path": f"data/{SEQUENCES_CONFIG}/{split}-{i:05d}-of-{n:05d}.parquet",
-                    "split": split,
-                    "items": items,
-                    "out": out,
-                    "frame_size": frame_size,
-                    "jpeg_quality": jpeg_quality,
-                    "videos": False,
-                    "features": feats,
-                    "row_group_rows": max(1, ROW_GROUP_ROWS * PAIR_FRAMES // max_frames),
-                }
-            )
-    return jobs
+                for s in chunk
+            ],
+            "out": out,
+            "frame_size": frame_size,
+            "jpeg_quality": jpeg_quality,
+            "videos": False,
+            "features": feats,
+            "row_group_rows": max(1, ROW_GROUP_ROWS * PAIR_FRAMES // max_frames),
+        }
+        for split, i, n, chunk in _shard_chunks(sequences, rows_per_shard)
+    ]
 
 
 def run_shards(jobs: list[dict], state: dict, state_path: Path, *, num_proc: int) -> None:

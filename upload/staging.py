@@ -11,6 +11,16 @@ import fnmatch
 from pathlib import Path
 
 
+#: The processor's files (tokenizer, chat template, image and video processors), in an adapter's or a base's repo.
+PROCESSOR_FILES = [
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.*",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+]
 #: What belongs in each artifact (``upload_folder`` allow patterns, matched on the relative path or its first part).
 ALLOW: dict[str, list[str]] = {
     "dataset": ["README.md", "data/**", "videos/**", "geollava_json/**", "build_report.json", "*.parquet"],
@@ -24,13 +34,7 @@ ALLOW: dict[str, list[str]] = {
         "metrics.json",
         "report.md",
         "*.png",
-        "tokenizer*",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "chat_template.*",
-        "processor_config.json",
-        "preprocessor_config.json",
-        "video_preprocessor_config.json",
+        *PROCESSOR_FILES,
         "generation_config.json",
     ],
     "base": [
@@ -40,13 +44,7 @@ ALLOW: dict[str, list[str]] = {
         "model.safetensors",
         "model-*.safetensors",
         "model.safetensors.index.json",
-        "tokenizer*",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "chat_template.*",
-        "processor_config.json",
-        "preprocessor_config.json",
-        "video_preprocessor_config.json",
+        *PROCESSOR_FILES,
     ],
     "space": ["README.md", "app.py", "requirements.txt", "space_config.json", "examples/**", "*.py"],
     "metric": ["README.md", "app.py", "requirements.txt", "packages.txt", "*.py"],
