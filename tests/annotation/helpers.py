@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset
 from PIL import Image as PILImage
 
+from dataset_builder.annotation import get_annotator
 from dataset_builder.annotation.base import AnnotationRequest
 from dataset_builder.rows import features
 
@@ -103,3 +104,13 @@ def cache_lines(path: Path) -> list[dict]:
         except ValueError:  # a line being written right now
             continue
     return lines
+
+
+def run_openai(options: dict, reqs: list[AnnotationRequest], **kw):
+    """Annotate ``reqs`` with the OpenAI annotator on ``options`` and ``kw``; return it (closed), results by id."""
+    annotator = get_annotator("openai", **{**options, **kw})
+    try:
+        results = {r.id: r for r in annotator.annotate(reqs)}
+    finally:
+        annotator.close()
+    return annotator, results

@@ -8,23 +8,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dataset_builder.annotation import AnnotationRequest, get_annotator
+from dataset_builder.annotation import AnnotationRequest
 from dataset_builder.annotation.openai.annotator import OpenAIAnnotator
 from dataset_builder.annotation.openai.cache import AnnotationCache
 from dataset_builder.annotation.openai.client import RateLimiter, backoff_delay, retry_after_seconds
 from dataset_builder.annotation.openai.config import OpenAIAnnotatorConfig
 from dataset_builder.prompts import ANNOTATION_PROMPT
-from tests.annotation.helpers import SECRET, cache_lines
+from tests.annotation.helpers import SECRET, cache_lines, run_openai
 from tests.annotation.helpers import pair_requests as requests
-
-
-def run(options, reqs, **kw):
-    annotator = get_annotator("openai", **{**options, **kw})
-    try:
-        results = {r.id: r for r in annotator.annotate(reqs)}
-    finally:
-        annotator.close()
-    return annotator, results
 
 
 def test_every_fault_is_survived_or_recorded_and_reruns_send_nothing(server, fast_options, api_key):
@@ -32,7 +23,7 @@ def test_every_fault_is_survived_or_recorded_and_reruns_send_nothing(server, fas
     faults = ["429", "500", "503", "drop", "slow", "malformed", "content_filter", "refusal", "empty"]
     server.state.faults.extend(faults)
     reqs = requests(8)
-    annotator, results = run({**fast_options, "concurrency": 1}, reqs)
+    annotator, results = run_openai({**fast_options, "concurrency": 1}, reqs)
     statuses = sorted(r.status for r in results.values())
     # 429/500/503/drop/slow were retried into answers; the four bad replies are recorded as what they are
     assert statuses == sorted(["ok"] * 4 + ["malformed", "content_filter", "refused", "empty"])
@@ -51,19 +42,19 @@ def test_every_fault_is_survived_or_recorded_and_reruns_send_nothing(server, fas
     assert sorted(line["status"] for line in lines) == statuses  # final answers only, each once
     # a rerun asks for nothing: answers and final refusals come from the cache
     before = server.state.requests
-    annotator, again = run(fast_options, reqs)
+    annotator, again = run_openai(fast_options, reqs)
     assert server.state.requests == before
     assert {k: (r.status, r.text) for k, r in again.items()} == {k: (r.status, r.text) for k, r in results.items()}
     assert annotator.report()["cached"] == 8
     # --retry_failed asks again for the four recorded non-answers, only them
-    annotator, third = run(fast_options, reqs, retry_failed=True)
+    annotator, third = run_openai(fast_options, reqs, retry_failed=True)
     assert server.state.requests == before + 4
     assert all(r.status == "ok" for r in third.values())
 
 
 def test_retries_stop_at_the_bound_and_the_pair_is_failed_not_cached(server, fast_options, api_key):
     server.state.always = "500"
-    annotator, results = run(fast_options, requests(2), max_retries=2)
+    annotator, results = run_openai(fast_options, requests(2), max_retries=2)
     assert server.state.requests == 2 * 3
     assert {r.status for r in results.values()} == {"failed"}
     assert all("gave up after 3 attempts" in r.reason and "http 500" in r.reason for r in results.values())
@@ -71,7 +62,7 @@ def test_retries_stop_at_the_bound_and_the_pair_is_failed_not_cached(server, fas
     assert annotator.report()["retries_by_reason"] == {"http 500": 4}
     assert cache_lines(Path(fast_options["cache_path"])) == []
     server.state.always = None  # a rerun asks again and succeeds
-    _, results = run(fast_options, requests(2))
+    _, results = run_openai(fast_options, requests(2))
     assert {r.status for r in results.values()} == {"ok"}
 
 
@@ -79,7 +70,7 @@ def test_retry_after_is_honoured(server, fast_options, api_key):
     server.state.retry_after_s = 0.4
     server.state.faults.extend(["429"])
     start = time.monotonic()
-    _, results = run({**fast_options, "concurrency": 1, "backoff_s": 0.001}, requests(1))
+    _, results = run_openai({**fast_options, "concurrency": 1, "backoff_s": 0.001}, requests(1))
     assert time.monotonic() - start >= 0.4
     assert [r.status for r in results.values()] == ["ok"]
     gap = server.state.arrivals[1] - server.state.arrivals[0]
@@ -87,7 +78,7 @@ def test_retry_after_is_honoured(server, fast_options, api_key):
 
 
 def test_the_rpm_limit_is_respected(server, fast_options, api_key):
-    annotator, results = run({**fast_options, "rpm": 600, "concurrency": 4}, requests(12))
+    annotator, results = run_openai({**fast_options, "rpm": 600, "concurrency": 4}, requests(12))
     assert {r.status for r in results.values()} == {"ok"}
     arrivals = server.state.arrivals
     # 600/min = one every 0.1 s: any 6 consecutive arrivals span >= 0.5 s, less 0.1 s of scheduling jitter
@@ -102,7 +93,7 @@ def test_the_budget_cap_stops_cleanly_with_the_cache_intact(server, fast_options
     worst = probe.worst_case_usd(probe.plan(requests(1)[0]))
     probe.close()
     cap = worst * 3.5  # room for three requests at their worst case
-    annotator, results = run({**fast_options, "concurrency": 2}, requests(8), max_cost_usd=cap)
+    annotator, results = run_openai({**fast_options, "concurrency": 2}, requests(8), max_cost_usd=cap)
     report = annotator.report()
     ok = [r for r in results.values() if r.status == "ok"]
     assert report["budget_stopped"] and 1 <= len(ok) <= 3
@@ -111,7 +102,7 @@ def test_the_budget_cap_stops_cleanly_with_the_cache_intact(server, fast_options
     assert server.state.total_successes() == len(ok)
     assert {line["id"] for line in cache_lines(cfg.resolved_cache_path)} == {r.id for r in ok}
     # a rerun with room for all finishes the rest, never asking again for what was answered
-    _, results = run(fast_options, requests(8), max_cost_usd=worst * 20)
+    _, results = run_openai(fast_options, requests(8), max_cost_usd=worst * 20)
     assert {r.status for r in results.values()} == {"ok"}
     assert max(server.state.successes.values()) == 1 and server.state.total_successes() == 8
 
@@ -126,7 +117,7 @@ def test_estimate_matches_the_tokens_the_server_counts(server, fast_options, api
             Image.new("RGB", size, (i * 40, j * 90, 7)).save(path, "JPEG")
             paths.append(path)
         reqs.append(AnnotationRequest(f"p{i}", tuple(paths)))
-    annotator, results = run(fast_options, reqs, image_detail="high", image_max_side=1000)
+    annotator, results = run_openai(fast_options, reqs, image_detail="high", image_max_side=1000)
     assert {r.status for r in results.values()} == {"ok"}
     tokens = annotator.report()["tokens"]
     assert tokens["actual_input"] == tokens["estimated_input"] == tokens["estimated_input_of_answered"]
@@ -137,7 +128,7 @@ def test_estimate_matches_the_tokens_the_server_counts(server, fast_options, api
 
 def test_dry_run_sends_nothing_and_records_the_estimate(server, fast_options, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a dry run needs no key
-    annotator, results = run(fast_options, requests(4), dry_run=True)
+    annotator, results = run_openai(fast_options, requests(4), dry_run=True)
     assert server.state.requests == 0
     assert {r.status for r in results.values()} == {"missing"}
     report = json.loads(Path(fast_options["cache_path"]).with_name("annotation_report.json").read_text())
@@ -148,18 +139,18 @@ def test_dry_run_sends_nothing_and_records_the_estimate(server, fast_options, mo
 def test_a_missing_or_rejected_key_is_a_clear_error(server, fast_options, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ValueError, match="OPENAI_API_KEY is not set"):
-        run(fast_options, requests(1))
+        run_openai(fast_options, requests(1))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
     server.state.api_key = SECRET
     with pytest.raises(RuntimeError, match="refused the API key"):
-        run(fast_options, requests(3))
+        run_openai(fast_options, requests(3))
     assert cache_lines(Path(fast_options["cache_path"])) == []
 
 
 def test_the_key_never_reaches_logs_reports_or_the_cache(server, fast_options, api_key, caplog):
     caplog.set_level(logging.DEBUG)
     server.state.faults.extend(["429", "500", "refusal"])
-    annotator, _ = run(fast_options, requests(3))
+    annotator, _ = run_openai(fast_options, requests(3))
     annotator.write_report()
     assert server.state.headers_seen[0]["authorization"] == f"Bearer {SECRET}"  # it was used
     assert SECRET not in caplog.text

@@ -7,24 +7,14 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
-from dataset_builder.annotation import get_annotator
 from dataset_builder.annotation.cli import main as annotate_main
 from dataset_builder.annotation.cli import row_answers
 from dataset_builder.annotation.openai.annotator import OpenAIAnnotator
 from dataset_builder.annotation.openai.cache import sha256_hex
 from dataset_builder.build import main as build_main
 from dataset_builder.prompts import ANNOTATION_PROMPT, SEQUENCE_ANNOTATION_PROMPT
-from tests.annotation.helpers import pair_requests, sequence_requests
+from tests.annotation.helpers import pair_requests, run_openai, sequence_requests
 from tests.annotation.test_build_with_openai import build_args, write_tree
-
-
-def run(options, reqs, **kw):
-    annotator = get_annotator("openai", **{**options, **kw})
-    try:
-        results = {r.id: r for r in annotator.annotate(reqs)}
-    finally:
-        annotator.close()
-    return annotator, results
 
 
 def _images(body: dict) -> list[bytes]:
@@ -49,7 +39,7 @@ def _check_bodies(bodies: list[dict], requests) -> None:
 def test_a_sequence_is_asked_with_each_frame_after_its_date(server, fast_options, api_key):
     server.state.record_bodies = True
     reqs = [*sequence_requests(2, frames=3), *sequence_requests(1, frames=5, start=2), *pair_requests(1)]
-    annotator, results = run(fast_options, reqs)
+    annotator, results = run_openai(fast_options, reqs)
     assert {r.status for r in results.values()} == {"ok"} and len(results) == 4
     _check_bodies(server.state.bodies, reqs)
     report = annotator.report()
@@ -61,7 +51,7 @@ def test_a_sequence_is_asked_with_each_frame_after_its_date(server, fast_options
     labels = sum(math.ceil(len(f"Image {k} (2004-01-10):") / 4) for k in range(1, 6))
     assert five == 6 + math.ceil(len(SEQUENCE_ANNOTATION_PROMPT) / 4) + labels + 5 * 2833
     before = server.state.requests
-    annotator, again = run(fast_options, reqs)
+    annotator, again = run_openai(fast_options, reqs)
     assert server.state.requests == before and annotator.report()["cached"] == 4
     assert {k: r.text for k, r in again.items()} == {k: r.text for k, r in results.items()}
 
@@ -93,12 +83,12 @@ def test_the_cache_key_holds_every_frame_and_every_date_shown(fast_options):
 def test_sequences_through_the_batch_api(server, fast_options, api_key):
     server.state.record_bodies = True
     reqs = [*sequence_requests(3, frames=4), *pair_requests(2)]
-    annotator, results = run(fast_options, reqs, batch=True)
+    annotator, results = run_openai(fast_options, reqs, batch=True)
     assert {r.status for r in results.values()} == {"ok"} and len(results) == 5
     _check_bodies(server.state.bodies, reqs)
     assert annotator.report()["sequences"] == 3
     billed = dict(server.state.billed)
-    annotator, again = run(fast_options, reqs, batch=True)
+    annotator, again = run_openai(fast_options, reqs, batch=True)
     assert dict(server.state.billed) == billed and max(billed.values()) == 1 and annotator.report()["cached"] == 5
 
 
@@ -109,10 +99,10 @@ def test_the_budget_counts_every_frame_of_a_sequence(server, fast_options, api_k
     assert sequence.input_tokens > 2.9 * pair.input_tokens  # six images, not two
     cap = probe.worst_case_usd(sequence) * 1.5  # room for one sequence at its worst case
     probe.close()
-    annotator, results = run({**fast_options, "concurrency": 1}, reqs, max_cost_usd=cap)
+    annotator, results = run_openai({**fast_options, "concurrency": 1}, reqs, max_cost_usd=cap)
     report = annotator.report()
     assert report["budget_stopped"] and report["succeeded"] == 1 and report["not_sent_budget"] == 3
-    _, results = run(fast_options, reqs, max_cost_usd=cap * 10)
+    _, results = run_openai(fast_options, reqs, max_cost_usd=cap * 10)
     assert {r.status for r in results.values()} == {"ok"}
     assert max(server.state.successes.values()) == 1 and server.state.total_successes() == 4
 

@@ -48,6 +48,16 @@ def browser():
         b.close()
 
 
+def _run_and_read(page) -> str:
+    """Click Run and return the answer once the output box has one."""
+    page.locator("#run").click()
+    page.wait_for_function(
+        "() => { const t = document.querySelector('#output textarea'); return t && t.value.length > 0; }",
+        timeout=60_000,
+    )
+    return page.locator("#output textarea").input_value().strip()
+
+
 def test_upload_two_images_and_get_the_description(served, browser, space_model, pair_files, tmp_path, capsys):
     from trainer.evaluation.predict import main as predict_main
 
@@ -76,12 +86,7 @@ def test_upload_two_images_and_get_the_description(served, browser, space_model,
     page.locator("#after input[type=file]").set_input_files(str(after))
     page.wait_for_selector("#before img")
     page.wait_for_selector("#after img")
-    page.locator("#run").click()
-    page.wait_for_function(
-        "() => { const t = document.querySelector('#output textarea'); return t && t.value.length > 0; }",
-        timeout=60_000,
-    )
-    assert page.locator("#output textarea").input_value().strip() == expected
+    assert _run_and_read(page) == expected
     page.screenshot(path=str(tmp_path / "space-answer.png"), full_page=True)
     if os.environ.get("GEOLLAVA_SCREENSHOT"):
         shutil.copy(tmp_path / "space-answer.png", os.environ["GEOLLAVA_SCREENSHOT"])
@@ -121,10 +126,5 @@ def test_a_dated_time_series_gets_the_same_text_as_geollava_predict(served, brow
     page.locator("#sequence input[type=file]").set_input_files(series)
     page.locator("#dates textarea").fill(dates.replace(",", ", "))
     page.wait_for_function("() => document.querySelectorAll('#sequence .file-preview tr, #sequence li').length >= 3")
-    page.locator("#run").click()
-    page.wait_for_function(
-        "() => { const t = document.querySelector('#output textarea'); return t && t.value.length > 0; }",
-        timeout=60_000,
-    )
-    assert page.locator("#output textarea").input_value().strip() == expected
+    assert _run_and_read(page) == expected
     assert "✅" in page.locator("#status").inner_text()

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from PIL import Image as PILImage
 from transformers import AutoModelForImageTextToText
 
 from dataset_builder.prompts import SEQUENCE_QUESTION
+from dataset_builder.rows import sequence_features
 from trainer.models.families import get_family
+from trainer.models.loading import load_for_inference
 from trainer.tiny.build import build_tiny_model
 from upload.loopback import free_port
 
@@ -64,19 +66,6 @@ def tiny_sft_args(config_class, out: Path, **overrides):
     return config_class(**(defaults | overrides))
 
 
-#: The columns of a ``sequences`` row (docs/CONTRACTS.md §2); synthetic builds add ``changes``.
-SEQUENCE_FEATURES = {
-    "id": Value("string"),
-    "frames": List(Image()),
-    "timestamps": List(Value("string")),
-    "category": Value("string"),
-    "country_code": Value("string"),
-    "gsd": Value("float32"),
-    "conversations": List({"from": Value("string"), "value": Value("string")}),
-}
-CHANGE_FEATURE = List({name: Value("string") for name in ("kind", "location", "size", "start", "end")})
-
-
 def sequence_row(i: int, n_frames: int, caption: str, size: int = 32, changes: list[dict] | None = None) -> dict:
     """A ``sequences`` row: ``n_frames`` random frames dated a year and a month apart from 2010-01-02, in order."""
     rng = np.random.default_rng(i)
@@ -100,7 +89,7 @@ def sequence_row(i: int, n_frames: int, caption: str, size: int = 32, changes: l
 def write_sequences_dataset(root: Path, splits: dict[str, list[dict]]) -> Path:
     """A Hub-layout folder whose ``sequences`` config holds ``splits`` (one Parquet shard each), as the builder's."""
     with_changes = all("changes" in row for rows in splits.values() for row in rows)
-    features = Features({**SEQUENCE_FEATURES, **({"changes": CHANGE_FEATURE} if with_changes else {})})
+    features = sequence_features(with_changes)
     (root / "data" / "sequences").mkdir(parents=True)
     entries = ""
     for split, rows in splits.items():
@@ -110,3 +99,19 @@ def write_sequences_dataset(root: Path, splits: dict[str, list[dict]]) -> Path:
         entries += f"  - split: {split}\n    path: data/sequences/{split}-*.parquet\n"
     (root / "README.md").write_text(f"---\nconfigs:\n- config_name: sequences\n  data_files:\n{entries}---\n# tiny\n")
     return root
+
+
+def project_logits(base, adapter, input_ids: list[list[int]]) -> torch.Tensor:
+    """The logits of ``adapter`` on ``base`` as the project loads it (masks, then LoRA), computed on one thread.
+
+    One thread: a matmul's reduction order (so its last bits) depends on the thread count, and the card's snippet these
+    logits are compared with runs on one.
+    """
+    model, _, _ = load_for_inference(base, adapter, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return model(input_ids=torch.tensor(input_ids)).logits
+    finally:
+        torch.set_num_threads(threads)
