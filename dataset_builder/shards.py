@@ -9,6 +9,7 @@ import math
 import shutil
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -224,10 +225,12 @@ def run_shards(jobs: list[dict], state: dict, state_path: Path, *, num_proc: int
             bar.update()
 
         if num_proc > 1 and len(todo) > 1:
-            # fork: workers inherit the loaded libraries; each holds one shard's frames at a time
-            with get_context("fork").Pool(min(num_proc, len(todo)), maxtasksperchild=8) as pool:
-                for result in pool.imap_unordered(write_shard, todo):
-                    record(result)
+            # spawn, not fork: a fork copies locks other threads hold (tqdm's monitor, a server) and the worker
+            # can hang on one for ever; the executor also fails loudly if a worker dies instead of waiting
+            # (no max_tasks_per_child: with it, Python 3.11's executor can hang at shutdown)
+            with ProcessPoolExecutor(min(num_proc, len(todo)), mp_context=get_context("spawn")) as pool:
+                for future in as_completed([pool.submit(write_shard, job) for job in todo]):
+                    record(future.result())
         else:
             for job in todo:
                 record(write_shard(job))

@@ -5,6 +5,7 @@ size checked, a deliberately failing step leaving the others' results), so that 
 import importlib.util
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -58,7 +59,10 @@ def test_what_stops_cuda_is_said_in_words():
 
 
 def _make(*args):
-    proc = subprocess.run(["make", "-n", "gpu-check", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+    # under `make test` the outer make's MAKEFLAGS/MAKELEVEL would make this one print "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    cmd = ["make", "--no-print-directory", "-n", "gpu-check", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return proc.stdout
 
 
