@@ -50,9 +50,28 @@ def random_masks(base: Path, family: str, fraction: float = 0.3, seed: int = 0) 
     return {name: torch.rand(layer.weight.shape, generator=generator) >= fraction for name, layer in targets.items()}
 
 
+def suppress_special_tokens(model_dir: Path) -> None:
+    """Keep a tiny random model from generating special tokens other than its end of text (a trained one does not).
+
+    A random model emits ``<video>`` or ``<|image_pad|>`` mid-answer; servers differ on whether those reach the
+    text (``transformers serve`` parses Qwen answers from the raw decode, ``generate`` callers skip special tokens),
+    so the tiny releases never generate them, in-process and served alike.
+    """
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = GenerationConfig.from_pretrained(model_dir)
+    ends = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    special |= set(tokenizer.all_special_ids)
+    config.suppress_tokens = sorted(special - set(ends) - {tokenizer.eos_token_id})
+    config.save_pretrained(model_dir)
+
+
 def tiny_release(family: str, root: Path, *, sparse: bool = False) -> TinyRelease:
     """Build a tiny ``family`` base with a masked adapter in ``root`` and export it merged to ``root/merged``."""
     base, adapter = tiny_base_and_adapter(family, root, CORPUS)
+    suppress_special_tokens(base)
     save_masks(random_masks(base, family), adapter, {"method": "random", "target_sparsity": 0.3})
     merged = root / "merged"
     export_merged(adapter, merged, sparse=sparse)

@@ -11,7 +11,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import trainer.export
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from tests.serving.helpers import CORPUS, random_masks, tiny_release
+from tests.serving.helpers import CORPUS, random_masks
 from tests.trainer.helpers import tiny_base_and_adapter
 from trainer.evaluation.generation import generate_batch
 from trainer.export import EXPORT_FILE, export_merged, main
@@ -34,9 +34,9 @@ def reference_merge(base, adapter, *, sparse=False) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in merged.state_dict().items()}
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def release(request, tmp_path_factory):
-    return tiny_release(request.param, tmp_path_factory.mktemp(request.param))
+@pytest.fixture(params=FAMILIES)
+def release(request, release_of):
+    return release_of(request.param)
 
 
 def test_streamed_merge_is_the_masked_base_plus_the_update(release):

@@ -2,7 +2,8 @@
 
     geollava-predict --model outputs/quickstart/base --adapter outputs/quickstart/adapter before.png after.tif
 
-``--device auto`` (the default) runs on the first CUDA device in bf16 when there is one, else on the CPU.
+``--device auto`` (the default) runs on the first CUDA device in bf16 when there is one, else on the CPU;
+``--server URL`` asks an OpenAI-compatible server instead (``--model`` still names the model's family and format).
 
 Inputs are JPEG, PNG or 3-band GeoTIFF (any sample type, scaled to 8 bits); anything else is refused with a message
 naming the file. ``--batch pairs.csv`` (columns ``before,after`` and optionally ``id``, ``prompt_template``) describes
@@ -21,12 +22,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
+from transformers import AutoConfig, HfArgumentParser
 
 from dataset_builder.images import ImageTooLarge, check_tiff, open_image
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from trainer.evaluation.generation import generate_batch
+from trainer.evaluation.server_backend import ServerConfig, chat_request, resolve_served_model, run_requests
 from trainer.models.device import DEVICE_CHOICES, resolve_device, resolve_dtype
+from trainer.models.families import family_of
 from trainer.models.loading import load_for_inference
 
 
@@ -240,16 +243,37 @@ def read_batch_csv(path: str | Path, default_template: int = 0) -> tuple[list[di
     return good, skipped
 
 
+def describe_remote(model: str, server: ServerConfig, rows: list[dict], max_new_tokens: int) -> list:
+    """Describe ``rows`` (``images``, ``template``) through the server; one ``RemoteResult`` per row, in order.
+
+    Raises:
+        ValueError: If the model's family cannot be read, or the server lists no model or several.
+    """
+    family = family_of(AutoConfig.from_pretrained(model))
+    served = resolve_served_model(server)
+    results = []
+
+    def build(row):
+        frames = [_as_image(image) for image in row["images"]]
+        return lambda: chat_request(
+            family, PROMPT_TEMPLATES[row["template"]], frames, model=served, max_new_tokens=max_new_tokens
+        )
+
+    run_requests([build(row) for row in rows], server, results.append)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-predict``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     parser = HfArgumentParser(
-        PredictConfig,
-        usage="geollava-predict --model BASE [--adapter ADAPTER] [options] BEFORE AFTER | --batch FILE.csv",
+        (PredictConfig, ServerConfig),
+        usage="geollava-predict --model BASE [--adapter ADAPTER | --server URL] [options] BEFORE AFTER "
+        "| --batch FILE.csv",
         description="Describe what changed between two images (JPEG, PNG or 3-band GeoTIFF) of one place.",
     )
     try:
-        config, images = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        config, server, images = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
         unknown = [a for a in images if a.startswith("--")]
         if unknown:
             raise ValueError(f"unknown option(s) {unknown}")
@@ -257,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"give exactly two images, BEFORE and AFTER (or --batch FILE.csv); got {len(images)}")
         if config.batch is not None and images:
             raise ValueError(f"give either --batch or two images, not both (got images {images})")
+        if server.server is not None and (config.adapter is not None or config.load_in_4bit):
+            raise ValueError("--server serves one model: merge the adapter first (geollava-export), no --adapter")
         if config.batch is None:
             before, after = (read_image(p) for p in images)
             rows, skipped = [], []
@@ -267,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"geollava-predict: error: {err}", file=sys.stderr)
         return 2
+    if server.server is not None:
+        return _predict_remote(
+            config, server, rows or [{"images": [before, after], "template": config.prompt_template}]
+        )
 
     try:
         model, processor, family = load_for_inference(
@@ -302,6 +332,34 @@ def main(argv: list[str] | None = None) -> int:
             sink.close()
     if skipped:
         print(f"geollava-predict: {len(skipped)} row(s) skipped: {skipped}", file=sys.stderr)
+    return 0
+
+
+def _predict_remote(config: PredictConfig, server: ServerConfig, rows: list[dict]) -> int:
+    try:
+        results = describe_remote(config.model, server, rows, config.max_new_tokens)
+    except (OSError, ValueError) as err:
+        print(f"geollava-predict: error: {err}", file=sys.stderr)
+        return 1
+    failed = [(row.get("id", "the pair"), r.error) for row, r in zip(rows, results, strict=True) if r.text is None]
+    if config.batch is None:
+        if failed:
+            print(f"geollava-predict: error: the server gave no description: {failed[0][1]}", file=sys.stderr)
+            return 1
+        print(results[0].text)
+        return 0
+    sink = open(config.out, "w", encoding="utf-8") if config.out else sys.stdout  # noqa: SIM115
+    try:
+        for row, result in zip(rows, results, strict=True):
+            if result.text is not None:
+                record = {"id": row["id"], "before": row["before"], "after": row["after"], "prediction": result.text}
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    if failed:
+        print(f"geollava-predict: {len(failed)} pair(s) got no description: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
