@@ -79,7 +79,11 @@ def tiny_release(family: str, root: Path, *, sparse: bool = False) -> TinyReleas
 
 
 def tiny_split(root: Path, n: int = 6, seed: int = 0) -> Path:
-    """A Hub-layout dataset folder with a ``test`` split of ``n`` rows of random frames of several sizes."""
+    """A Hub-layout dataset folder with a ``test`` split of ``n`` rows of random frames of several sizes.
+
+    The folder is named for its rows: ``datasets`` caches a local folder by its name and config, not its content, so
+    two different splits in folders of the same name would read back as whichever was loaded first.
+    """
     rng = np.random.default_rng(seed)
     rows = {
         "id": [f"farm_{i}_0-farm_{i}_1" for i in range(n)],
@@ -93,7 +97,7 @@ def tiny_split(root: Path, n: int = 6, seed: int = 0) -> Path:
             for i in range(n)
         ],
     }
-    data = root / "dataset"
+    data = root / f"dataset-{n}rows-seed{seed}"
     (data / "data" / "default").mkdir(parents=True)
     Dataset.from_dict(rows, features=features(columns=("id", "category", "frames", "conversations"))).to_parquet(
         data / "data" / "default" / "test-00000-of-00001.parquet"

@@ -490,7 +490,9 @@ def run_eval(config: EvalConfig, server: ServerConfig | None = None) -> dict | N
             family = family_of(AutoConfig.from_pretrained(config.model))
             generation = generate_remote(family, served_model, dataset, sink, config, server, done, share)
         else:
-            device = f"cuda:{ranks.local_index}" if ranks.count > 1 and config.device == "auto" else config.device
+            device = config.device
+            if ranks.count > 1 and device == "auto" and resolve_device("auto").type == "cuda":
+                device = f"cuda:{ranks.local_index}"  # one GPU per rank
             model, processor, family = load_for_inference(
                 config.model, config.adapter, load_in_4bit=config.load_in_4bit, dtype=config.dtype, device=device
             )
