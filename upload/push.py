@@ -1,4 +1,4 @@
-"""Push a dataset, an adapter, the Space or a metric to the Hub as ONE commit (a large folder: resumable parts).
+"""Push a dataset, a model (adapter or merged), the Space or a metric to the Hub as ONE commit (large: in parts).
 
     geollava-push dataset outputs/quickstart/dataset --repo-id my-org/geollava [--revision BRANCH] [--dry-run]
 

@@ -1,10 +1,9 @@
 """What belongs in each pushed artifact: pure staging rules, no Hub calls.
 
-A dataset push carries the card, the Parquet shards, the clips and the official JSON; a model push carries the adapter
-weights and config, the pruning masks, the processor files, the card, metrics and plots, never optimizer state or
-checkpoints; a Space push carries the app, the project modules it imports, its requirements, settings, README and
-examples; a metric push (an ``evaluate`` module, pushed as a Space) carries the module's scripts, card, page and
-requirements.
+A dataset push carries the card, the Parquet shards, the clips and the official JSON; a model push the adapter (or a
+merged model's shards, config and export record), its masks and processor files, the card, metrics and plots, never
+optimizer state or checkpoints; a Space push the app, the project modules it imports, its requirements, settings,
+README and examples; a metric push (an ``evaluate`` module, pushed as a Space) its scripts, card, page, requirements.
 """
 
 import fnmatch
@@ -32,6 +31,12 @@ ALLOW: dict[str, list[str]] = {
         "preprocessor_config.json",
         "video_preprocessor_config.json",
         "generation_config.json",
+        # a merged model (geollava-export): its weights, config and export record
+        "config.json",
+        "model.safetensors",
+        "model-*-of-*.safetensors",
+        "model.safetensors.index.json",
+        "geollava_export.json",
     ],
     "space": ["README.md", "app.py", "requirements.txt", "space_config.json", "examples/**", "*.py"],
     "metric": ["README.md", "app.py", "requirements.txt", "packages.txt", "*.py"],
