@@ -36,7 +36,7 @@ EXPORT = f"""
 import json, sys, time
 from trainer.export import export_merged
 start = time.perf_counter()
-report = export_merged(sys.argv[1], sys.argv[2])
+report = export_merged(sys.argv[1], sys.argv[2], sys.argv[3])
 print(json.dumps({{"seconds": time.perf_counter() - start, "peak_rss_kib": {PEAK}, "merged_by": report.merged_by,
                   "lora_modules": report.lora_modules, "masked_modules": report.masked_modules}}))
 """
@@ -83,7 +83,7 @@ def export_7b(root: Path, dry_run: bool = False, lora_r: int = 64) -> dict:
     del model
     save_masks(random_masks(base, "llava-next-video", 0.05), adapter, {"method": "random", "target_sparsity": 0.05})
     proc = subprocess.run(
-        [sys.executable, "-c", EXPORT, str(adapter), str(merged)], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-c", EXPORT, str(adapter), str(merged), str(base)], cwd=ROOT, capture_output=True, text=True
     )
     if proc.returncode:
         return {"name": "geollava-export, 7B-shaped", "ok": False, "error": proc.stderr[-3000:]}

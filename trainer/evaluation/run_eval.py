@@ -301,6 +301,7 @@ def generate_remote(
         todo = [i for i in todo if i in share]
     has_changes = "changes" in dataset.column_names
     records: dict[int, dict] = {}
+    ids = dataset["id"]  # a row never built (not sent) is named without decoding its frames
     skipped, failed = [], []
 
     def build(position: int) -> Callable[[], dict]:
@@ -327,7 +328,7 @@ def generate_remote(
     with open(path, "a", encoding="utf-8") as sink, tqdm(total=len(todo), unit="row", desc="asking the server") as bar:
 
         def write(result) -> None:
-            record = records.pop(result.index, None) or {"id": dataset[todo[result.index]]["id"]}
+            record = records.pop(result.index, None) or {"id": ids[todo[result.index]]}
             if result.skipped is not None:
                 logger.warning("row %r: skipped: %s", record["id"], result.skipped)
                 skipped.append({"id": record["id"], "reason": result.skipped})
