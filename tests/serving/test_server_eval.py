@@ -5,10 +5,12 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets import load_dataset
 from PIL import Image
 
 from tests.serving.helpers import SERVED_FAMILIES
@@ -38,7 +40,6 @@ import json, sys
 import numpy as np
 from transformers import AutoProcessor
 from transformers.audio_utils import load_audio
-from transformers.image_utils import load_image
 processor = AutoProcessor.from_pretrained(sys.argv[1])
 parts = json.loads(open(sys.argv[2]).read())
 decoded = []
@@ -50,7 +51,9 @@ for part in parts:
         frames = np.asarray(video).transpose(0, 2, 3, 1).tolist()
         decoded.append({"video": frames, "audio_peak": float(abs(audio).max())})
     elif part["type"] == "image_url":
-        decoded.append({"image": np.asarray(load_image(part["image_url"]["url"])).tolist()})
+        image = processor.image_processor.fetch_images(part["image_url"]["url"])  # PIL, or a (C, H, W) tensor
+        array = np.moveaxis(np.asarray(image), 0, -1) if hasattr(image, "permute") else np.asarray(image)
+        decoded.append({"image": array.tolist()})
 print(json.dumps(decoded))
 """
 
@@ -81,12 +84,21 @@ def test_the_server_decodes_exactly_the_dataset_frames(family, release_of, tmp_p
         assert np.array_equal(np.array(clip["video"], dtype=np.uint8), want) and clip["audio_peak"] == 0.0
 
 
+def frames_key(frames: list[np.ndarray], video: bool) -> list[tuple]:
+    """How the frames of one request are told apart: one clip ``(T, H, W, 3)``, or one entry per image."""
+    arrays = [np.stack(frames)] if video else frames
+    return [(a.shape, a.tobytes()) for a in arrays]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", SERVED_FAMILIES)
-def test_eval_through_the_server_equals_in_process_eval(family, release_of, split_dir, tmp_path, capsys):
+def test_eval_through_the_server_equals_in_process_eval(family, release_of, split_dir, tmp_path, capsys, monkeypatch):
     merged = release_of(family).merged
     local = tmp_path / "local"
     assert run_eval.main(["--model", str(merged), "--dataset", str(split_dir), "--out", str(local), *EVAL]) == 0
+    decoded = tmp_path / "decoded"
+    decoded.mkdir()
+    monkeypatch.setenv("GEOLLAVA_SERVE_RECORD", str(decoded))  # the server saves every image and video it decoded
     with transformers_serve(merged, log=tmp_path / "serve.log") as url:
         served = tmp_path / "served"
         args = ["--model", str(merged), "--server", url, "--concurrency", "3"]
@@ -101,6 +113,16 @@ def test_eval_through_the_server_equals_in_process_eval(family, release_of, spli
         remote_text = capsys.readouterr().out.splitlines()[-1]
     assert predict.main(["--model", str(merged), "--max_new_tokens", "8", *pair]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == remote_text
+
+    # what the server decoded is exactly the dataset's frames (and the pair's), no more, no less
+    video = family != "qwen2.5-vl"
+    want = Counter()
+    for frames in [*load_dataset(str(split_dir), split="test")["frames"], [Image.open(p) for p in pair]]:
+        want.update(frames_key([np.asarray(f.convert("RGB")) for f in frames], video))
+    seen = Counter((a.shape, a.tobytes()) for a in map(np.load, sorted(decoded.glob("*.npy"))))
+    assert seen == want and sorted({p.stem.split("-")[1] for p in decoded.iterdir()}) == [
+        "video" if video else "image"
+    ]
 
     assert (served / "predictions.jsonl").read_bytes() == (local / "predictions.jsonl").read_bytes()
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (local, served))
