@@ -25,6 +25,7 @@ from transformers import AutoConfig, HfArgumentParser
 from dataset_builder.atomic import write_lines
 from dataset_builder.prompts import strip_visual_placeholder
 from trainer.evaluation.generation import generate_batch
+from trainer.evaluation.metric_sets import EncoderOptions
 from trainer.evaluation.report import write_report
 from trainer.evaluation.score import collect_rows, score_rows, summary_lines, write_json_atomic
 from trainer.evaluation.server_backend import ServerConfig, chat_request, resolve_served_model, run_requests
@@ -55,7 +56,9 @@ class EvalConfig:
     dataset: str = field(metadata={"help": "Dataset folder or Hub repo id (Hub layout, CONTRACTS.md §2)."})
     out: str = field(metadata={"help": "Output folder: predictions.jsonl, metrics.json, report.md, plots."})
     adapter: str | None = field(default=None, metadata={"help": "Adapter folder or Hub repo id (none: base model)."})
-    config: str | None = field(default=None, metadata={"help": "Dataset config name (e.g. 'default', 'levircc')."})
+    config: str | None = field(
+        default=None, metadata={"help": "Dataset config name (e.g. 'default', 'sequences', 'levircc')."}
+    )
     split: str = field(default="test", metadata={"help": "Dataset split."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows of the split."})
     batch_size: int = field(default=8, metadata={"help": "Rows per generation batch (left padding)."})
@@ -99,7 +102,7 @@ class EvalConfig:
 
 
 def row_prompt_and_references(row: dict) -> tuple[str, list[str]]:
-    """The question (human turn without ``<video>``) and the reference caption(s) of a dataset row.
+    """The question (human turn without ``<video>``) and the reference caption(s) of a pair or sequence row.
 
     References are the row's ``references`` (LEVIR-CC: 5 captions) when present and non-empty, else the gpt turn.
 
@@ -120,9 +123,10 @@ def row_prompt_and_references(row: dict) -> tuple[str, list[str]]:
         if not (gpt.get("value") or "").strip():
             raise ValueError("no reference: the gpt turn is empty and there is no 'references'")
         references = [gpt["value"]]
-    frames = row.get("frames")
-    if not frames or len(frames) != 2:
-        raise ValueError(f"'frames' must hold 2 images, got {0 if not frames else len(frames)}")
+    frames, timestamps = row.get("frames"), row.get("timestamps")  # a sequences row dates its N frames
+    if not frames or len(frames) != (2 if timestamps is None else len(timestamps)):
+        what = "2 images" if timestamps is None else f"one image per timestamp ({len(timestamps)})"
+        raise ValueError(f"'frames' must hold {what}, got {0 if not frames else len(frames)}")
     return question, references
 
 
@@ -190,6 +194,8 @@ def prediction_record(row: dict, has_changes: bool) -> tuple[dict, str]:
         record["category"] = row["category"]
     if has_changes and row.get("changes") is not None:
         record["changes"] = row["changes"]
+    if row.get("timestamps") is not None:
+        record["timestamps"] = row["timestamps"]
     return record, question
 
 
@@ -222,7 +228,7 @@ def generate_predictions(
     with open(path, "a", encoding="utf-8") as sink, tqdm(total=len(todo), unit="row", desc="generating") as bar:
         for begin in range(0, len(todo), config.batch_size):
             batch = dataset.select(todo[begin : begin + config.batch_size])
-            records, questions, frames = [], [], []
+            records, questions, frames, dates = [], [], [], []
             for row in batch:
                 try:
                     record, question = prediction_record(row, has_changes)
@@ -233,6 +239,7 @@ def generate_predictions(
                 records.append(record)
                 questions.append(question)
                 frames.append(row["frames"])
+                dates.append(row.get("timestamps"))
             texts = generate_batch(
                 model,
                 processor,
@@ -242,6 +249,7 @@ def generate_predictions(
                 max_new_tokens=config.max_new_tokens,
                 do_sample=config.do_sample,
                 num_beams=config.num_beams,
+                dates=dates,
             )
             for record, text in zip(records, texts, strict=True):
                 record["prediction"] = text
@@ -320,6 +328,7 @@ def generate_remote(
                 model=served_model,
                 max_new_tokens=config.max_new_tokens,
                 do_sample=config.do_sample,
+                dates=row.get("timestamps"),
             )
 
         return body
@@ -512,7 +521,8 @@ def run_eval(config: EvalConfig, server: ServerConfig | None = None) -> dict | N
     rows = [r for r in rows if r.id in wanted]
     if not rows:
         raise ValueError(f"no prediction can be scored in {path}")
-    metrics = score_rows(rows, meteor=config.meteor, model_metrics=config.model_metrics)
+    options = EncoderOptions(device=config.device)  # the metric encoders run where the model ran
+    metrics = score_rows(rows, meteor=config.meteor, model_metrics=config.model_metrics, options=options)
     metrics["empty_predictions"] = sum(not r.prediction.strip() for r in rows)
     metrics["skipped"] = [*generation["skipped"], *[s for s in skipped if s.get("id") in wanted]]
     metrics["n_skipped"] = len(metrics["skipped"])

@@ -15,14 +15,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
-import openai
 from PIL import Image
 
-from dataset_builder.annotation.openai.client import EndpointRefusedKey, GaveUp, RequestRejected, RetryPolicy
 from trainer.models.families import Family, build_messages, get_family
+
+
+if TYPE_CHECKING:
+    from dataset_builder.annotation.openai.client import RetryPolicy
 
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ def encode_clip(frames: np.ndarray, fps: int = CLIP_FPS) -> bytes:
     Lossless, so the server decodes exactly the dataset's frames; the silent track, because servers that treat the
     model as audio-visual (``transformers serve`` for every family here) read a video's audio and fail without one.
     """
+    import av  # PyAV only where a clip is written: image families and in-process runs go without it
+
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"a clip needs frames of shape (T, H, W, 3), got {frames.shape}")
@@ -145,30 +149,39 @@ def request_content(messages: list[dict]) -> list[dict]:
 
 
 def chat_request(
-    family: Family | str, question: str, frames, *, model: str, max_new_tokens: int, do_sample: bool = False
+    family: Family | str,
+    question: str,
+    frames,
+    *,
+    model: str,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    dates: Sequence[str] | None = None,
 ) -> dict:
     """The chat completion body of one row: its frames and question in the family's format, greedy by default.
 
     Args:
         family: The model family (how it takes the frames).
         question: The question, without visual placeholders.
-        frames: The row's frames, earlier first (PIL images or ``(H, W, 3)`` arrays).
+        frames: The row's frames, earlier first (PIL images or ``(H, W, 3)`` arrays): a pair, or a sequence.
         model: The served model's name.
         max_new_tokens: Generation budget (``max_tokens``).
         do_sample: Sample at temperature 1 instead of greedy decoding (temperature 0).
+        dates: A sequence's frame dates, one per frame (see ``build_messages``), or ``None``.
 
     Returns:
         The body (``model``, ``messages``, ``max_tokens``, ``temperature``; a video also asks the server to take
         all of the clip's frames, ``chat_template_kwargs.num_frames``, rather than sample its own number).
     """
     family = get_family(family) if isinstance(family, str) else family
+    content = request_content(build_messages(family, question, frames, dates=dates))
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": request_content(build_messages(family, question, frames))}],
+        "messages": [{"role": "user", "content": content}],
         "max_tokens": max_new_tokens,
         "temperature": 1.0 if do_sample else 0.0,
     }
-    if family.visual == "video":
+    if any(part["type"] == "video_url" for part in content):
         body["chat_template_kwargs"] = {"num_frames": len(frames)}
     return body
 
@@ -179,6 +192,11 @@ def served_models(config: ServerConfig) -> list[str]:
     Raises:
         ValueError: If the server cannot be reached or refuses the key (naming the URL).
     """
+    # openai only where a server is asked: in-process runs import this module for its options alone
+    import openai
+
+    from dataset_builder.annotation.openai.client import EndpointRefusedKey, GaveUp, RequestRejected, RetryPolicy
+
     policy = RetryPolicy(config.max_retries, config.backoff_s, config.backoff_max_s)
     try:
         with openai.OpenAI(**config.client_options()) as client:
@@ -262,6 +280,10 @@ def run_requests(
 
 
 async def _run(builders: list, config: ServerConfig, on_result, stats: RunStats) -> None:
+    import openai  # see served_models
+
+    from dataset_builder.annotation.openai.client import RetryPolicy
+
     policy = RetryPolicy(config.max_retries, config.backoff_s, config.backoff_max_s, stats.retries_by_reason)
     pending: dict[int, RemoteResult] = {}
     next_index = 0
@@ -294,7 +316,11 @@ async def _run(builders: list, config: ServerConfig, on_result, stats: RunStats)
         await asyncio.gather(*(worker(client) for _ in range(config.concurrency)))
 
 
-async def _send(client, build: Callable[[], dict], index: int, policy: RetryPolicy, stats: RunStats) -> RemoteResult:
+async def _send(client, build: Callable[[], dict], index: int, policy: "RetryPolicy", stats: RunStats) -> RemoteResult:
+    import openai  # see served_models
+
+    from dataset_builder.annotation.openai.client import EndpointRefusedKey, GaveUp, RequestRejected
+
     start = time.perf_counter()
     try:
         body = await asyncio.to_thread(build)
