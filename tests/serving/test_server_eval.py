@@ -193,3 +193,23 @@ def test_server_options_that_mean_nothing_for_a_served_model_are_refused(split_d
     assert "beam" in capsys.readouterr().err
     assert run_eval.main([*args[:-1], "127.0.0.1:9"]) == 2
     assert "http(s) URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", SERVED_FAMILIES)
+def test_a_dated_sequence_is_asked_as_in_process(family):
+    from trainer.models.families import build_messages
+
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 255, (20, 22, 3), dtype=np.uint8) for _ in range(3)]
+    dates = ["2016-03-02", "2017-08-15", "2019-01-30"]
+    body = chat_request(family, "How did it change?", frames, model="m", max_new_tokens=4, dates=dates)
+    parts = body["messages"][0]["content"]
+    local = build_messages(family, "How did it change?", frames, dates=dates)[0]["content"]
+    kinds = {"video": "video_url", "image": "image_url", "text": "text"}
+    assert [p["type"] for p in parts] == [kinds[p["type"]] for p in local]  # the same parts, in the same order
+    assert [p["text"] for p in parts if p["type"] == "text"] == [p["text"] for p in local if p["type"] == "text"]
+    assert any("2017-08-15" in p["text"] for p in parts if p["type"] == "text")
+    if "video_url" in [p["type"] for p in parts]:
+        assert body["chat_template_kwargs"] == {"num_frames": 3}
+    else:
+        assert [p["type"] for p in parts].count("image_url") == 3
