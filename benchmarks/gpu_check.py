@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/gpu_check.py --dry_run true --out_dir /tmp/c  # the same steps on the CPU (make test)
 
 A preflight, ``pytest -m gpu``, the tiny chain on CUDA, then the 7B training benchmark, which runs whatever the chain
-gave. benchmarks/results/gpu_chain.{json,md} are rewritten after every step; the exit status is the number of failed
-steps. See docs/gpu-check.md.
+gave, then the serving steps (benchmarks/gpu_serving.py: the merged adapter through ``vllm serve``, a 7B export).
+benchmarks/results/gpu_chain.{json,md} are rewritten after every step; the exit status is the number of failed steps.
+See docs/gpu-check.md.
 """
 
 import contextlib
@@ -720,6 +721,49 @@ def gpu_train(chain: Chain) -> dict:
     return checks
 
 
+def serve(chain: Chain) -> dict:
+    """The trained adapter merged (geollava-export) and evaluated through ``vllm serve`` (dry run: transformers serve).
+
+    vLLM lives in its own venv (benchmarks/gpu_serving.py, ``GEOLLAVA_VLLM``); without it the step is skipped.
+    """
+    import gpu_serving
+
+    from trainer.export import export_merged
+
+    absent = [name for name in ("openai", "av") if importlib.util.find_spec(name) is None]
+    if absent:  # the client: openai sends the requests, av encodes the clip (the node's package list lacks both)
+        raise StepSkipped(f"{' and '.join(absent)} not importable here: no evaluation through a server was run")
+    if not chain.check.dry_run and gpu_serving.vllm_executable() is None:
+        raise StepSkipped(f"no vLLM: install it in its own venv and name its executable in {gpu_serving.VLLM_ENV}")
+    merged = chain.root / "merged"
+    report = export_merged(chain.outputs["train"]["path_adapter"], merged)
+    dataset = Path(chain.outputs["data"]["path_dataset"])
+    step = gpu_serving.vllm_eval(
+        merged, dataset, chain.root / "served-eval", chain.check.dry_run, chain.check.eval_rows
+    )
+    if "skipped" in step:
+        raise StepSkipped(step["skipped"])
+    checks = {k: v for k, v in step.items() if k not in ("name", "ok")} | {"masked_modules": report.masked_modules}
+    if not step["ok"] or checks["rows"] != chain.check.eval_rows:
+        raise CheckFailed(f"served evaluation checks failed: {checks}", checks)
+    return checks
+
+
+def export_7b(chain: Chain) -> dict:
+    """gpu_serving.py's export of a 7B-shaped bf16 checkpoint: peak RSS within one shard + adapter + 1 GiB."""
+    import gpu_serving
+
+    root = chain.root / "export-7b"
+    try:
+        step = gpu_serving.export_7b(root, dry_run=chain.check.dry_run)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # the base and the merged copy (~30 GB at 7B)
+    checks = {k: v for k, v in step.items() if k not in ("name", "ok", "merged")}
+    if not step["ok"]:
+        raise CheckFailed(f"export checks failed: {checks}", checks)
+    return checks
+
+
 def gpu_steps(check: GpuCheckConfig) -> list[Step]:
     """The check's steps, in order (without the CUDA-only ones in a dry run)."""
     device = "cpu" if check.dry_run else "cuda"
@@ -727,6 +771,8 @@ def gpu_steps(check: GpuCheckConfig) -> list[Step]:
     def guard(seconds: float) -> float | None:
         return None if check.dry_run else seconds  # hang guards on the GPU; a busy CPU has no expected time
 
+    engine = "transformers serve (dry run)" if check.dry_run else "vllm serve"
+    tiny = " (tiny config)" * check.dry_run
     steps = [
         Step("preflight", "preflight: packages, torch, CUDA, driver", preflight),
         Step("wheelhouse", "wheelhouse: the node's plan and the size limit", wheelhouse),
@@ -741,6 +787,9 @@ def gpu_steps(check: GpuCheckConfig) -> list[Step]:
         Step("predict", f"geollava-predict --device {device}", predict, ("train",), guard(180)),
         Step("space", "the Space's describe()", space, ("predict",), guard(180)),
         Step("gpu_train", "benchmarks/gpu_train.py: the 7B recipes" + (" (tiny config)" * check.dry_run), gpu_train),
+        # after the 7B training benchmark, which gets what the budget leaves
+        Step("serve", "geollava-export + geollava-eval --server: " + engine, serve, ("data", "train"), guard(600)),
+        Step("export_7b", "geollava-export: a 7B-shaped bf16 checkpoint" + tiny, export_7b, timeout_s=guard(1200)),
     ]
     return steps
 

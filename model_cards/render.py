@@ -3,11 +3,10 @@
     geollava-card model outputs/quickstart/adapter --repo-id my-org/geollava-lora --metrics outputs/eval/metrics.json
 
 ``dataset`` renders ``README.md`` of a built dataset folder from its build report and shards; ``model`` renders the
-adapter folder's ``README.md`` from ``run_summary.json``, ``pruning.json`` and ``metrics.json`` (``model-index`` with
-the evaluation's metric keys); ``base`` renders a base model folder's ``README.md`` (a tiny one's from its
-``tiny_model.json``); ``space`` writes the Space's ``README.md`` and ``space_config.json`` (which base and
-adapter it serves, its dataset and suggested hardware). Every card is validated offline (its YAML parses back into
-the Hub's card-data classes) before it is written.
+adapter folder's ``README.md`` (``model-index`` with the evaluation's metric keys) or a merged model's (from
+``geollava-export``'s record); ``base`` renders a base model folder's ``README.md`` (a tiny one's from its
+``tiny_model.json``); ``space`` writes the Space's ``README.md`` and ``space_config.json``. Every card is validated
+offline (its YAML parses back into the Hub's card-data classes) before it is written. See docs/release.md.
 """
 
 import json
@@ -23,6 +22,8 @@ from dataset_builder.atomic import write_json, write_text
 from dataset_builder.card import write_dataset_card
 from model_cards.cli import parse_kind_folder_args
 from model_cards.validate import validate_card, validate_card_file
+from trainer.export import EXPORT_FILE
+from trainer.models.families import get_family
 
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "main",
     "read_space_settings",
     "render_base_card",
+    "render_merged_card",
     "render_model_card",
     "render_space_card",
     "space_settings",
@@ -253,6 +255,84 @@ def render_base_card(folder: Path, repo_id: str) -> str:
     return str(card)
 
 
+#: The families vLLM and SGLang implement (the card of another family's merged model says how else to serve it).
+ENGINE_FAMILIES = ("llava-next-video", "llava-onevision", "qwen2.5-vl")
+
+
+def render_merged_card(
+    folder: Path,
+    repo_id: str,
+    metrics_path: Path | None = None,
+    dataset_repo_id: str | None = None,
+    base_model: str | None = None,
+) -> str:
+    """The card of a merged model (``geollava-export``'s folder), from its export record and the evaluation.
+
+    Its ``base_model`` is the base the adapter was merged into, with ``base_model_relation: finetune`` (on the Hub,
+    ``merge`` means several models merged together; an adapter folded into its base is a fine-tune of it).
+    """
+    export = _load(folder / EXPORT_FILE)
+    metrics_all = _load(metrics_path) if metrics_path else _load(folder / "metrics.json")
+    metrics = {k: float(metrics_all[k]) for k in MODEL_INDEX_KEYS if isinstance(metrics_all.get(k), int | float)}
+    base_model = base_model or _hub_id(export.get("base"))
+    family = export.get("family") or "llava-next-video"
+    visual = get_family(family).visual
+    model_name = repo_id.split("/")[-1]
+    results = [
+        EvalResult(
+            task_type="image-text-to-text",
+            task_name="Change captioning",
+            dataset_type=dataset_repo_id or "geollava",
+            dataset_name="GeoLLaVA (test)",
+            dataset_split="test",
+            metric_type=k,
+            metric_name=k,
+            metric_value=round(v, 6),
+        )
+        for k, v in metrics.items()
+    ]
+    pruning = export.get("pruning")
+    card_data = ModelCardData(
+        base_model=base_model,
+        base_model_relation="finetune" if base_model else None,
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        datasets=[dataset_repo_id] if dataset_repo_id else None,
+        license="apache-2.0",
+        language=["en"],
+        tags=["geollava", "remote-sensing", "change-captioning", "merged-lora"] + (["pruned"] if pruning else []),
+        model_name=model_name,
+        eval_results=results or None,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "merged_model_card.md"),
+        repo_id=repo_id,
+        model_name=model_name,
+        base_model=base_model,
+        base_local=Path(str(export.get("base", "?"))).name,
+        adapter_repo=_hub_id(export.get("adapter")),
+        family=family,
+        visual=visual,
+        engines=family in ENGINE_FAMILIES,
+        limit_mm='{"video": 1}' if visual == "video" else '{"image": 2}',
+        dataset=dataset_repo_id,
+        dtype=export.get("dtype", "?"),
+        merged_by=export.get("merged_by", "?"),
+        lora_modules=export.get("lora_modules", "?"),
+        full_tensors=export.get("full_tensors", 0),
+        pruning=pruning,
+        sparse=export.get("sparse", False),
+        deviation=export.get("deviation"),
+        metrics=metrics,
+        models_used=", ".join(
+            f"{k}: {v.get('model', v) if isinstance(v, dict) else v}"
+            for k, v in (metrics_all.get("models") or {}).items()
+        ),
+    )
+    return str(card)
+
+
 #: The Space's settings, written beside its app.py: which base and adapter it serves (``BASE_MODEL_ID`` and
 #: ``ADAPTER_ID`` override them), the dataset it names and the hardware it suggests. spaces_demo/app.py reads it.
 SPACE_CONFIG_FILE = "space_config.json"
@@ -422,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             validate_card_file(target, "dataset")
         elif args.kind == "model":
             metrics = Path(args.metrics) if args.metrics else None
-            text = render_model_card(folder, args.repo_id, metrics, args.dataset_repo_id, args.base_model)
+            render = render_merged_card if (folder / EXPORT_FILE).is_file() else render_model_card
+            text = render(folder, args.repo_id, metrics, args.dataset_repo_id, args.base_model)
             validate_card(text, args.kind)
             target = _write(folder, text)
         elif args.kind == "base":

@@ -1,4 +1,4 @@
-"""Push a dataset, an adapter, a base model, the Space or a metric to the Hub as ONE commit (large: resumable parts).
+"""Push a dataset, a model (adapter or merged), a base model, the Space or a metric to the Hub as ONE commit.
 
     geollava-push dataset outputs/quickstart/dataset --repo-id my-org/geollava [--revision BRANCH] [--dry-run]
 

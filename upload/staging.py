@@ -1,10 +1,9 @@
 """What belongs in each pushed artifact: pure staging rules, no Hub calls.
 
-A dataset push carries the card, the Parquet shards, the clips and the official JSON; a model push carries the adapter
-weights and config, the pruning masks, the processor files, the card, metrics and plots, never optimizer state or
-checkpoints; a base push carries a whole model's config, weights, processor files and card; a Space push carries the
-app, the project modules it imports, its requirements, settings, README and examples; a metric push (an ``evaluate``
-module, pushed as a Space) carries the module's scripts, card, page and requirements.
+A dataset push carries the card, the Parquet shards, the clips and the official JSON; a model push the adapter (or a
+merged model's shards, config and export record), its masks and processor files, the card, metrics and plots, never
+optimizer state or checkpoints; a base push a whole model's config, weights, processor files and card; a Space push
+the app, its project modules, requirements, settings, README and examples; a metric push its scripts, card, page.
 """
 
 import fnmatch
@@ -36,6 +35,12 @@ ALLOW: dict[str, list[str]] = {
         "*.png",
         *PROCESSOR_FILES,
         "generation_config.json",
+        # a merged model (geollava-export): its weights, config and export record
+        "config.json",
+        "model.safetensors",
+        "model-*-of-*.safetensors",
+        "model.safetensors.index.json",
+        "geollava_export.json",
     ],
     "base": [
         "README.md",

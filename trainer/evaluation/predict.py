@@ -4,7 +4,8 @@
 
 Three or more images in time order (``--dates`` optional) are asked with the ``sequences`` prompt.
 
-``--device auto`` (the default) runs on the first CUDA device in bf16 when there is one, else on the CPU.
+``--device auto`` (the default) runs on the first CUDA device in bf16 when there is one, else on the CPU;
+``--server URL`` asks an OpenAI-compatible server instead (``--model`` still names the model's family and format).
 
 Inputs are JPEG, PNG or 3-band GeoTIFF (any sample type, scaled to 8 bits); anything else is refused with a message
 naming the file. ``--batch pairs.csv`` (columns ``before,after`` and optionally ``id``, ``prompt_template``) describes
@@ -23,13 +24,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
+from transformers import AutoConfig, HfArgumentParser
 
 from dataset_builder.images import ImageTooLarge, check_tiff, open_image
 from dataset_builder.prompts import PROMPT_TEMPLATES, SEQUENCE_QUESTION
 from trainer.evaluation.generation import generate_batch
+from trainer.evaluation.server_backend import ServerConfig, chat_request, resolve_served_model, run_requests
 from trainer.models.device import DEVICE_CHOICES, resolve_device, resolve_dtype
-from trainer.models.families import frame_dates
+from trainer.models.families import family_of, frame_dates
 from trainer.models.loading import load_for_inference
 
 
@@ -273,16 +275,40 @@ def read_batch_csv(path: str | Path, default_template: int = 0) -> tuple[list[di
     return good, skipped
 
 
+def describe_remote(model: str, server: ServerConfig, rows: list[dict], max_new_tokens: int) -> list:
+    """Describe ``rows`` (``images``, ``template``, optional ``dates``) through the server; one ``RemoteResult`` each.
+
+    Two images are asked with their template, 3 or more (optionally dated) with the ``sequences`` prompt.
+
+    Raises:
+        ValueError: If the model's family cannot be read, or the server lists no model or several.
+    """
+    family = family_of(AutoConfig.from_pretrained(model))
+    served = resolve_served_model(server)
+    results = []
+
+    def build(row):
+        frames = [_as_image(image) for image in row["images"]]
+        dates = row.get("dates")
+        question = PROMPT_TEMPLATES[row["template"]] if len(frames) == 2 else SEQUENCE_QUESTION
+        days = None if dates is None else frame_dates(dates, len(frames))
+        return lambda: chat_request(family, question, frames, model=served, max_new_tokens=max_new_tokens, dates=days)
+
+    run_requests([build(row) for row in rows], server, results.append)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-predict``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     parser = HfArgumentParser(
-        PredictConfig,
-        usage="geollava-predict --model BASE [--adapter ADAPTER] [options] BEFORE AFTER [MORE ...] | --batch FILE.csv",
+        (PredictConfig, ServerConfig),
+        usage="geollava-predict --model BASE [--adapter ADAPTER | --server URL] [options] BEFORE AFTER [MORE ...] "
+        "| --batch FILE.csv",
         description="Describe what changed between two images (JPEG, PNG or 3-band GeoTIFF) of one place.",
     )
     try:
-        config, images = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        config, server, images = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
         unknown = [a for a in images if a.startswith("--")]
         if unknown:
             raise ValueError(f"unknown option(s) {unknown}")
@@ -292,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if config.batch is not None and images:
             raise ValueError(f"give either --batch or two images, not both (got images {images})")
+        if server.server is not None and (config.adapter is not None or config.load_in_4bit):
+            raise ValueError("--server serves one model: merge the adapter first (geollava-export), no --adapter")
         dates = None if config.dates is None else config.dates.split(",")
         if dates is not None and len(images) < 3:
             raise ValueError("--dates: give it with 3 or more images (a sequence); a pair is asked without dates")
@@ -307,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"geollava-predict: error: {err}", file=sys.stderr)
         return 2
+    if server.server is not None:
+        return _predict_remote(
+            config, server, rows or [{"images": frames, "template": config.prompt_template, "dates": dates}]
+        )
 
     try:
         model, processor, family = load_for_inference(
@@ -345,6 +377,34 @@ def main(argv: list[str] | None = None) -> int:
             sink.close()
     if skipped:
         print(f"geollava-predict: {len(skipped)} row(s) skipped: {skipped}", file=sys.stderr)
+    return 0
+
+
+def _predict_remote(config: PredictConfig, server: ServerConfig, rows: list[dict]) -> int:
+    try:
+        results = describe_remote(config.model, server, rows, config.max_new_tokens)
+    except (OSError, ValueError) as err:
+        print(f"geollava-predict: error: {err}", file=sys.stderr)
+        return 1
+    failed = [(row.get("id", "the pair"), r.error) for row, r in zip(rows, results, strict=True) if r.text is None]
+    if config.batch is None:
+        if failed:
+            print(f"geollava-predict: error: the server gave no description: {failed[0][1]}", file=sys.stderr)
+            return 1
+        print(results[0].text)
+        return 0
+    sink = open(config.out, "w", encoding="utf-8") if config.out else sys.stdout  # noqa: SIM115
+    try:
+        for row, result in zip(rows, results, strict=True):
+            if result.text is not None:
+                record = {"id": row["id"], "before": row["before"], "after": row["after"], "prediction": result.text}
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    if failed:
+        print(f"geollava-predict: {len(failed)} pair(s) got no description: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

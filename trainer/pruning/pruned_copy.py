@@ -300,17 +300,32 @@ def target_entries(model: torch.nn.Module, targets: Mapping, entries: dict[str, 
     Raises:
         StreamingUnsupported: If a target's weight is not in the checkpoint under either name, or its shape differs.
     """
-    in_memory = {f"{name}.weight": layer.weight for name, layer in targets.items()}
-    on_disk = {id(tensor): key for key, tensor in revert_weight_conversion(model, dict(in_memory)).items()}
+    found = parameter_entries(model, {f"{name}.weight": layer.weight for name, layer in targets.items()}, entries)
+    return {name: found[f"{name}.weight"] for name in targets}
+
+
+def parameter_entries(model: torch.nn.Module, tensors: Mapping, entries: dict[str, TensorEntry]) -> dict:
+    """In-memory parameter name -> its tensor in the checkpoint, through the key conversion ``save_pretrained`` uses.
+
+    Args:
+        model: The model built from the checkpoint's config (on the meta device: no weights needed).
+        tensors: In-memory parameter name (``model.language_model.layers.0.mlp.up_proj.weight``) -> that parameter
+            of ``model``.
+        entries: The checkpoint's tensors (:func:`checkpoint_entries`).
+
+    Raises:
+        StreamingUnsupported: If a parameter is not in the checkpoint under either name, or its shape differs.
+    """
+    on_disk = {id(tensor): key for key, tensor in revert_weight_conversion(model, dict(tensors)).items()}
     found = {}
-    for name, layer in targets.items():
-        keys = [on_disk.get(id(layer.weight)), f"{name}.weight"]
+    for name, tensor in tensors.items():
+        keys = [on_disk.get(id(tensor)), name]
         key = next((k for k in keys if k in entries), None)
         if key is None:
-            raise StreamingUnsupported(f"{name}: its weight is in no shard (tried {[k for k in keys if k]})")
-        if entries[key].shape != tuple(layer.weight.shape):
+            raise StreamingUnsupported(f"{name}: it is in no shard (tried {[k for k in keys if k]})")
+        if entries[key].shape != tuple(tensor.shape):
             raise StreamingUnsupported(
-                f"{key}: shape {entries[key].shape} in the checkpoint, {tuple(layer.weight.shape)} in the model"
+                f"{key}: shape {entries[key].shape} in the checkpoint, {tuple(tensor.shape)} in the model"
             )
         found[name] = entries[key]
     return found

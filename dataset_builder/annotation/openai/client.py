@@ -20,8 +20,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import openai
 from PIL import Image
 
 from dataset_builder.annotation.base import AnnotationRequest, AnnotationResult
@@ -37,6 +37,10 @@ from dataset_builder.annotation.openai.cost import (
 )
 from dataset_builder.images import ImageTooLarge, open_image
 from dataset_builder.prompts import date_of, image_label
+
+
+if TYPE_CHECKING:
+    import openai
 
 
 # ---------------------------------------------------------------------- one request
@@ -267,7 +271,7 @@ class Retry:
     retry_after_s: float | None
 
 
-def error_reason(err: openai.APIError) -> tuple[str, float | None]:
+def error_reason(err: "openai.APIError") -> tuple[str, float | None]:
     """``(reason, retry_after_s)`` of a retryable ``openai`` error; raises for 401/403 and the other 4xx.
 
     429, 5xx, 408, 409, timeouts and dropped connections are retryable; 401/403 stop everything (no request can
@@ -277,6 +281,8 @@ def error_reason(err: openai.APIError) -> tuple[str, float | None]:
         EndpointRefusedKey: On 401/403.
         RequestRejected: On a 4xx that asking again cannot fix.
     """
+    import openai  # see RetryPolicy.call
+
     if isinstance(err, openai.APITimeoutError):
         return "timeout", None
     if isinstance(err, openai.APIConnectionError):
@@ -335,6 +341,10 @@ class RetryPolicy:
             GaveUp: After ``max_retries`` retries.
             EndpointRefusedKey, RequestRejected: As :func:`error_reason`.
         """
+        # openai where a request is made: modules that share this policy (the evaluation's server backend, which the
+        # Space's import closure carries) import without it
+        import openai
+
         tries = self.attempts()
         for attempt in tries:
             if attempt and before_retry is not None and (found := before_retry()) is not None:
@@ -359,7 +369,7 @@ class Attempts:
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.policy.max_retries + 1))
 
-    def failed(self, err: openai.APIError) -> Retry:
+    def failed(self, err: "openai.APIError") -> Retry:
         """Record a failed attempt; return how to retry, or raise when this call is over.
 
         Raises:
@@ -614,6 +624,8 @@ class ChatRunner:
                 return
 
     async def _serve(self, api_key: str) -> None:
+        import openai  # see RetryPolicy.call
+
         parts = self.parts
         client = openai.AsyncOpenAI(**client_options(self.config, api_key))
         limiter = RateLimiter(self.config.rpm, self.config.tpm)
@@ -639,6 +651,8 @@ class ChatRunner:
             await asyncio.gather(*(worker() for _ in range(self.config.concurrency)))
 
     async def _send(self, client, limiter: RateLimiter, planned: PlannedRequest) -> AnnotationResult:
+        import openai  # see RetryPolicy.call
+
         parts = self.parts
         body = parts.planner.chat_body(planned)
         parts.stats.sent += 1

@@ -14,8 +14,6 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import yaml
-
 from dataset_builder.annotation.openai.config import OpenAIAnnotatorConfig
 
 
@@ -72,6 +70,8 @@ def load_price_table(override: str | Path | None = None) -> dict:
     Raises:
         ValueError: If the override is not a mapping or a model entry lacks ``input``/``output``.
     """
+    import yaml  # PyYAML where the table is read: the Space carries this module (the retry policy's) without it
+
     table = yaml.safe_load(
         resources.files("dataset_builder.annotation.openai").joinpath("openai_prices.yaml").read_text()
     )
