@@ -90,10 +90,11 @@ class EvalConfig:
         return f"beam search ({self.num_beams} beams{', sampling' if self.do_sample else ''})"
 
 
-def row_prompt_and_references(row: dict) -> tuple[str, list[str]]:
-    """The question (human turn without ``<video>``) and the reference caption(s) of a dataset row.
+def row_question_and_references(row: dict) -> tuple[str, list[str]]:
+    """The question (human turn without ``<video>``) and the reference caption(s) of a dataset row, frames unread.
 
     References are the row's ``references`` (LEVIR-CC: 5 captions) when present and non-empty, else the gpt turn.
+    lmms-eval scores rows without their images, so this is apart from :func:`row_prompt_and_references`.
 
     Raises:
         ValueError: Naming the field that is missing or malformed.
@@ -112,6 +113,16 @@ def row_prompt_and_references(row: dict) -> tuple[str, list[str]]:
         if not (gpt.get("value") or "").strip():
             raise ValueError("no reference: the gpt turn is empty and there is no 'references'")
         references = [gpt["value"]]
+    return question, references
+
+
+def row_prompt_and_references(row: dict) -> tuple[str, list[str]]:
+    """The question and reference caption(s) of a row to generate for: :func:`row_question_and_references`, 2 frames.
+
+    Raises:
+        ValueError: Naming the field that is missing or malformed.
+    """
+    question, references = row_question_and_references(row)
     frames = row.get("frames")
     if not frames or len(frames) != 2:
         raise ValueError(f"'frames' must hold 2 images, got {0 if not frames else len(frames)}")

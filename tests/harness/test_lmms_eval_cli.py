@@ -1,0 +1,100 @@
+"""lmms-eval's own CLI and model classes on the tiny model with each task: its scores are geollava-score's.
+
+lmms-eval answers 0 even when the evaluation failed with a traceback, so every check reads its results file.
+"""
+
+import json
+
+import pytest
+from datasets import load_dataset
+
+from tests.harness.helpers import local_task, run_lmms_eval
+from trainer.evaluation.lmms_tasks import hooks
+from trainer.evaluation.run_eval import row_prompt_and_references
+from trainer.evaluation.score import main as score_main
+
+
+pytestmark = pytest.mark.slow
+
+LIMIT = 4
+#: A short budget: the tiny random model rarely stops by itself.
+GEN_KWARGS = ("--gen_kwargs", "max_new_tokens=24")
+FAILED = "[LMMS_EVAL_REQUEST_FAILED"
+
+
+def geollava_score_of_samples(run, dataset, workdir) -> dict:
+    """geollava-score on lmms-eval's logged predictions, the references and changes taken from the dataset itself."""
+    test = load_dataset(str(dataset), "default", split="test")
+    lines = []
+    for sample in run.samples:
+        row = test[sample["doc_id"]]
+        _, references = row_prompt_and_references(row)
+        record = {"id": row["id"], "prediction": sample["filtered_resps"], "references": references}
+        if "changes" in row:
+            record["changes"] = row["changes"]
+        lines.append(json.dumps(record))
+    (workdir / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    out = workdir / "metrics.json"
+    assert score_main(["--predictions", str(workdir / "predictions.jsonl"), "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def check_scores_are_geollava_scores(run, task, shipped, dataset, workdir):
+    assert run.results is not None, run.output[-6000:]
+    scores = run.results["results"][task]
+    assert run.results["n-samples"][task]["effective"] == LIMIT
+    assert [sample["doc_id"] for sample in run.samples] == list(range(LIMIT))
+    predictions = [sample["filtered_resps"] for sample in run.samples]
+    assert all(isinstance(p, str) and p.strip() and not p.startswith(FAILED) for p in predictions), predictions
+    expected = geollava_score_of_samples(run, dataset, workdir)
+    assert expected["n_rows"] == LIMIT
+    for key in hooks.TASK_KEYS[shipped]:
+        assert isinstance(scores[f"{key},none"], float), (key, scores)
+        assert scores[f"{key},none"] == pytest.approx(expected[key], abs=1e-6), key
+
+
+@pytest.mark.parametrize("shipped", sorted(hooks.TASK_KEYS))
+def test_the_openai_model_against_a_served_model(shipped, served_qwen, tiny_qwen, request, tmp_path):
+    dataset = request.getfixturevalue({"geollava": "geollava_dataset"}.get(shipped, "levircc_dataset"))
+    task = local_task(tmp_path / "tasks", shipped, dataset)
+    model_args = f"model={tiny_qwen},base_url={served_qwen},api_key=EMPTY,num_concurrent=2,max_retries=1"
+    run = run_lmms_eval(tmp_path, task, "openai", model_args, "--limit", str(LIMIT), *GEN_KWARGS)
+    check_scores_are_geollava_scores(run, task, shipped, dataset, tmp_path)
+
+
+def test_the_in_process_qwen2_5_vl_class(tiny_qwen, geollava_dataset, tmp_path):
+    task = local_task(tmp_path / "tasks", "geollava", geollava_dataset)
+    model_args = f"pretrained={tiny_qwen},device=cpu,device_map=cpu"
+    run = run_lmms_eval(tmp_path, task, "qwen2_5_vl", model_args, "--limit", str(LIMIT), *GEN_KWARGS)
+    check_scores_are_geollava_scores(run, task, "geollava", geollava_dataset, tmp_path)
+
+
+def check_failed_before_scoring(run, task):
+    assert run.results is None and not run.samples, run.output[-3000:]
+    assert f"Selected Tasks: ['{task}']" in run.output
+    assert "Error during evaluation: " in run.output
+    # Nothing of the rows was touched: no traceback passes through the functions that read or score them.
+    for name in ("doc_to_visual", "doc_to_target", "process_geollava", "process_levircc", "_scores"):
+        assert f"in {name}\n" not in run.output, run.output[-6000:]
+    assert "KeyError" not in run.output and "TypeError" not in run.output, run.output[-6000:]
+
+
+def test_a_wrong_dataset_path_fails_with_the_datasets_message(tmp_path):
+    missing = tmp_path / "no-such-dataset"
+    task = local_task(tmp_path / "tasks", "geollava", missing)
+    run = run_lmms_eval(tmp_path, task, "openai", "model=none,base_url=http://127.0.0.1:9/v1,api_key=EMPTY")
+    check_failed_before_scoring(run, task)
+    assert f"Couldn't find any data file at {missing}" in run.output
+    assert "lmms_tasks/hooks.py" not in run.output
+
+
+@pytest.mark.parametrize(("shipped", "column"), [("geollava", "frames"), ("geollava_levircc", "conversations")])
+def test_a_missing_column_fails_naming_the_task_and_the_column(shipped, column, request, tmp_path):
+    dataset = request.getfixturevalue({"geollava": "geollava_dataset"}.get(shipped, "levircc_dataset"))
+    test = load_dataset(str(dataset), "default", split="test").remove_columns(column)
+    (tmp_path / "broken" / "data").mkdir(parents=True)
+    test.to_parquet(tmp_path / "broken" / "data" / "test-00000-of-00001.parquet")
+    task = local_task(tmp_path / "tasks", shipped, tmp_path / "broken")
+    run = run_lmms_eval(tmp_path, task, "openai", "model=none,base_url=http://127.0.0.1:9/v1,api_key=EMPTY")
+    check_failed_before_scoring(run, task)
+    assert f"Error during evaluation: task {shipped}: the dataset has no column '{column}'" in run.output

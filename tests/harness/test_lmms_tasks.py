@@ -1,0 +1,110 @@
+"""The shipped lmms-eval tasks: lmms-eval indexes and loads them, and their functions score as geollava-score."""
+
+import fnmatch
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+from datasets import load_dataset
+from lmms_eval.tasks import TaskManager
+from lmms_eval.utils import load_yaml_config
+
+from trainer.evaluation.lmms_tasks import hooks
+from trainer.evaluation.lmms_tasks.cli import TASKS_DIR, main
+from trainer.evaluation.metric_sets import geollava_set, levircc_set
+from trainer.evaluation.run_eval import row_question_and_references
+
+
+ROOT = TASKS_DIR.parents[2]
+
+
+def test_the_one_liner_prints_the_folder_lmms_eval_indexes(capsys):
+    assert main([]) == 0
+    assert capsys.readouterr().out.strip() == str(TASKS_DIR)
+    script = Path(sys.executable).parent / "geollava-lmms-tasks"
+    printed = subprocess.run([str(script)], capture_output=True, text=True, check=True)
+    assert printed.stdout.strip() == str(TASKS_DIR)
+    index = TaskManager(include_path=printed.stdout.strip()).task_index
+    for task in hooks.TASK_KEYS:
+        assert index[task]["type"] == "task"
+        assert index[task]["yaml_path"] == str(TASKS_DIR / f"{task}.yaml")
+
+
+@pytest.mark.parametrize("task", sorted(hooks.TASK_KEYS))
+def test_each_task_names_its_metrics_and_the_project_functions(task):
+    config = load_yaml_config(str(TASKS_DIR / f"{task}.yaml"))
+    assert config["task"] == task
+    assert config["dataset_name"] == "default" and config["test_split"] == "test"
+    assert [m["metric"] for m in config["metric_list"]] == list(hooks.TASK_KEYS[task])
+    for metric in config["metric_list"]:
+        assert metric["aggregation"] is getattr(hooks, metric["metric"])
+        assert metric["higher_is_better"] is True
+    assert config["process_results"] is {"geollava": hooks.process_geollava}.get(task, hooks.process_levircc)
+    assert config["doc_to_visual"] is hooks.doc_to_visual
+
+
+def test_the_definitions_ship_as_package_data():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert any(fnmatch.fnmatch("trainer.evaluation.lmms_tasks", pattern) for pattern in include)
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["*"]
+    for yaml in TASKS_DIR.glob("*.yaml"):
+        assert any(fnmatch.fnmatch(yaml.name, pattern) for pattern in patterns), yaml.name
+    assert (TASKS_DIR / "__init__.py").is_file()
+    assert pyproject["project"]["scripts"]["geollava-lmms-tasks"] == "trainer.evaluation.lmms_tasks.cli:main"
+
+
+def _rows(dataset, process, predictions):
+    return [process(row, [prediction]) for row, prediction in zip(dataset, predictions)]
+
+
+def test_geollava_aggregations_are_the_metric_set_on_the_same_rows(geollava_dataset):
+    test = load_dataset(str(geollava_dataset), "default", split="test")
+    docs = [{k: v for k, v in row.items() if k != "frames"} for row in test]  # lmms-eval scores rows without media
+    predictions = [f"{row_question_and_references(row)[1][0].split('.')[0]}." for row in docs]
+    predictions[0] = "A new road was built in the north."
+    processed = _rows(docs, hooks.process_geollava, predictions)
+    assert processed[0]["rouge1"] == {
+        "id": docs[0]["id"],
+        "prediction": predictions[0],
+        "references": row_question_and_references(docs[0])[1],
+        "changes": docs[0]["changes"],
+    }
+    references = [row_question_and_references(row)[1] for row in docs]
+    expected = geollava_set(predictions, references, [row["changes"] for row in docs]).values
+    for key in hooks.TASK_KEYS["geollava"]:
+        assert getattr(hooks, key)([row[key] for row in processed]) == expected[key], key
+
+    # Real fMoW pairs have no `changes`: grounding is not computed (None), the rest is.
+    without = [{k: v for k, v in row.items() if k != "changes"} for row in docs]
+    processed = _rows(without, hooks.process_geollava, predictions)
+    assert hooks.grounding_f1([row["grounding_f1"] for row in processed]) is None
+    assert hooks.rougeL([row["rougeL"] for row in processed]) == expected["rougeL"]
+
+
+def test_levircc_aggregations_are_the_metric_set_on_the_same_rows(levircc_dataset):
+    test = load_dataset(str(levircc_dataset), "default", split="test")
+    docs = [{k: v for k, v in row.items() if k != "frames"} for row in test]
+    predictions = ["many houses are built on the bare land", *["there is no difference"] * (len(docs) - 1)]
+    processed = _rows(docs, hooks.process_levircc, predictions)
+    assert processed[0]["cider_d"]["references"] == docs[0]["references"]
+    expected = levircc_set(predictions, [row["references"] for row in docs]).values
+    for key in hooks.TASK_KEYS["geollava_levircc"]:
+        assert getattr(hooks, key)([row[key] for row in processed]) == expected[key], key
+
+
+def test_the_first_row_read_names_the_task_and_the_missing_columns(geollava_dataset):
+    row = load_dataset(str(geollava_dataset), "default", split="test")[0]
+    assert hooks.geollava_doc_to_text(row) == row_question_and_references(row)[0]
+    assert "<video>" not in hooks.geollava_doc_to_text(row)
+    frames = hooks.doc_to_visual(row)
+    assert [f.mode for f in frames] == ["RGB", "RGB"] and frames[0].size == row["frames"][0].size
+    missing = r"task geollava_levircc: the dataset has no column 'frames', 'conversations'"
+    with pytest.raises(ValueError, match=missing):
+        hooks.levircc_doc_to_text({k: v for k, v in row.items() if k not in ("frames", "conversations")})
+    with pytest.raises(ValueError, match=rf"task geollava: row '{row['id']}': no reference"):
+        hooks.geollava_doc_to_text({**row, "conversations": [row["conversations"][0], {"from": "gpt", "value": ""}]})
+    with pytest.raises(ValueError, match=r"'frames' must hold 2 images"):
+        hooks.doc_to_visual({**row, "frames": row["frames"][:1]})

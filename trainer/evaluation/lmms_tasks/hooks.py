@@ -1,0 +1,123 @@
+"""The functions lmms-eval calls for the benchmark's tasks: a row's frames and question, and the scores.
+
+``geollava.yaml`` and ``geollava_levircc.yaml`` beside this module name them. Every score comes from
+:mod:`trainer.evaluation.metric_sets`, the functions ``geollava-score`` and the ``evaluate`` modules compute with.
+See docs/evaluation.md "In lmms-eval".
+"""
+
+import json
+import logging
+from functools import lru_cache
+
+from trainer.evaluation.metric_sets import GEOLLAVA_KEYS, GROUNDING_KEYS, LEVIRCC_KEYS, geollava_set, levircc_set
+from trainer.evaluation.run_eval import row_question_and_references
+
+
+logger = logging.getLogger(__name__)
+
+#: The metrics of each task definition, in its YAML's order.
+TASK_KEYS = {"geollava": (*GEOLLAVA_KEYS, *GROUNDING_KEYS), "geollava_levircc": LEVIRCC_KEYS}
+#: The columns every task reads (``references`` and ``changes`` too, where the dataset has them).
+COLUMNS = ("id", "frames", "conversations")
+
+
+def _question(task: str, doc: dict) -> str:
+    # lmms-eval's first call on a row, when it loads the task: a dataset without the columns stops here, named.
+    missing = [column for column in COLUMNS if column not in doc]
+    if missing:
+        raise ValueError(
+            f"task {task}: the dataset has no column {', '.join(map(repr, missing))} (it has {', '.join(doc)}); "
+            f"the task reads {', '.join(COLUMNS)} as geollava-build and geollava-build-levircc write them"
+        )
+    try:
+        return row_question_and_references(doc)[0]
+    except ValueError as err:
+        raise ValueError(f"task {task}: row {doc['id']!r}: {err}") from None
+
+
+def geollava_doc_to_text(doc: dict) -> str:
+    """The GeoLLaVA row's own question: its human turn without the ``<video>`` placeholder."""
+    return _question("geollava", doc)
+
+
+def levircc_doc_to_text(doc: dict) -> str:
+    """The LEVIR-CC row's own question: its human turn without the ``<video>`` placeholder."""
+    return _question("geollava_levircc", doc)
+
+
+def doc_to_visual(doc: dict) -> list:
+    """The row's two frames, earlier first, as RGB images: what lmms-eval's model classes take for two dates.
+
+    Raises:
+        ValueError: Naming the row, when it does not hold two frames.
+    """
+    frames = doc["frames"]
+    if not isinstance(frames, list) or len(frames) != 2:
+        raise ValueError(f"row {doc['id']!r}: 'frames' must hold 2 images, got {frames!r}")
+    return [frame.convert("RGB") for frame in frames]
+
+
+def doc_to_target(doc: dict) -> list[str]:
+    """The row's reference captions: its ``references`` (LEVIR-CC: 5) when it has them, else the gpt turn."""
+    return row_question_and_references(doc)[1]
+
+
+def _scored_row(doc: dict, results: list[str]) -> dict:
+    row = {"id": str(doc["id"]), "prediction": results[0], "references": doc_to_target(doc)}
+    if "changes" in doc:
+        row["changes"] = doc["changes"]
+    return row
+
+
+def process_geollava(doc: dict, results: list[str]) -> dict:
+    """What each GeoLLaVA metric aggregates for a row: its id, prediction, references and true ``changes``."""
+    return dict.fromkeys(TASK_KEYS["geollava"], _scored_row(doc, results))
+
+
+def process_levircc(doc: dict, results: list[str]) -> dict:
+    """What each LEVIR-CC metric aggregates for a row: its id, prediction and references."""
+    return dict.fromkeys(TASK_KEYS["geollava_levircc"], _scored_row(doc, results))
+
+
+@lru_cache(maxsize=2)
+def _scores(task: str, rows_json: str) -> dict:
+    # Every metric of a task aggregates the same rows: the set is computed once (one encoder pass, one JVM).
+    rows = json.loads(rows_json)
+    predictions = [row["prediction"] for row in rows]
+    references = [row["references"] for row in rows]
+    if task == "geollava":
+        changes = [row.get("changes") for row in rows] if any("changes" in row for row in rows) else None
+        scored = geollava_set(predictions, references, changes)
+    else:
+        scored = levircc_set(predictions, references)
+    for key, why in scored.unavailable.items():
+        logger.warning("task %s: %s is not computed: %s", task, key, why)
+    return scored.values
+
+
+def _aggregation(task: str, key: str):
+    def aggregate(results: list[dict]) -> float | None:
+        return _scores(task, json.dumps(results, sort_keys=True)).get(key)
+
+    aggregate.__name__ = aggregate.__qualname__ = key
+    aggregate.__doc__ = f"{key} of the {task} task over its rows, as geollava-score computes it (None: not computed)."
+    return aggregate
+
+
+rouge1 = _aggregation("geollava", "rouge1")
+rouge2 = _aggregation("geollava", "rouge2")
+rougeL = _aggregation("geollava", "rougeL")
+sentence_bleu2 = _aggregation("geollava", "sentence_bleu2")
+sbert_cosine = _aggregation("geollava", "sbert_cosine")
+bertscore_f1 = _aggregation("geollava", "bertscore_f1")
+grounding_precision = _aggregation("geollava", "grounding_precision")
+grounding_recall = _aggregation("geollava", "grounding_recall")
+grounding_f1 = _aggregation("geollava", "grounding_f1")
+bleu1 = _aggregation("geollava_levircc", "bleu1")
+bleu2 = _aggregation("geollava_levircc", "bleu2")
+bleu3 = _aggregation("geollava_levircc", "bleu3")
+bleu4 = _aggregation("geollava_levircc", "bleu4")
+meteor = _aggregation("geollava_levircc", "meteor")
+rougeL_coco = _aggregation("geollava_levircc", "rougeL_coco")
+cider_d = _aggregation("geollava_levircc", "cider_d")
+s_m = _aggregation("geollava_levircc", "s_m")
