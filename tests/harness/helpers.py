@@ -33,13 +33,22 @@ class LmmsEvalRun:
     samples: list[dict]
 
 
-def run_lmms_eval(workdir: Path, task: str, model: str, model_args: str, *extra: str) -> LmmsEvalRun:
-    """Run lmms-eval's own CLI on ``task`` (defined under ``workdir/tasks``), logging samples to ``workdir/out``."""
+def run_lmms_eval(
+    workdir: Path, task: str, model: str, model_args: str, *extra: str, include: Path | None = None, hub: bool = False
+) -> LmmsEvalRun:
+    """Run lmms-eval's own CLI on ``task``, defined under ``include`` (default ``workdir/tasks``), in ``workdir``.
+
+    Samples are logged to ``workdir/out``. Offline unless ``hub``: then a Hub id resolves through ``HF_ENDPOINT``,
+    the loopback Hub of the test session.
+    """
     out = workdir / "out"
     command = [str(LMMS_EVAL), "--model", model, "--model_args", model_args, "--tasks", task]
-    command += ["--include_path", str(workdir / "tasks"), "--output_path", str(out), "--log_samples", *extra]
+    command += ["--include_path", str(include or workdir / "tasks"), "--output_path", str(out), "--log_samples"]
+    command += extra
     # The harness answers 0 whatever happened (a failed evaluation is a logged traceback): its files say what ran.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OPENAI_API_KEY": "EMPTY"}
+    env = {**os.environ, "OPENAI_API_KEY": "EMPTY"}
+    if not hub:
+        env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
     results = sorted(glob.glob(str(out / "**" / "*_results.json"), recursive=True))
     samples = sorted(glob.glob(str(out / "**" / f"*_samples_{task}.jsonl"), recursive=True))

@@ -7,11 +7,14 @@ import json
 
 import pytest
 from datasets import load_dataset
+from lmms_eval.utils import load_yaml_config
 
 from tests.harness.helpers import local_task, run_lmms_eval
 from trainer.evaluation.lmms_tasks import hooks
+from trainer.evaluation.lmms_tasks.cli import TASKS_DIR
 from trainer.evaluation.run_eval import row_prompt_and_references
 from trainer.evaluation.score import main as score_main
+from upload.push import main as push_main
 
 
 pytestmark = pytest.mark.slow
@@ -20,6 +23,7 @@ LIMIT = 4
 #: A short budget: the tiny random model rarely stops by itself.
 GEN_KWARGS = ("--gen_kwargs", "max_new_tokens=24")
 FAILED = "[LMMS_EVAL_REQUEST_FAILED"
+HUB_REPO = "geollava-org/geollava"
 
 
 def geollava_score_of_samples(run, dataset, workdir) -> dict:
@@ -53,16 +57,30 @@ def check_scores_are_geollava_scores(run, task, shipped, dataset, workdir):
         assert scores[f"{key},none"] == pytest.approx(expected[key], abs=1e-6), key
 
 
-@pytest.mark.parametrize("shipped", sorted(hooks.TASK_KEYS))
-def test_the_openai_model_against_a_served_model(shipped, served_qwen, tiny_qwen, request, tmp_path):
-    dataset = request.getfixturevalue({"geollava": "geollava_dataset"}.get(shipped, "levircc_dataset"))
-    task = local_task(tmp_path / "tasks", shipped, dataset)
-    model_args = f"model={tiny_qwen},base_url={served_qwen},api_key=EMPTY,num_concurrent=2,max_retries=1"
-    run = run_lmms_eval(tmp_path, task, "openai", model_args, "--limit", str(LIMIT), *GEN_KWARGS)
-    check_scores_are_geollava_scores(run, task, shipped, dataset, tmp_path)
+def served_args(served_qwen, tiny_qwen) -> str:
+    return f"model={tiny_qwen},base_url={served_qwen},api_key=EMPTY,num_concurrent=2,max_retries=1"
 
 
-def test_the_in_process_qwen2_5_vl_class(tiny_qwen, geollava_dataset, tmp_path):
+def test_the_shipped_geollava_task_on_its_hub_repo_id(hub_server, geollava_dataset, served_qwen, tiny_qwen, tmp_path):
+    # The shipped YAML as it is: its dataset_path is the Hub repo id, here served by the loopback Hub.
+    assert load_yaml_config(str(TASKS_DIR / "geollava.yaml"))["dataset_path"] == HUB_REPO
+    assert push_main(["dataset", str(geollava_dataset), "--repo-id", HUB_REPO]) == 0
+    args = served_args(served_qwen, tiny_qwen)
+    limit = ("--limit", str(LIMIT), *GEN_KWARGS)
+    run = run_lmms_eval(tmp_path, "geollava", "openai", args, *limit, include=TASKS_DIR, hub=True)
+    check_scores_are_geollava_scores(run, "geollava", "geollava", geollava_dataset, tmp_path)
+
+
+def test_the_levircc_task_on_a_local_folder(levircc_dataset, served_qwen, tiny_qwen, tmp_path):
+    task = local_task(tmp_path / "tasks", "geollava_levircc", levircc_dataset)
+    args = served_args(served_qwen, tiny_qwen)
+    run = run_lmms_eval(tmp_path, task, "openai", args, "--limit", str(LIMIT), *GEN_KWARGS)
+    check_scores_are_geollava_scores(run, task, "geollava_levircc", levircc_dataset, tmp_path)
+
+
+def test_the_geollava_task_on_a_local_folder_with_the_in_process_qwen2_5_vl_class(
+    tiny_qwen, geollava_dataset, tmp_path
+):
     task = local_task(tmp_path / "tasks", "geollava", geollava_dataset)
     model_args = f"pretrained={tiny_qwen},device=cpu,device_map=cpu"
     run = run_lmms_eval(tmp_path, task, "qwen2_5_vl", model_args, "--limit", str(LIMIT), *GEN_KWARGS)
@@ -74,7 +92,7 @@ def check_failed_before_scoring(run, task):
     assert f"Selected Tasks: ['{task}']" in run.output
     assert "Error during evaluation: " in run.output
     # Nothing of the rows was touched: no traceback passes through the functions that read or score them.
-    for name in ("doc_to_visual", "doc_to_target", "process_geollava", "process_levircc", "_scores"):
+    for name in ("doc_to_target", "process_geollava", "process_levircc", "_scores"):
         assert f"in {name}\n" not in run.output, run.output[-6000:]
     assert "KeyError" not in run.output and "TypeError" not in run.output, run.output[-6000:]
 

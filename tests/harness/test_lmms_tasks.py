@@ -42,7 +42,9 @@ def test_each_task_names_its_metrics_and_the_project_functions(task):
         assert metric["aggregation"] is getattr(hooks, metric["metric"])
         assert metric["higher_is_better"] is True
     assert config["process_results"] is {"geollava": hooks.process_geollava}.get(task, hooks.process_levircc)
-    assert config["doc_to_visual"] is hooks.doc_to_visual
+    prefix = {"geollava": "geollava"}.get(task, "levircc")
+    assert config["doc_to_visual"] is getattr(hooks, f"{prefix}_doc_to_visual")
+    assert config["doc_to_text"] is getattr(hooks, f"{prefix}_doc_to_text")
 
 
 def test_the_definitions_ship_as_package_data():
@@ -99,12 +101,16 @@ def test_the_first_row_read_names_the_task_and_the_missing_columns(geollava_data
     row = load_dataset(str(geollava_dataset), "default", split="test")[0]
     assert hooks.geollava_doc_to_text(row) == row_question_and_references(row)[0]
     assert "<video>" not in hooks.geollava_doc_to_text(row)
-    frames = hooks.doc_to_visual(row)
+    frames = hooks.geollava_doc_to_visual(row)
     assert [f.mode for f in frames] == ["RGB", "RGB"] and frames[0].size == row["frames"][0].size
-    missing = r"task geollava_levircc: the dataset has no column 'frames', 'conversations'"
-    with pytest.raises(ValueError, match=missing):
-        hooks.levircc_doc_to_text({k: v for k, v in row.items() if k not in ("frames", "conversations")})
+    # lmms-eval reads questions from rows without their images, and frames at the first request
+    without = {k: v for k, v in row.items() if k not in ("frames", "conversations")}
+    assert hooks.geollava_doc_to_text({k: v for k, v in row.items() if k != "frames"})
+    with pytest.raises(ValueError, match=r"task geollava_levircc: the dataset has no column 'conversations': "):
+        hooks.levircc_doc_to_text(without)
+    with pytest.raises(ValueError, match=r"task geollava: the dataset has no column 'frames': the task reads id, "):
+        hooks.geollava_doc_to_visual(without)
     with pytest.raises(ValueError, match=rf"task geollava: row '{row['id']}': no reference"):
         hooks.geollava_doc_to_text({**row, "conversations": [row["conversations"][0], {"from": "gpt", "value": ""}]})
-    with pytest.raises(ValueError, match=r"'frames' must hold 2 images"):
-        hooks.doc_to_visual({**row, "frames": row["frames"][:1]})
+    with pytest.raises(ValueError, match=rf"task geollava_levircc: row '{row['id']}': 'frames' must hold 2 images"):
+        hooks.levircc_doc_to_visual({**row, "frames": row["frames"][:1]})

@@ -21,18 +21,31 @@ TASK_KEYS = {"geollava": (*GEOLLAVA_KEYS, *GROUNDING_KEYS), "geollava_levircc": 
 COLUMNS = ("id", "frames", "conversations")
 
 
-def _question(task: str, doc: dict) -> str:
-    # lmms-eval's first call on a row, when it loads the task: a dataset without the columns stops here, named.
-    missing = [column for column in COLUMNS if column not in doc]
+def _require(task: str, doc: dict, columns: tuple[str, ...]) -> None:
+    missing = [column for column in columns if column not in doc]
     if missing:
         raise ValueError(
-            f"task {task}: the dataset has no column {', '.join(map(repr, missing))} (it has {', '.join(doc)}); "
-            f"the task reads {', '.join(COLUMNS)} as geollava-build and geollava-build-levircc write them"
+            f"task {task}: the dataset has no column {', '.join(map(repr, missing))}: the task reads "
+            f"{', '.join(COLUMNS)} (2 frames, earlier first), as geollava-build and geollava-build-levircc write them"
         )
+
+
+def _question(task: str, doc: dict) -> str:
+    # lmms-eval reads the question of the first row when it loads the task, from the row without its images.
+    _require(task, doc, ("id", "conversations"))
     try:
         return row_question_and_references(doc)[0]
     except ValueError as err:
         raise ValueError(f"task {task}: row {doc['id']!r}: {err}") from None
+
+
+def _frames(task: str, doc: dict) -> list:
+    # The first request reads the first row's frames, before anything is generated.
+    _require(task, doc, ("frames",))
+    frames = doc["frames"]
+    if not isinstance(frames, list) or len(frames) != 2:
+        raise ValueError(f"task {task}: row {doc['id']!r}: 'frames' must hold 2 images, got {frames!r}")
+    return [frame.convert("RGB") for frame in frames]
 
 
 def geollava_doc_to_text(doc: dict) -> str:
@@ -45,16 +58,14 @@ def levircc_doc_to_text(doc: dict) -> str:
     return _question("geollava_levircc", doc)
 
 
-def doc_to_visual(doc: dict) -> list:
-    """The row's two frames, earlier first, as RGB images: what lmms-eval's model classes take for two dates.
+def geollava_doc_to_visual(doc: dict) -> list:
+    """The GeoLLaVA row's two frames, earlier first, as RGB images: lmms-eval's model classes take two dates so."""
+    return _frames("geollava", doc)
 
-    Raises:
-        ValueError: Naming the row, when it does not hold two frames.
-    """
-    frames = doc["frames"]
-    if not isinstance(frames, list) or len(frames) != 2:
-        raise ValueError(f"row {doc['id']!r}: 'frames' must hold 2 images, got {frames!r}")
-    return [frame.convert("RGB") for frame in frames]
+
+def levircc_doc_to_visual(doc: dict) -> list:
+    """The LEVIR-CC row's two frames (before, after) as RGB images: lmms-eval's model classes take two dates so."""
+    return _frames("geollava_levircc", doc)
 
 
 def doc_to_target(doc: dict) -> list[str]:
