@@ -1,6 +1,7 @@
 """The shipped lmms-eval tasks: lmms-eval indexes and loads them, and their functions score as geollava-score."""
 
 import fnmatch
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from datasets import load_dataset
 from lmms_eval.tasks import TaskManager
 from lmms_eval.utils import load_yaml_config
 
+from dataset_builder.card import render_dataset_card
 from trainer.evaluation.lmms_tasks import hooks
 from trainer.evaluation.lmms_tasks.cli import TASKS_DIR, main
 from trainer.evaluation.metric_sets import geollava_set, levircc_set
@@ -114,3 +116,16 @@ def test_the_first_row_read_names_the_task_and_the_missing_columns(geollava_data
         hooks.geollava_doc_to_text({**row, "conversations": [row["conversations"][0], {"from": "gpt", "value": ""}]})
     with pytest.raises(ValueError, match=rf"task geollava_levircc: row '{row['id']}': 'frames' must hold 2 images"):
         hooks.levircc_doc_to_visual({**row, "frames": row["frames"][:1]})
+
+
+def test_the_dataset_cards_command_writes_a_task_lmms_eval_loads(geollava_dataset, tmp_path):
+    card = str(render_dataset_card(geollava_dataset, "some-org/geollava"))
+    section = card[card.index("## Evaluate a model on it") :]
+    block = section[section.index("```bash\n") + len("```bash\n") : section.index("```\n", section.index("```bash"))]
+    writes_the_task = block[: block.index("transformers serve")]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["bash", "-euc", writes_the_task], cwd=tmp_path, env=env, check=True)
+    config = load_yaml_config(str(tmp_path / "tasks" / "geollava_here.yaml"))
+    assert config["task"] == "geollava_here" and config["dataset_path"] == "some-org/geollava"
+    assert [m["metric"] for m in config["metric_list"]] == list(hooks.TASK_KEYS["geollava"])
+    assert "lmms-eval --include_path tasks --tasks geollava_here" in block
