@@ -40,11 +40,11 @@ def test_each_task_names_its_metrics_and_the_project_functions(task):
     assert config["task"] == task
     assert config["dataset_name"] == "default" and config["test_split"] == "test"
     assert [m["metric"] for m in config["metric_list"]] == list(hooks.TASK_KEYS[task])
+    prefix = hooks.PREFIX[task]
     for metric in config["metric_list"]:
-        assert metric["aggregation"] is getattr(hooks, metric["metric"])
+        assert metric["aggregation"] is getattr(hooks, f"{prefix}_{metric['metric']}")
         assert metric["higher_is_better"] is True
-    assert config["process_results"] is {"geollava": hooks.process_geollava}.get(task, hooks.process_levircc)
-    prefix = {"geollava": "geollava"}.get(task, "levircc")
+    assert config["process_results"] is getattr(hooks, f"process_{prefix}")
     assert config["doc_to_visual"] is getattr(hooks, f"{prefix}_doc_to_visual")
     assert config["doc_to_text"] is getattr(hooks, f"{prefix}_doc_to_text")
 
@@ -79,13 +79,13 @@ def test_geollava_aggregations_are_the_metric_set_on_the_same_rows(geollava_data
     references = [row_question_and_references(row)[1] for row in docs]
     expected = geollava_set(predictions, references, [row["changes"] for row in docs]).values
     for key in hooks.TASK_KEYS["geollava"]:
-        assert getattr(hooks, key)([row[key] for row in processed]) == expected[key], key
+        assert getattr(hooks, f"geollava_{key}")([row[key] for row in processed]) == expected[key], key
 
     # Real fMoW pairs have no `changes`: grounding is not computed (None), the rest is.
     without = [{k: v for k, v in row.items() if k != "changes"} for row in docs]
     processed = _rows(without, hooks.process_geollava, predictions)
-    assert hooks.grounding_f1([row["grounding_f1"] for row in processed]) is None
-    assert hooks.rougeL([row["rougeL"] for row in processed]) == expected["rougeL"]
+    assert hooks.geollava_grounding_f1([row["grounding_f1"] for row in processed]) is None
+    assert hooks.geollava_rougeL([row["rougeL"] for row in processed]) == expected["rougeL"]
 
 
 def test_levircc_aggregations_are_the_metric_set_on_the_same_rows(levircc_dataset):
@@ -96,7 +96,7 @@ def test_levircc_aggregations_are_the_metric_set_on_the_same_rows(levircc_datase
     assert processed[0]["cider_d"]["references"] == docs[0]["references"]
     expected = levircc_set(predictions, [row["references"] for row in docs]).values
     for key in hooks.TASK_KEYS["geollava_levircc"]:
-        assert getattr(hooks, key)([row[key] for row in processed]) == expected[key], key
+        assert getattr(hooks, f"levircc_{key}")([row[key] for row in processed]) == expected[key], key
 
 
 def test_the_first_row_read_names_the_task_and_the_missing_columns(geollava_dataset):

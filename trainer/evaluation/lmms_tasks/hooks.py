@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 #: The metrics of each task definition, in its YAML's order.
 TASK_KEYS = {"geollava": (*GEOLLAVA_KEYS, *GROUNDING_KEYS), "geollava_levircc": LEVIRCC_KEYS}
+#: The prefix of each task's functions here (``geollava_doc_to_text``, ``levircc_bleu4``, ...): metric keys repeat.
+PREFIX = {"geollava": "geollava", "geollava_levircc": "levircc"}
 #: The columns every task reads (``references`` and ``changes`` too, where the dataset has them).
 COLUMNS = ("id", "frames", "conversations")
 
@@ -110,25 +112,25 @@ def _aggregation(task: str, key: str):
     def aggregate(results: list[dict]) -> float | None:
         return _scores(task, json.dumps(results, sort_keys=True)).get(key)
 
-    aggregate.__name__ = aggregate.__qualname__ = key
+    aggregate.__name__ = aggregate.__qualname__ = f"{PREFIX[task]}_{key}"
     aggregate.__doc__ = f"{key} of the {task} task over its rows, as geollava-score computes it (None: not computed)."
     return aggregate
 
 
-rouge1 = _aggregation("geollava", "rouge1")
-rouge2 = _aggregation("geollava", "rouge2")
-rougeL = _aggregation("geollava", "rougeL")
-sentence_bleu2 = _aggregation("geollava", "sentence_bleu2")
-sbert_cosine = _aggregation("geollava", "sbert_cosine")
-bertscore_f1 = _aggregation("geollava", "bertscore_f1")
-grounding_precision = _aggregation("geollava", "grounding_precision")
-grounding_recall = _aggregation("geollava", "grounding_recall")
-grounding_f1 = _aggregation("geollava", "grounding_f1")
-bleu1 = _aggregation("geollava_levircc", "bleu1")
-bleu2 = _aggregation("geollava_levircc", "bleu2")
-bleu3 = _aggregation("geollava_levircc", "bleu3")
-bleu4 = _aggregation("geollava_levircc", "bleu4")
-meteor = _aggregation("geollava_levircc", "meteor")
-rougeL_coco = _aggregation("geollava_levircc", "rougeL_coco")
-cider_d = _aggregation("geollava_levircc", "cider_d")
-s_m = _aggregation("geollava_levircc", "s_m")
+geollava_rouge1 = _aggregation("geollava", "rouge1")
+geollava_rouge2 = _aggregation("geollava", "rouge2")
+geollava_rougeL = _aggregation("geollava", "rougeL")
+geollava_sentence_bleu2 = _aggregation("geollava", "sentence_bleu2")
+geollava_sbert_cosine = _aggregation("geollava", "sbert_cosine")
+geollava_bertscore_f1 = _aggregation("geollava", "bertscore_f1")
+geollava_grounding_precision = _aggregation("geollava", "grounding_precision")
+geollava_grounding_recall = _aggregation("geollava", "grounding_recall")
+geollava_grounding_f1 = _aggregation("geollava", "grounding_f1")
+levircc_bleu1 = _aggregation("geollava_levircc", "bleu1")
+levircc_bleu2 = _aggregation("geollava_levircc", "bleu2")
+levircc_bleu3 = _aggregation("geollava_levircc", "bleu3")
+levircc_bleu4 = _aggregation("geollava_levircc", "bleu4")
+levircc_meteor = _aggregation("geollava_levircc", "meteor")
+levircc_rougeL_coco = _aggregation("geollava_levircc", "rougeL_coco")
+levircc_cider_d = _aggregation("geollava_levircc", "cider_d")
+levircc_s_m = _aggregation("geollava_levircc", "s_m")
