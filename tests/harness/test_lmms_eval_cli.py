@@ -14,6 +14,7 @@ from trainer.evaluation.lmms_tasks import hooks
 from trainer.evaluation.lmms_tasks.cli import TASKS_DIR
 from trainer.evaluation.run_eval import row_prompt_and_references
 from trainer.evaluation.score import main as score_main
+from trainer.tiny.build import build_tiny_model
 from upload.push import main as push_main
 
 
@@ -78,12 +79,15 @@ def test_the_levircc_task_on_a_local_folder(levircc_dataset, served_qwen, tiny_q
     check_scores_are_geollava_scores(run, task, "geollava_levircc", levircc_dataset, tmp_path)
 
 
-def test_the_geollava_task_on_a_local_folder_with_the_in_process_qwen2_5_vl_class(
-    tiny_qwen, geollava_dataset, tmp_path
+@pytest.mark.parametrize(("family", "model_class"), [("qwen2.5-vl", "qwen2_5_vl"), ("llava-onevision", "llava_hf")])
+def test_the_geollava_task_on_a_local_folder_with_the_in_process_class(
+    family, model_class, tiny_qwen, geollava_dataset, tmp_path
 ):
+    # lmms-eval's own class for the family loads the folder itself: qwen2_5_vl, and llava_hf for LLaVA-OneVision.
+    model = tiny_qwen if family == "qwen2.5-vl" else build_tiny_model(family, tmp_path / "model", image_size=32)
     task = local_task(tmp_path / "tasks", "geollava", geollava_dataset)
-    model_args = f"pretrained={tiny_qwen},device=cpu,device_map=cpu"
-    run = run_lmms_eval(tmp_path, task, "qwen2_5_vl", model_args, "--limit", str(LIMIT), *GEN_KWARGS)
+    model_args = f"pretrained={model},device=cpu,device_map=cpu"
+    run = run_lmms_eval(tmp_path, task, model_class, model_args, "--limit", str(LIMIT), *GEN_KWARGS)
     check_scores_are_geollava_scores(run, task, "geollava", geollava_dataset, tmp_path)
 
 
