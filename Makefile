@@ -9,8 +9,12 @@ FRESH ?=
 LONG ?=
 # a quickstart profile by name (scripts/quickstart.py --help); LONG=1 is PROFILE=long
 PROFILE ?=
+# The GPU check's wheelhouse folder (`make gpu-wheels` fills it; git-ignored). `make gpu-check` with WHEELS= or
+# PYTHON= on the command line runs on that interpreter, with those wheels installed beside its own torch.
+WHEELS ?=
+GPU_NODE := $(or $(WHEELS),$(filter command line,$(origin PYTHON)))
 
-.PHONY: quickstart test bench gpu-check lint format demo space-check venv clean
+.PHONY: quickstart test bench gpu-check gpu-wheels lint format demo space-check venv clean
 
 venv: $(STAMP)
 
@@ -32,10 +36,25 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# On a machine with a CUDA GPU: the tiny chain (NF4 QLoRA + 5 % pruning, eval, predict, the Space) on CUDA, then the
-# 7B training benchmark; results in benchmarks/results/gpu_*. Without a GPU it fails at once: "no CUDA device".
+# On a machine with a CUDA GPU: a preflight, `pytest -m gpu`, the tiny chain (NF4 QLoRA + 5 % pruning, eval, scoring,
+# predict, the Space) on CUDA, then the 7B training benchmark, each step in its own try; results in
+# benchmarks/results/gpu_*, the exit status is the number of failed steps. Without a GPU it fails at once, saying why.
+# `make gpu-check` uses the project's venv; on an offline node with its own PyTorch, `make gpu-check
+# PYTHON=/path/to/python3 WHEELS=.gpu-wheels` installs nothing but those wheels, beside that torch
+# (scripts/gpu_check.sh). See docs/gpu-check.md.
+ifeq ($(GPU_NODE),)
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py
+else
+gpu-check:
+	PYTHON=$(PYTHON) WHEELS=$(WHEELS) scripts/gpu_check.sh
+endif
+
+# On a machine with the registries: the pinned packages the GPU node's list (benchmarks/gpu_node_packages.txt) lacks,
+# as Python 3.12 manylinux x86-64 wheels, into $(or $(WHEELS),.gpu-wheels)/ (never committed); what and why in
+# benchmarks/results/gpu_wheels.md.
+gpu-wheels: $(STAMP)
+	$(BIN)/python benchmarks/gpu_wheels.py --out $(or $(WHEELS),.gpu-wheels)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

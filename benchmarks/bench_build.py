@@ -5,7 +5,8 @@ encoding the same images with the same libraries (Pillow decode + resize + JPEG 
 
 Writes benchmarks/results/build.json and build.md. The floor is the per-pair work no builder can skip (decode both
 images, bring them to the frame size, encode two JPEGs, write the 2-frame clip); the build adds the scan, Parquet,
-the sample config, the official JSON and the card. Also timed: the same build with --num-proc 2.
+the sample config, the official JSON and the card. Also timed: the same build with --num-proc 2, and with
+--sequences (its extra time against its own floor: decode, resize and encode every kept view once more).
 """
 
 import json
@@ -22,6 +23,7 @@ from dataset_builder.build import BuildConfig, build
 from dataset_builder.fmow import scan_fmow
 from dataset_builder.frames import encode_jpeg, load_frame, write_mp4
 from dataset_builder.pairs import find_pairs
+from dataset_builder.sequences import find_sequence
 from dataset_builder.synthetic.synth import SynthConfig, generate_tree
 
 
@@ -43,6 +45,12 @@ def main():
                 encode_jpeg(frame)
             write_mp4(frames, work / "floor.mp4")
         floor = time.perf_counter() - start
+        sequences = [s for images in scan.locations.values() if (s := find_sequence(images, 8))]
+        start = time.perf_counter()
+        for sequence in sequences:
+            for view in sequence.views:
+                encode_jpeg(load_frame(view.path, FRAME_SIZE))
+        sequences_floor = time.perf_counter() - start
         timings = {}
         for num_proc in (1, 2):
             start = time.perf_counter()
@@ -56,6 +64,17 @@ def main():
                 )
             )
             timings[num_proc] = time.perf_counter() - start
+        start = time.perf_counter()
+        with_sequences = build(
+            BuildConfig(
+                fmow_root=str(work / "fmow"),
+                out=str(work / "out_sequences"),
+                frame_size=FRAME_SIZE,
+                shard_rows=100,
+                sequences=True,
+            )
+        )
+        sequences_seconds = time.perf_counter() - start - timings[1]
         seconds = timings[1]
         n_pairs = sum(report["pairs_per_split"].values())
         size = sum(p.stat().st_size for p in (work / "out1").rglob("*") if p.is_file())
@@ -73,6 +92,11 @@ def main():
             "goal_ratio": 1.5,
             "build_seconds_num_proc_2": round(timings[2], 2),
             "speedup_num_proc_2": round(timings[1] / timings[2], 2),
+            "sequences_rows": sum(with_sequences["sequences"]["rows_per_split"].values()),
+            "sequences_frames": sum(len(s.views) for s in sequences),
+            "sequences_extra_seconds": round(sequences_seconds, 2),
+            "sequences_floor_seconds": round(sequences_floor, 2),
+            "sequences_ratio_to_floor": round(sequences_seconds / sequences_floor, 2),
             "output_mb": round(size / 1e6, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "cores": os.cpu_count(),
@@ -89,7 +113,10 @@ def main():
         f"| {result['pairs_per_s']} | {result['images_per_s']} | {result['build_seconds']} "
         f"| {result['floor_seconds']} | {result['ratio_to_floor']} |\n\n"
         f"`--num-proc 2`: {result['build_seconds_num_proc_2']} s ({result['speedup_num_proc_2']}× the 1-process "
-        f"build). Output {result['output_mb']} MB; peak RSS of the benchmark process {result['peak_rss_mb']} MB.\n",
+        f"build). Output {result['output_mb']} MB; peak RSS of the benchmark process {result['peak_rss_mb']} MB.\n\n"
+        f"`--sequences`: {result['sequences_rows']} rows of {result['sequences_frames']} frames in "
+        f"{result['sequences_extra_seconds']} s more than the pairs-only build, {result['sequences_ratio_to_floor']}× "
+        f"the floor of making those frames ({result['sequences_floor_seconds']} s).\n",
     )
     print(json.dumps(result))
 

@@ -109,7 +109,7 @@ def encoder_floor(sentences: list[str], batch_size: int = 64) -> None:
     import torch
 
     encoder = shared_encoder_for(EncoderOptions())
-    tokenizer, model = shared_encoder._load(encoder.path, "fp32")
+    tokenizer, model = shared_encoder._load(encoder.path, "fp32", "cpu")  # the model encoder_metrics uses here
     distinct = list(dict.fromkeys(sentences))
     ids = tokenizer(distinct, truncation=True, max_length=tokenizer.model_max_length)["input_ids"]
     ids.sort(key=len, reverse=True)

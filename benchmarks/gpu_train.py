@@ -3,17 +3,20 @@
     .venv/bin/python benchmarks/gpu_train.py                 # on a CUDA machine (make gpu-check runs it)
     .venv/bin/python benchmarks/gpu_train.py --dry_run true  # tiny config on the CPU, a few steps (make test)
 
-The recipe's checkpoint when it is on this machine, else a random model of its real 7B config (throughput does not
-depend on weight values); samples/s, tokens/s, peak memory and MFU into benchmarks/results/gpu_train.{json,md}.
-Without CUDA it writes nothing. See docs/training.md "Benchmarks".
+The recipe's checkpoint when it is on this machine, else a random model of its real 7B config built on the GPU
+(throughput does not depend on weight values); samples/s, tokens/s, peak memory and MFU into
+benchmarks/results/gpu_train.{json,md}, rewritten after each recipe. Without CUDA it writes nothing. See
+docs/training.md "Benchmarks".
 """
 
 import gc
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +48,8 @@ from gpu_model import (  # noqa: E402
     tiny_config,
     video_tokens,
 )
+from results_io import write_results  # noqa: E402
 
-from dataset_builder.atomic import write_json, write_text  # noqa: E402
 from trainer.models.families import get_family  # noqa: E402
 from trainer.training.config import GeoModelConfig  # noqa: E402
 from trainer.training.model_setup import load_model, lora_config, match_trainable_dtype  # noqa: E402
@@ -59,6 +62,10 @@ FAMILY = "llava-next-video"
 GOALS = {"lora": 20.0, "qlora": 12.0}
 RECIPES_7B = "trainer/recipes/llava-next-video-7b"
 DEFAULT_RECIPES = f"{RECIPES_7B}/h100_lora.yaml,{RECIPES_7B}/qlora_prune5.yaml"
+#: How a CUDA allocation failure surfaces besides torch.OutOfMemoryError: cuBLAS's workspace, a kernel's own error.
+OOM_MESSAGES = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory", "out of memory")
+#: The random 7B base is saved for the 4-bit reload in shards of this size (one 14 GB file is slow to write and read).
+SHARD_SIZE = "2GB"
 
 
 @dataclass
@@ -67,7 +74,8 @@ class GpuTrainBenchConfig:
 
     recipes: str = field(default=DEFAULT_RECIPES, metadata={"help": "Comma-separated recipe YAML files."})
     batch_sizes: str = field(
-        default="", metadata={"help": "Micro-batches to try, largest first ('': each recipe's own)."}
+        default="",
+        metadata={"help": "Micro-batches to try, largest first ('': each recipe's own, then its half and quarter)."},
     )
     base: str = field(
         default="auto",
@@ -87,6 +95,12 @@ class GpuTrainBenchConfig:
     out_dir: str | None = field(
         default=None, metadata={"help": "Where gpu_train.json/.md go (default: benchmarks/results; dry run: nowhere)."}
     )
+    work_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the random 7B base is saved for the 4-bit reload (~14 GB; default: a temporary folder)."
+        },
+    )
 
     def __post_init__(self):
         try:
@@ -104,9 +118,22 @@ class GpuTrainBenchConfig:
             raise ValueError("recipes: name at least one recipe YAML file")
 
     def batch_list(self, recipe: Recipe) -> list[int]:
-        """The micro-batches to try for ``recipe``, largest first."""
+        """The micro-batches to try for ``recipe``, largest first.
+
+        ``--batch_sizes``, else the recipe's, its half and its quarter (16, 8, 4): an out-of-memory error at the
+        recipe's micro-batch still measures the recipe.
+        """
         sizes = {int(b) for b in self.batch_sizes.split(",") if b}
-        return sorted(sizes, reverse=True) if sizes else [recipe.batch]
+        if not sizes:
+            sizes = {max(1, recipe.batch // factor) for factor in (1, 2, 4)}
+        return sorted(sizes, reverse=True)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a CUDA allocation failure, in any of the forms torch, cuBLAS and kernels raise it."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(message in str(error) for message in OOM_MESSAGES)
 
 
 def _sync(device) -> None:
@@ -172,12 +199,21 @@ def _qlora_model(saved: Path, recipe: Recipe, dtype: torch.dtype):
     return loaded.model
 
 
+def save_random_base(config, device, dtype: torch.dtype, folder: Path, attn_implementation: str) -> Path:
+    """Build the random base on ``device`` (initialised there: fast), save it in shards and free it."""
+    model = build_random_model(config, device, dtype, attn_implementation)
+    model.save_pretrained(folder, max_shard_size=SHARD_SIZE)
+    del model
+    _free(device)  # the 4-bit reload needs the memory the bf16 copy held
+    return folder
+
+
 def _model(recipe: Recipe, config, device, dtype: torch.dtype, workdir: Path, weights: Path | None):
     if recipe.method == "qlora":
         if weights is None:
             weights = workdir / "base"
             if not weights.exists():  # saved once, for every QLoRA recipe
-                build_random_model(config, "cpu", dtype, recipe.attn_implementation).save_pretrained(weights)
+                save_random_base(config, device, dtype, weights, recipe.attn_implementation)
         return _qlora_model(weights, recipe, dtype)
     if weights is None:
         base = build_random_model(config, device, dtype, recipe.attn_implementation)
@@ -207,6 +243,9 @@ def run_recipe(
         dtype: Weights / compute dtype.
         workdir: Holds the saved random base (``workdir/base``) for QLoRA.
         weights: The checkpoint folder; ``None``: a random model of ``config``.
+
+    Returns:
+        The measurement, or ``error: "no batch size fits"`` with what each micro-batch gave (``tried``).
     """
     autocast = dtype if dtype != torch.float32 else None
     _free(device)
@@ -225,10 +264,12 @@ def run_recipe(
         try:
             batch = synthetic_batch(config, batch_size, bench.tokens_per_sample, bench.answer_tokens, device, dtype)
             timing = measure(model, batch, bench.steps, bench.warmup_steps, device, autocast)
-        except torch.OutOfMemoryError:
-            tried.append({"batch": batch_size, "result": "out of memory"})
-            logger.warning("%s: batch %d does not fit, trying a smaller one", recipe.name, batch_size)
-            batch = None
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                raise
+            tried.append({"batch": batch_size, "result": f"out of memory ({type(error).__name__})"})
+            logger.warning("%s: batch %d does not fit (%s), trying a smaller one", recipe.name, batch_size, error)
+            batch = error = None  # drop the failed step's tensors (the traceback holds its frames) before the next
             continue
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else None
         samples_per_s = bench.steps * batch_size / timing["seconds"]
@@ -261,7 +302,8 @@ def run_recipe(
 def render_markdown(result: dict) -> str:
     """The results as a Markdown page."""
     lines = [
-        "# GPU training benchmark: the LLaVA-NeXT-Video-7B recipes",
+        "# GPU training benchmark: the LLaVA-NeXT-Video-7B recipes"
+        + (" (dry run on the CPU, tiny config: nothing here is a GPU figure)" if result["dry_run"] else ""),
         "",
         f"Device: {result['device']} (peak {result['peak_tflops']} dense bf16 TFLOP/s used for MFU). "
         f"{result['tokens_per_sample']} tokens/sample ({result['video_tokens']} video tokens, "
@@ -275,7 +317,11 @@ def render_markdown(result: dict) -> str:
     for r in result["recipes"]:
         weights = "random (7B config)" if r["weights"] == "random" else "checkpoint"
         if "error" in r:
-            lines.append(f"| {r['recipe']} | {r['method']} | {weights} | - | {r['error']} | | | | | | |")
+            error = r["error"].splitlines()[0].replace("|", "/")[:200]
+            tried = ", ".join(f"{t['batch']}: {t['result']}" for t in r.get("tried", []))
+            lines.append(
+                f"| {r['recipe']} | {r['method']} | {weights} | - | {error} ({tried or 'nothing tried'}) | | | | | | |"
+            )
             continue
         met = "met" if r["samples_per_s"] >= r["goal_samples_per_s"] else "not met"
         lines.append(
@@ -283,6 +329,8 @@ def render_markdown(result: dict) -> str:
             f"| {r['peak_memory_gib']} | {r['achieved_tflops']['4n']} | {r.get('mfu_4n')} | {r.get('mfu_6n')} "
             f"| {r['goal_samples_per_s']} ({met}) |"
         )
+    if result.get("pending"):
+        lines += ["", f"Not run (yet): {', '.join(result['pending'])}."]
     lines += [
         "",
         "MFU 4N counts what the run computes (frozen base: forward + input gradients, LoRA 6N, attention scores, "
@@ -300,6 +348,37 @@ def _setup(bench: GpuTrainBenchConfig):
     return "cuda", torch.bfloat16, real_config(), name, peak_tflops(name, bench.peak_tflops)
 
 
+def run_recipes(bench: GpuTrainBenchConfig, workdir: Path, save) -> list[dict]:
+    """Each recipe in its own try, ``save(results, pending)`` after each; a failed recipe keeps its traceback."""
+    device, dtype, config, _, peak = _setup(bench)
+    results = []
+    for i, recipe in enumerate(bench.recipe_list):
+        began = time.perf_counter()
+        try:
+            weights = None if bench.dry_run else find_weights(bench.base, recipe.model_id)
+            model_config = config if weights is None else AutoConfig.from_pretrained(weights)
+            result = run_recipe(recipe, model_config, bench, device, dtype, workdir, weights)
+        except Exception as error:  # noqa: BLE001 - recorded with its traceback; the next recipe still runs
+            logger.exception("%s failed", recipe.name)
+            kind = "out of memory" if is_out_of_memory(error) else "error"
+            result = {"recipe": recipe.name, "method": recipe.method, "weights": "random", "tried": []}
+            result |= {"error": f"{kind}: {type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+            error = None
+            _free(device)
+        result["seconds"] = round(time.perf_counter() - began, 1)
+        if "error" not in result and peak:
+            for key in ("4n", "6n"):
+                result[f"mfu_{key}"] = round(result["achieved_tflops"][key] / peak, 3)
+        logger.info("%s: %s", recipe.name, json.dumps({k: v for k, v in result.items() if k not in SILENT}))
+        results.append(result)
+        save(results, [r.name for r in bench.recipe_list[i + 1 :]])
+    return results
+
+
+#: Result keys too long for the log line.
+SILENT = ("parameters", "traceback")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark on the GPU (or the dry run on the CPU); without CUDA, say so and write nothing."""
     (bench,) = HfArgumentParser(GpuTrainBenchConfig).parse_args_into_dataclasses(args=argv)
@@ -307,19 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     if not bench.dry_run and not torch.cuda.is_available():
         print("gpu_train: no CUDA device on this machine: nothing measured, no results written")
         return 1 if bench.require_cuda else 0
-    device, dtype, config, name, peak = _setup(bench)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="gpu-train-") as tmp:
-        for recipe in bench.recipe_list:
-            weights = None if bench.dry_run else find_weights(bench.base, recipe.model_id)
-            model_config = config if weights is None else AutoConfig.from_pretrained(weights)
-            result = run_recipe(recipe, model_config, bench, device, dtype, Path(tmp), weights)
-            if "error" not in result and peak:
-                for key in ("4n", "6n"):
-                    result[f"mfu_{key}"] = round(result["achieved_tflops"][key] / peak, 3)
-            logger.info("%s: %s", recipe.name, json.dumps({k: v for k, v in result.items() if k != "parameters"}))
-            results.append(result)
-    out = {
+    _, _, config, name, peak = _setup(bench)
+    out_dir = bench.out_dir or (None if bench.dry_run else str(RESULTS))
+    header = {
         "device": name,
         "dry_run": bench.dry_run,
         "peak_tflops": peak,
@@ -329,13 +398,20 @@ def main(argv: list[str] | None = None) -> int:
         "video_tokens": video_tokens(config),
         "steps": bench.steps,
         "warmup_steps": bench.warmup_steps,
-        "recipes": results,
     }
-    out_dir = bench.out_dir or (None if bench.dry_run else str(RESULTS))
-    if out_dir:
-        write_json(Path(out_dir) / "gpu_train.json", out, indent=2)
-        write_text(Path(out_dir) / "gpu_train.md", render_markdown(out))
-    print(render_markdown(out))
+
+    def save(results: list[dict], pending: list[str]) -> None:
+        if out_dir:
+            out = {**header, "recipes": results, "pending": pending, "complete": not pending}
+            write_results("gpu_train", out, render_markdown(out), Path(out_dir))
+
+    workdir = Path(bench.work_dir or tempfile.mkdtemp(prefix="gpu-train-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        results = run_recipes(bench, workdir, save)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # the saved 7B base: ~14 GB
+    print(render_markdown({**header, "recipes": results, "pending": []}))
     return 0 if all("error" not in r and r["losses_finite"] for r in results) else 1
 
 

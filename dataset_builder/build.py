@@ -2,12 +2,11 @@
 
     geollava-build --fmow-root outputs/synth-fmow --out outputs/geollava --annotator synthetic
 
-Stages: scan the tree (drop unusable images with their reason) → pairs (the paper's rule) → answers from the
-annotator → per shard, two frames per pair (JPEG) and a 2-frame mp4 → Parquet shards → the ``sample_10k`` config,
-the official JSON form, ``build_report.json`` and the card (README.md with YAML ``configs`` and ``dataset_info``) that
-``load_dataset(OUT)`` reads with no custom code. Shards and clips are written under temporary names and renamed; a
-rerun with the same inputs and options resumes (answers already written are not asked for again), a rerun with other
-ones clears the folder and starts over, so two runs never mix.
+Stages: scan the tree (drop unusable images with their reason) → pairs (the paper's rule; with ``--sequences``, also
+every location's views in time order) → answers from the annotator → per shard, the frames (JPEG) and 2-frame mp4s
+→ Parquet shards → the ``sample_10k`` config, the official JSON form, ``build_report.json`` and the card that
+``load_dataset(OUT[, CONFIG])`` reads with no custom code. A rerun with the same inputs and options resumes; one with
+other options starts over. See docs/dataset.md.
 """
 
 import hashlib
@@ -32,9 +31,10 @@ from dataset_builder.changes import load_ground_truth
 from dataset_builder.fmow import DROP_REASONS, SKIP_REASONS, ScanResult, scan_fmow
 from dataset_builder.official_json import export_official
 from dataset_builder.pairs import Pair, find_pairs
-from dataset_builder.rows import features
-from dataset_builder.shards import plan_shards, run_shards, write_sample_config
-from dataset_builder.statistics import pair_statistics
+from dataset_builder.rows import features, sequence_features
+from dataset_builder.sequences import MIN_VIEWS, ViewSequence, find_sequence
+from dataset_builder.shards import plan_sequence_shards, plan_shards, run_shards, write_sample_config
+from dataset_builder.statistics import pair_statistics, sequence_statistics
 
 
 logger = logging.getLogger(__name__)
@@ -68,6 +68,20 @@ class BuildConfig:
     no_videos: bool = field(default=False, metadata={"help": "Do not write the 2-frame mp4 clips."})
     shard_rows: int = field(default=1000, metadata={"help": "Rows per Parquet shard (~120 MB at 336 px)."})
     jpeg_quality: int = field(default=95, metadata={"help": "JPEG quality of the stored frames (1-95)."})
+    sequences: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write the sequences config: each location with at least 3 usable views as one row of its "
+            "views in time order."
+        },
+    )
+    max_frames: int = field(
+        default=8,
+        metadata={
+            "help": "Most views in a sequences row: a location with more keeps this many, spread evenly over its "
+            "dates (the first and the last included)."
+        },
+    )
 
     def __post_init__(self):
         if self.frame_size < 16 or self.frame_size % 2:
@@ -88,6 +102,15 @@ class BuildConfig:
             raise ValueError(
                 f"--annotator {self.annotator!r}: {self.annotator.removeprefix('import:')} does not exist"
             )
+        if self.max_frames < MIN_VIEWS:
+            raise ValueError(
+                f"--max_frames {self.max_frames}: must be at least {MIN_VIEWS} (a sequence's fewest views)"
+            )
+        if self.sequences and self.annotator.startswith("import:"):
+            raise ValueError(
+                f"--sequences with --annotator {self.annotator!r}: the official JSON holds pairs only; use synthetic, "
+                "openai or none"
+            )
 
     @property
     def split_list(self) -> list[str]:
@@ -105,7 +128,9 @@ def _hash_path(h, path: Path) -> None:
 def build_fingerprint(cfg: BuildConfig, scan: ScanResult, annotator_options: dict) -> str:
     """What makes two builds the same: options, the usable input listing, ground truth and imported answers."""
     h = hashlib.sha256()
-    options = {k: v for k, v in asdict(cfg).items() if k not in ("num_proc", "out")}
+    # without --sequences its options change nothing: a pairs-only folder keeps its fingerprint (and resumes)
+    ignored = ("num_proc", "out") if cfg.sequences else ("num_proc", "out", "sequences", "max_frames")
+    options = {k: v for k, v in asdict(cfg).items() if k not in ignored}
     answer_options = {k: v for k, v in annotator_options.items() if k not in OPERATIONAL_OPTIONS}
     options |= {"format": BUILD_FORMAT, "annotator_options": answer_options}
     h.update(json.dumps(options, sort_keys=True, default=str).encode())
@@ -185,11 +210,14 @@ def _annotator_options(cfg: BuildConfig, openai_cfg) -> dict:
     return {}
 
 
-def _annotate(cfg: BuildConfig, pairs: list[Pair], options: dict, out: Path, report: dict) -> dict[str, str]:
-    """Answers by pair id; answers already written by an interrupted run of this build are reused.
+def _annotate(
+    cfg: BuildConfig, pairs: list[Pair], sequences: list[ViewSequence], options: dict, out: Path, report: dict
+) -> dict[str, str]:
+    """Answers by pair id and sequence key; answers already written by an interrupted run of this build are reused.
 
-    Requests are made one pair at a time as the annotator asks for them (an annotator that sends, ``openai``, reads
+    Requests are made one at a time as the annotator asks for them (an annotator that sends, ``openai``, reads
     each pair's images only when it plans or sends it), so nothing but the answers grows with the number of pairs.
+    The sequences are asked after the pairs, in the same stream (one estimate, one budget, one Batch run).
     """
     annotator = get_annotator(cfg.annotator, **options)
     report["annotation"] = {
@@ -198,6 +226,8 @@ def _annotate(cfg: BuildConfig, pairs: list[Pair], options: dict, out: Path, rep
         "prompt": annotator.prompt,
         "options": {k: v for k, v in options.items() if k != "fmow_root"},
     }
+    if sequences:
+        report["annotation"]["sequence_prompt"] = annotator.sequence_prompt
     captions: dict[str, str] = {}
     cache = out / CAPTIONS_FILE
     if cache.exists():
@@ -210,6 +240,7 @@ def _annotate(cfg: BuildConfig, pairs: list[Pair], options: dict, out: Path, rep
                     continue  # a line cut short by the interruption: that pair is asked again
         logger.info("resuming: %d answer(s) already written", len(captions))
     todo = [p for p in pairs if p.id not in captions]
+    todo_sequences = [s for s in sequences if s.key not in captions]
 
     def requests() -> Iterator[AnnotationRequest]:
         for p in todo:
@@ -225,23 +256,45 @@ def _annotate(cfg: BuildConfig, pairs: list[Pair], options: dict, out: Path, rep
                     "gap_days": p.gap_days,
                 },
             )
+        for s in todo_sequences:
+            yield AnnotationRequest(
+                id=s.key,
+                image_paths=tuple(view.path for view in s.views),
+                timestamps=s.timestamps,
+                metadata={
+                    "split": s.views[0].split,
+                    "dataset_split": s.split,
+                    "fmow_root": cfg.fmow_root,
+                    "category": s.category,
+                    "location_id": s.id,
+                    "stems": [view.stem for view in s.views],
+                },
+            )
 
     if todo and hasattr(annotator, "estimate") and not options.get("dry_run"):
         estimate, cached = annotator.estimate(requests())  # streamed: the price is known before anything is sent
         logger.info("%d pair(s) already answered in the cache; %s", cached, estimate.summary())
-    problems = defaultdict(list)
+    problems, sequence_problems = defaultdict(list), defaultdict(list)
+    sequence_keys = {s.key for s in todo_sequences}
+    total = len(todo) + len(todo_sequences)
     with open(cache, "a", encoding="utf-8") as fh:
         results = annotator.annotate(requests())
-        for result in tqdm(results, total=len(todo), desc="annotating", unit="pair", disable=not todo):
+        for result in tqdm(results, total=total, desc="annotating", unit="pair", disable=not total):
             if result.status == "ok" and result.text is not None:
                 captions[result.id] = result.text
                 fh.write(json.dumps({"id": result.id, "text": result.text}, ensure_ascii=False) + "\n")
                 fh.flush()
             else:
-                problems[result.status].append({"id": result.id, "reason": result.reason})
+                found = sequence_problems if result.id in sequence_keys else problems
+                found[result.status].append({"id": result.id, "reason": result.reason})
     report["annotation"]["not_annotated"] = dict(problems)
-    for status, items in problems.items():
-        logger.warning("%d pair(s) not annotated (%s), e.g. %s: they are left out", len(items), status, items[0])
+    if sequences:
+        report["annotation"]["sequences_not_annotated"] = dict(sequence_problems)
+    for what, found in (("pair", problems), ("sequence", sequence_problems)):
+        for status, items in found.items():
+            logger.warning(
+                "%d %s(s) not annotated (%s), e.g. %s: they are left out", len(items), what, status, items[0]
+            )
     return captions
 
 
@@ -274,11 +327,12 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
             f"a pair needs two usable images of one location >= {cfg.min_gap_days} days apart"
         )
     report["pairs_found"] = len(pairs)
+    sequences = _find_sequences(cfg, scan, report) if cfg.sequences else []
     options = _annotator_options(cfg, openai_cfg)
     fingerprint = build_fingerprint(cfg, scan, options)
     state = _prepare_out(out, fingerprint)
     # 3. answers
-    captions = _annotate(cfg, pairs, options, out, report)
+    captions = _annotate(cfg, pairs, sequences, options, out, report)
     if options.get("dry_run"):
         # an estimate only: the tokens and price are in annotation_report.json; no shards, no card
         report["dry_run"] = True
@@ -288,8 +342,15 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
     report["pairs_not_annotated"] = len(pairs) - len(annotated)
     if not annotated:
         raise RuntimeError(f"the {cfg.annotator} annotator answered none of the {len(pairs)} pairs: nothing to write")
+    annotated_sequences = [s for s in sequences if s.key in captions]
+    if sequences:
+        report["sequences"]["not_annotated"] = len(sequences) - len(annotated_sequences)
+        if not annotated_sequences:
+            raise RuntimeError(
+                f"the {cfg.annotator} annotator answered none of the {len(sequences)} sequences: nothing to write"
+            )
     # 4. shards: frames, clips, Parquet (resumable)
-    shards = _write_shards(cfg, annotated, captions, state, report)
+    shards = _write_shards(cfg, annotated, annotated_sequences, captions, state, report)
     # 5. the sample config, the official form, the report, the card (last: a folder with a README is complete)
     report["sample_10k_rows"] = write_sample_config(out, cfg.sample_size, cfg.sample_seed, cfg.shard_rows)
     report["official_json"] = export_official(out, out, videos=not cfg.no_videos)
@@ -300,6 +361,27 @@ def build(cfg: BuildConfig, openai_cfg=None) -> dict:
     state["complete"] = True
     write_json(out / STATE_FILE, state)
     return report
+
+
+def _find_sequences(cfg: BuildConfig, scan: ScanResult, report: dict) -> list[ViewSequence]:
+    """The sequences rule over every location, counted into ``report["sequences"]``.
+
+    Raises:
+        RuntimeError: If no location has enough usable views (``--sequences`` asked for a config it cannot make).
+    """
+    found = [s for key in sorted(scan.locations) if (s := find_sequence(scan.locations[key], cfg.max_frames))]
+    report["sequences"] = {
+        "max_frames": cfg.max_frames,
+        "locations_too_few_views": len(scan.locations) - len(found),
+        "found": len(found),
+        "subsampled": sum(s.n_views > len(s.views) for s in found),
+    }
+    if not found:
+        raise RuntimeError(
+            f"--sequences: no location in {cfg.fmow_root} (splits {cfg.split_list}) has {MIN_VIEWS} usable views; "
+            f"{len(scan.locations)} location(s) have 1 or 2"
+        )
+    return found
 
 
 def _scan_report(cfg: BuildConfig, root: Path, scan: ScanResult) -> dict:
@@ -324,12 +406,20 @@ def _scan_report(cfg: BuildConfig, root: Path, scan: ScanResult) -> dict:
 
 
 def _write_shards(
-    cfg: BuildConfig, annotated: list[Pair], captions: dict[str, str], state: dict, report: dict
+    cfg: BuildConfig,
+    annotated: list[Pair],
+    sequences: list[ViewSequence],
+    captions: dict[str, str],
+    state: dict,
+    report: dict,
 ) -> dict:
-    """Write (or resume) the shards, add the kept pairs' statistics to ``report``; returns shards per split.
+    """Write (or resume) the shards, add the kept rows' statistics to ``report``; returns the pairs' shards per split.
+
+    The sequences' shards are written by the same workers, after the pairs'; their counts go to
+    ``report["sequences"]``.
 
     Raises:
-        RuntimeError: If every pair failed to decode, or the rows written disagree with the pairs kept.
+        RuntimeError: If every pair (or every sequence) failed to decode, or the rows written disagree with those kept.
     """
     root, out = Path(cfg.fmow_root), Path(cfg.out)
     truth = {s: load_ground_truth(root, s) for s in cfg.split_list}
@@ -345,26 +435,70 @@ def _write_shards(
         jpeg_quality=cfg.jpeg_quality,
         videos=not cfg.no_videos,
     )
-    run_shards(jobs, state, out / STATE_FILE, num_proc=cfg.num_proc)
-    failed = [f for job in jobs for f in state["shards"][job["path"]]["failed"]]
+    sequence_jobs = plan_sequence_shards(
+        sequences,
+        captions,
+        truth,
+        sequence_features(with_changes=bool(truth)),
+        out=cfg.out,
+        shard_rows=cfg.shard_rows,
+        max_frames=cfg.max_frames,
+        frame_size=cfg.frame_size,
+        jpeg_quality=cfg.jpeg_quality,
+    )
+    run_shards(jobs + sequence_jobs, state, out / STATE_FILE, num_proc=cfg.num_proc)
+    failed = _failures(jobs, state)
     failed_ids = {f["id"] for f in failed}
     report["pairs_failed"] = failed
     kept = [p for p in annotated if p.id not in failed_ids]
     if not kept:
         raise RuntimeError(f"every one of the {len(annotated)} pairs failed to decode, e.g. {failed[0]}")
     report |= pair_statistics(kept)
+    rows_written = _rows_written(jobs, state, out, "pair")
+    if rows_written != report["pairs_per_split"]:
+        raise RuntimeError(f"rows written {rows_written} != pairs kept {report['pairs_per_split']}")
+    if sequence_jobs:
+        _check_sequences(sequences, sequence_jobs, state, out, report["sequences"])
+    return {split: sum(j["split"] == split for j in jobs) for split in rows_written}
+
+
+def _check_sequences(sequences: list[ViewSequence], jobs: list[dict], state: dict, out: Path, report: dict) -> None:
+    """The sequences' failures, statistics and shards per split, into ``report`` (the report's ``sequences``).
+
+    Raises:
+        RuntimeError: If every sequence failed to decode, or the rows written disagree with the sequences kept.
+    """
+    failed = _failures(jobs, state)
+    failed_keys = {f["id"] for f in failed}
+    kept = [s for s in sequences if s.key not in failed_keys]
+    if not kept:
+        raise RuntimeError(f"every one of the {len(sequences)} sequences failed to decode, e.g. {failed[0]}")
+    report["failed"] = failed
+    report["per_split"] = sequence_statistics(kept)
+    report["rows_per_split"] = {split: stats["rows"] for split, stats in report["per_split"].items()}
+    rows_written = _rows_written(jobs, state, out, "sequence")
+    if rows_written != report["rows_per_split"]:
+        raise RuntimeError(f"sequence rows written {rows_written} != sequences kept {report['rows_per_split']}")
+    report["shards"] = {split: sum(j["split"] == split for j in jobs) for split in rows_written}
+
+
+def _failures(jobs: list[dict], state: dict) -> list[dict]:
+    """The rows of some shards that failed to decode (``{"id", "reason"}``), as their workers recorded them."""
+    return [f for job in jobs for f in state["shards"][job["path"]]["failed"]]
+
+
+def _rows_written(jobs: list[dict], state: dict, out: Path, what: str) -> dict[str, int]:
+    """Rows written per split; the shards of a split whose every row failed are removed (no empty split)."""
     rows_written = Counter()
     for job in jobs:
         rows_written[job["split"]] += state["shards"][job["path"]]["rows"]
     for split in [s for s, n in rows_written.items() if n == 0]:
-        logger.warning("split %s: every pair failed to decode; no shards for it", split)
+        logger.warning("split %s: every %s failed to decode; no shards for it", split, what)
         for job in jobs:
             if job["split"] == split:
                 (out / job["path"]).unlink(missing_ok=True)
         del rows_written[split]
-    if dict(rows_written) != report["pairs_per_split"]:
-        raise RuntimeError(f"rows written {dict(rows_written)} != pairs kept {report['pairs_per_split']}")
-    return {split: sum(j["split"] == split for j in jobs) for split in rows_written}
+    return dict(rows_written)
 
 
 def _parser() -> HfArgumentParser:
@@ -381,10 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, RuntimeError, ValueError) as err:
         print(f"geollava-build: {err}", file=sys.stderr)
         return 1
+    sequences = report.get("sequences")
     if report.get("dry_run"):
+        also = f" and {sequences['found']} sequences" if sequences else ""
         print(
-            f"dry run: {report['pairs_found']} pairs estimated, nothing sent, no shards written; the estimate is in "
-            f"{Path(cfg.out) / 'annotation_report.json'}"
+            f"dry run: {report['pairs_found']} pairs{also} estimated, nothing sent, no shards written; the estimate "
+            f"is in {Path(cfg.out) / 'annotation_report.json'}"
         )
         return 0
     print(
@@ -393,6 +529,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{sum(report['images_dropped'].values())} dropped, {report['pairs_not_annotated']} pairs not annotated, "
         f"{len(report['pairs_failed'])} failed, in {report['seconds']} s"
     )
+    if sequences:
+        print(
+            f"sequences: rows {sequences['rows_per_split']} (at most {sequences['max_frames']} frames, "
+            f"{sequences['subsampled']} subsampled), {sequences['not_annotated']} not annotated, "
+            f"{len(sequences['failed'])} failed"
+        )
     return 0
 
 

@@ -14,7 +14,8 @@ from datasets import Features
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from dataset_builder.atomic import write_text
-from dataset_builder.prompts import ANNOTATION_PROMPT, PROMPT_TEMPLATES
+from dataset_builder.prompts import ANNOTATION_PROMPT, PROMPT_TEMPLATES, SEQUENCE_QUESTION
+from dataset_builder.sequences import SEQUENCES_CONFIG
 
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ def configs_and_info(dataset_dir: Path) -> tuple[list[dict], list[dict]]:
     """The YAML ``configs`` and ``dataset_info`` of a built folder, read from its Parquet shards.
 
     Args:
-        dataset_dir: A folder with ``data/{split}-NNNNN-of-NNNNN.parquet`` (and optionally ``data/sample_10k/``).
+        dataset_dir: A folder with ``data/{split}-NNNNN-of-NNNNN.parquet`` (and optionally ``data/sample_10k/`` and
+            ``data/sequences/``).
 
     Returns:
         ``(configs, dataset_info)`` lists for the card's YAML.
@@ -56,10 +58,15 @@ def configs_and_info(dataset_dir: Path) -> tuple[list[dict], list[dict]]:
             "train": "data/sample_10k/train-*",
             **{s: f"data/{s}-*" for s in splits if s != "train"},
         }
-    any_file = next(data.glob("*.parquet"))
-    features = Features.from_arrow_schema(pq.read_schema(any_file))
+    schemas = dict.fromkeys(layouts, pq.read_schema(next(data.glob("*.parquet"))))
+    sequence_files = sorted((data / SEQUENCES_CONFIG).glob("*-*-of-*.parquet"))
+    if sequence_files:
+        sequence_splits = sorted({p.name.split("-")[0] for p in sequence_files}, key=lambda s: (s != "train", s))
+        layouts[SEQUENCES_CONFIG] = {s: f"data/{SEQUENCES_CONFIG}/{s}-*" for s in sequence_splits}
+        schemas[SEQUENCES_CONFIG] = pq.read_schema(sequence_files[0])
     configs, infos = [], []
     for name, layout in layouts.items():
+        features = Features.from_arrow_schema(schemas[name])
         configs.append(
             {
                 "config_name": name,
@@ -122,6 +129,7 @@ def render_dataset_card(dataset_dir: Path | str, repo_id: str | None = None) -> 
     )
     options = report["options"]
     annotation = report["annotation"]
+    sequences = report.get("sequences") if any(c["config_name"] == SEQUENCES_CONFIG for c in configs) else None
     card = DatasetCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -152,6 +160,9 @@ def render_dataset_card(dataset_dir: Path | str, repo_id: str | None = None) -> 
         annotation_model=annotation.get("model"),
         annotation_prompt=annotation.get("prompt"),
         paper_prompt=ANNOTATION_PROMPT,
+        sequences=sequences,
+        sequence_question=SEQUENCE_QUESTION,
+        sequence_prompt=annotation.get("sequence_prompt"),
     )
     return card
 

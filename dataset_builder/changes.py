@@ -108,6 +108,13 @@ NO_CHANGE_PHRASES: tuple[str, ...] = (
     "No significant changes are visible between the two images.",
     "The scene looks unchanged between the two images.",
 )
+#: A sequence's sentence for one interval with changes (``{start}``/``{end}``: the months of its two dates, YYYY-MM).
+INTERVAL_PHRASE = "Between {start} and {end}, {changes}."
+#: A sequence's sentence when nothing changed at any date (``{n}``: how many dates).
+SEQUENCE_NO_CHANGE_PHRASES: tuple[str, ...] = (
+    "No change is visible across the {n} dates.",
+    "The scene stays unchanged across the {n} dates.",
+)
 
 
 def _near(subjects: str, verbs: str) -> str:
@@ -247,6 +254,40 @@ def extract_change_kinds(text: str) -> set[str]:
     if not kinds and NO_CHANGE_PATTERN.search(text):
         return {NO_CHANGE}
     return kinds
+
+
+#: A dated clause of a sequence caption, "between 2016-03 and 2017-08" (days optional): the interval of what follows.
+_DATED_CLAUSE = re.compile(
+    r"\bbetween\s+(\d{4}-(?:0[1-9]|1[0-2]))(?:-\d{2})?\s+and\s+(\d{4}-(?:0[1-9]|1[0-2]))(?:-\d{2})?\b", re.I
+)
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def extract_dated_changes(text: str) -> list[dict]:
+    """The changes a sequence caption places in time, each with the interval its sentence gives it.
+
+    Every "between YYYY-MM[-DD] and YYYY-MM[-DD]" clause gives its interval (months) to each kind that
+    :func:`extract_change_kinds` finds after it, up to the next such clause or the end of its sentence: "Between
+    2016-03 and 2017-08, a road was built in the north and a small building was built in the east." names
+    ``road_built`` and ``building_built`` from 2016-03 to 2017-08. Text outside such a stretch places nothing.
+
+    Args:
+        text: A caption or any free text.
+
+    Returns:
+        ``[{"kind", "start": "YYYY-MM", "end": "YYYY-MM"}]`` in the order of the clauses (kinds of one clause in
+        :data:`CHANGE_KINDS` order); ``start <= end`` (the clause's two dates sorted).
+    """
+    text = text or ""
+    clauses = list(_DATED_CLAUSE.finditer(text))
+    events = []
+    for i, clause in enumerate(clauses):
+        stop = clauses[i + 1].start() if i + 1 < len(clauses) else len(text)
+        sentence_end = _SENTENCE_END.search(text, clause.end(), stop)
+        kinds = extract_change_kinds(text[clause.end() : sentence_end.start() if sentence_end else stop])
+        start, end = sorted((clause.group(1), clause.group(2)))
+        events += [{"kind": kind, "start": start, "end": end} for kind in CHANGE_KINDS if kind in kinds]
+    return events
 
 
 def extract_locations(text: str) -> set[str]:

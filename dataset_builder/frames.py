@@ -8,7 +8,6 @@ same site, so both frames end up the same size and aligned on the centre.
 import io
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -56,6 +55,8 @@ def write_mp4(frames: list[Image.Image], path: Path | str, fps: int = 1) -> None
         path: The ``.mp4`` to write.
         fps: Frames per second.
     """
+    import av  # PyAV only where a clip is written or read: a build with --no-videos runs without it
+
     with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames[0].width // 2 * 2, frames[0].height // 2 * 2
@@ -88,6 +89,8 @@ def clip_ends(path: Path | str, limits: ImageLimits | None = None) -> tuple[list
         ValueError: If the file holds no video stream.
         av.error.FFmpegError: If FFmpeg cannot read the file.
     """
+    import av  # see write_mp4
+
     limits = limits or ImageLimits.from_env()
     name = str(path)
     check_file(path, limits)

@@ -1,9 +1,10 @@
-"""The rows of the GeoLLaVA dataset: their schema (docs/CONTRACTS.md §2) and how a pair becomes one."""
+"""The rows of the GeoLLaVA dataset: their schemas (docs/CONTRACTS.md §2) and how a pair or a sequence becomes one."""
 
 from datasets import Features, Image, List, Value
 
 from dataset_builder.pairs import Pair
-from dataset_builder.prompts import choose_template, human_turn
+from dataset_builder.prompts import choose_template, human_turn, sequence_human_turn
+from dataset_builder.sequences import ViewSequence
 
 
 def features(with_videos: bool = True, with_changes: bool = False, columns: tuple[str, ...] | None = None) -> Features:
@@ -82,6 +83,64 @@ def make_row(pair: Pair, caption: str, frames_jpeg: list[bytes], video: str | No
         "gsd": pair.first.gsd,
         "country_code": pair.first.country_code,
         "cloud_cover": pair.first.cloud_cover,
+    }
+    if changes is not None:
+        row["changes"] = changes
+    return row
+
+
+def sequence_features(with_changes: bool = False) -> Features:
+    """The row schema of the ``sequences`` config (docs/CONTRACTS.md §2).
+
+    Args:
+        with_changes: Include the ``changes`` column (synthetic trees' ground truth, each change with its interval).
+
+    Returns:
+        The features, in column order.
+    """
+    spec = {
+        "id": Value("string"),
+        "frames": List(Image()),
+        "timestamps": List(Value("string")),
+        "category": Value("string"),
+        "country_code": Value("string"),
+        "gsd": Value("float32"),
+        "conversations": List({"from": Value("string"), "value": Value("string")}),
+    }
+    if with_changes:
+        spec["changes"] = List(
+            {
+                "kind": Value("string"),
+                "location": Value("string"),
+                "size": Value("string"),
+                "start": Value("string"),
+                "end": Value("string"),
+            }
+        )
+    return Features(spec)
+
+
+def make_sequence_row(sequence: ViewSequence, caption: str, frames_jpeg: list[bytes], changes: list | None) -> dict:
+    """One ``sequences`` row (pure: no file is read or written).
+
+    Args:
+        sequence: The location's kept views.
+        caption: The annotator's answer (the gpt turn).
+        frames_jpeg: The kept views' frames as JPEG bytes, in time order.
+        changes: The true changes with their intervals (synthetic trees), or ``None``.
+
+    Returns:
+        The row, keyed as :func:`sequence_features`.
+    """
+    first = sequence.views[0]
+    row = {
+        "id": sequence.id,
+        "frames": [{"bytes": data, "path": None} for data in frames_jpeg],
+        "timestamps": list(sequence.timestamps),
+        "category": sequence.category,
+        "country_code": first.country_code,
+        "gsd": first.gsd,
+        "conversations": [{"from": "human", "value": sequence_human_turn()}, {"from": "gpt", "value": caption}],
     }
     if changes is not None:
         row["changes"] = changes

@@ -1,4 +1,4 @@
-"""Parquet shards of a build, and the ``sample_10k`` config drawn from them.
+"""Parquet shards of a build (the pairs' and the ``sequences`` config's), and the ``sample_10k`` config from them.
 
 Shards are planned per split and written by worker processes (frames, clips, rows), each recorded in the build state
 as it lands, so an interrupted build resumes at the first missing shard.
@@ -18,19 +18,24 @@ import pyarrow.parquet as pq
 from datasets import Features
 from tqdm.auto import tqdm
 
-from dataset_builder.atomic import write_json, write_parquet
+from dataset_builder.atomic import ROW_GROUP_ROWS, write_json, write_parquet
 from dataset_builder.frames import encode_jpeg, load_frame, write_mp4
 from dataset_builder.pairs import Pair
-from dataset_builder.rows import make_row
+from dataset_builder.rows import make_row, make_sequence_row
+from dataset_builder.sequences import SEQUENCES_CONFIG, ViewSequence, sequence_changes
 
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_CONFIG = "sample_10k"
+#: Frames a pair shard holds per row: a sequences shard holds ``shard_rows * PAIR_FRAMES`` frames too.
+PAIR_FRAMES = 2
 
 
 def write_shard(job: dict) -> dict:
     """Make one shard: decode and encode the frames, write the clips, write Parquet under a temp name, rename."""
+    if job["config"] == SEQUENCES_CONFIG:
+        return _write_sequence_shard(job)
     out, size, quality = Path(job["out"]), job["frame_size"], job["jpeg_quality"]
     feats: Features = job["features"]
     rows, failed = [], []
@@ -49,6 +54,25 @@ def write_shard(job: dict) -> dict:
         rows.append(feats.encode_example(make_row(pair, item["caption"], frames_jpeg, video, item["changes"])))
     table = pa.Table.from_pylist(rows, schema=feats.arrow_schema)
     write_parquet(table, out / job["path"])
+    return {"path": job["path"], "split": job["split"], "rows": len(rows), "failed": failed}
+
+
+def _write_sequence_shard(job: dict) -> dict:
+    """One ``sequences`` shard: every kept view's frame (no clips); a view that fails to decode drops its row."""
+    out, size, quality = Path(job["out"]), job["frame_size"], job["jpeg_quality"]
+    feats: Features = job["features"]
+    rows, failed = [], []
+    for item in job["items"]:
+        sequence: ViewSequence = item["sequence"]
+        try:
+            frames = [load_frame(view.path, size) for view in sequence.views]
+        except Exception as err:  # noqa: BLE001 - an image that does not decode drops its sequence; reported
+            failed.append({"id": sequence.key, "reason": f"corrupt_image: {type(err).__name__}: {err}"})
+            continue
+        frames_jpeg = [encode_jpeg(frame, quality) for frame in frames]
+        rows.append(feats.encode_example(make_sequence_row(sequence, item["caption"], frames_jpeg, item["changes"])))
+    table = pa.Table.from_pylist(rows, schema=feats.arrow_schema)
+    write_parquet(table, out / job["path"], row_group_size=job["row_group_rows"])
     return {"path": job["path"], "split": job["split"], "rows": len(rows), "failed": failed}
 
 
@@ -97,6 +121,7 @@ def plan_shards(
             ]
             jobs.append(
                 {
+                    "config": "default",
                     "path": f"data/{split}-{i:05d}-of-{n:05d}.parquet",
                     "split": split,
                     "items": items,
@@ -105,6 +130,71 @@ def plan_shards(
                     "jpeg_quality": jpeg_quality,
                     "videos": videos,
                     "features": feats,
+                }
+            )
+    return jobs
+
+
+def plan_sequence_shards(
+    sequences: list[ViewSequence],
+    captions: dict[str, str],
+    truth: dict,
+    feats: Features,
+    *,
+    out: str,
+    shard_rows: int,
+    max_frames: int,
+    frame_size: int,
+    jpeg_quality: int,
+) -> list[dict]:
+    """The jobs of the ``sequences`` config, per split, named ``data/sequences/{split}-i-of-n``.
+
+    A shard holds as many frames as a pair shard (``shard_rows`` pairs of 2): ``2 * shard_rows // max_frames`` rows
+    (at least 1), in row groups of as many frames as a pair shard's, so memory and the viewer's pages stay the size
+    the ``--shard_rows`` help states.
+
+    Args:
+        sequences: The annotated sequences, in build order.
+        captions: Answer per sequence key (``{split}/{id}``).
+        truth: True changes per fMoW split and pair id (synthetic trees), or ``{}``.
+        feats: The row features.
+        out: The dataset folder.
+        shard_rows: The pairs' rows per shard.
+        max_frames: Most frames in a row.
+        frame_size: Side of the square frames.
+        jpeg_quality: JPEG quality of the frames.
+
+    Returns:
+        One job dict per shard.
+    """
+    rows_per_shard = max(1, shard_rows * PAIR_FRAMES // max_frames)
+    by_split: dict[str, list[ViewSequence]] = defaultdict(list)
+    for sequence in sequences:
+        by_split[sequence.split].append(sequence)
+    jobs = []
+    for split, split_sequences in by_split.items():
+        n = math.ceil(len(split_sequences) / rows_per_shard)
+        for i in range(n):
+            items = [
+                {
+                    "sequence": s,
+                    "caption": captions[s.key],
+                    "changes": sequence_changes(s.views, truth[s.views[0].split]) if truth else None,
+                }
+                for s in split_sequences[i * rows_per_shard : (i + 1) * rows_per_shard]
+            ]
+            jobs.append(
+                {
+                    "config": SEQUENCES_CONFIG,
+                    "path": f"data/{SEQUENCES_CONFIG}/{split}-{i:05d}-of-{n:05d}.parquet",
+                    "split": split,
+                    "items": items,
+                    "out": out,
+                    "frame_size": frame_size,
+                    "jpeg_quality": jpeg_quality,
+                    "videos": False,
+                    "features": feats,
+                    "row_group_rows": max(1, ROW_GROUP_ROWS * PAIR_FRAMES // max_frames),
                 }
             )
     return jobs
@@ -125,10 +215,9 @@ def run_shards(jobs: list[dict], state: dict, state_path: Path, *, num_proc: int
     todo = [j for j in jobs if j["path"] not in state["shards"] or not (out / j["path"]).exists()]
     if len(todo) < len(jobs):
         logger.info("resuming: %d of %d shards already written", len(jobs) - len(todo), len(jobs))
-    for split in {j["split"] for j in todo}:
-        if jobs[0]["videos"]:
-            (out / "videos" / split).mkdir(parents=True, exist_ok=True)
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    folders = {out / "videos" / j["split"] for j in todo if j["videos"]} | {(out / j["path"]).parent for j in todo}
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", unit="shard") as bar:
 
         def record(result: dict) -> None:

@@ -1,10 +1,11 @@
-"""Statistics of a build's pairs for its report and card: per split, per category, and the gaps between dates."""
+"""Statistics of a build for its report and card: pairs per split, category and gap; sequences' frames and years."""
 
 from collections import Counter, defaultdict
 
 import numpy as np
 
 from dataset_builder.pairs import Pair
+from dataset_builder.sequences import ViewSequence
 
 
 GAP_EDGES = (365, 500, 730, 1095, 1460, 2190)
@@ -51,3 +52,34 @@ def pair_statistics(kept: list[Pair]) -> dict:
             "histogram": gap_histogram(gaps),
         },
     }
+
+
+def _summary(values: list[float]) -> dict:
+    return {
+        "min": min(values),
+        "median": float(np.median(values)),
+        "mean": round(float(np.mean(values)), 2),
+        "max": max(values),
+    }
+
+
+def sequence_statistics(kept: list[ViewSequence]) -> dict:
+    """Per split: rows, locations subsampled to ``max_frames``, frames per row and years spanned, of the rows kept.
+
+    Years spanned by a row: the days between its first and its last view over 365.25, to 0.1 year.
+    """
+    by_split: dict[str, list[ViewSequence]] = defaultdict(list)
+    for sequence in kept:
+        by_split[sequence.split].append(sequence)
+    stats = {}
+    for split, sequences in by_split.items():
+        frames = [len(s.views) for s in sequences]
+        years = [round((s.views[-1].timestamp - s.views[0].timestamp).days / 365.25, 1) for s in sequences]
+        histogram = {str(n): count for n, count in sorted(Counter(frames).items())}
+        stats[split] = {
+            "rows": len(sequences),
+            "subsampled": sum(s.n_views > len(s.views) for s in sequences),
+            "frames_per_row": {**_summary(frames), "histogram": histogram},
+            "years_spanned": _summary(years),
+        }
+    return stats

@@ -60,6 +60,9 @@ MODEL_INDEX_KEYS = (
     "grounding_precision",
     "grounding_recall",
     "grounding_f1",
+    "temporal_precision",
+    "temporal_recall",
+    "temporal_f1",
 )
 #: Run-summary fields shown in the card's recipe table.
 RECIPE_KEYS = (
@@ -124,12 +127,14 @@ def render_model_card(
     metrics = {k: float(metrics_all[k]) for k in MODEL_INDEX_KEYS if isinstance(metrics_all.get(k), int | float)}
     base_model = base_model or _hub_id(adapter.get("base_model_name_or_path"))
     model_name = repo_id.split("/")[-1]
+    config = (metrics_all.get("run") or {}).get("config") or "default"  # the dataset config it was scored on
     results = [
         EvalResult(
             task_type="image-text-to-text",
             task_name="Change captioning",
             dataset_type=dataset_repo_id or "geollava",
-            dataset_name="GeoLLaVA (test)",
+            dataset_name="GeoLLaVA (test)" if config == "default" else f"GeoLLaVA {config} (test)",
+            dataset_config=config,
             dataset_split="test",
             metric_type=k,
             metric_name=k,

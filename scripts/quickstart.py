@@ -105,7 +105,16 @@ class Job:
     def build_key(self) -> dict:
         """What the dataset depends on."""
         p = self.profile
-        return {"synth": p.synth, "frame_size": p.frame_size, "sample_size": p.sample_size}
+        key = {"synth": p.synth, "frame_size": p.frame_size, "sample_size": p.sample_size}
+        return key if p.config == "default" else {**key, "config": p.config}
+
+    @property
+    def config_flags(self) -> dict[str, tuple[str, ...]]:
+        """The flags each stage adds for the profile's dataset config (none for the pairs' ``default``)."""
+        if self.profile.config == "default":
+            return {"build": (), "train": (), "eval": ()}
+        config = self.profile.config
+        return {"build": ("--sequences",), "train": ("--dataset_config", config), "eval": ("--config", config)}
 
     @property
     def recipe_key(self) -> dict:
@@ -121,7 +130,8 @@ class Job:
 
     def eval_args(self) -> tuple:
         """The geollava-eval flags both evaluations share."""
-        return ("--dataset", self.dataset, "--split", "test", *_flags(self.profile.eval_options))
+        options = _flags(self.profile.eval_options)
+        return ("--dataset", self.dataset, *self.config_flags["eval"], "--split", "test", *options)
 
 
 # --- the stages, in order ------------------------------------------------------------------------------------------
@@ -142,10 +152,11 @@ def stage_data(stages: Stages, job: Job) -> None:
     )
     build = ("geollava-build", "--fmow-root", job.fmow, "--out", job.dataset, "--annotator", "synthetic")
     sizes = ("--frame-size", p.frame_size, "--sample-size", p.sample_size, "--num-proc", 2)
+    what = "pairs, clips, conversations" + (" + sequences" if job.config_flags["build"] else "")
     stages.run(
         "build",
-        "geollava-build: pairs, clips, conversations (synthetic)",
-        lambda: job.run(*build, *sizes),
+        f"geollava-build: {what} (synthetic)",
+        lambda: job.run(*build, *sizes, *job.config_flags["build"]),
         job.build_key,
         (job.dataset / "README.md",),
     )
@@ -183,6 +194,7 @@ def stage_train(stages: Stages, job: Job) -> None:
             *train,
             "--output_dir",
             job.adapter,
+            *job.config_flags["train"],
             *p.train_overrides,
             # A long run interrupted after a checkpoint goes on from it.
             *(("--resume_from_checkpoint", "true") if any(job.adapter.glob("checkpoint-*")) else ()),

@@ -9,6 +9,9 @@ from quickstart_report import BARS
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES_FILE = ROOT / "trainer" / "recipes" / "quickstart" / "profiles.yaml"
+#: The dataset configs a profile can train and evaluate on: the pairs, or every date of a location (built with
+#: geollava-build --sequences).
+CONFIGS = ("default", "sequences")
 #: Profile fields that a profile which `extends` another merges key by key into its parent's.
 MERGED_FIELDS = ("synth", "base", "eval_options", "bars")
 
@@ -26,11 +29,14 @@ class Profile:
     sample_size: int = 1000
     eval_options: dict = field(default_factory=dict)
     bars: dict = field(default_factory=dict)
+    config: str = "default"
 
     def __post_init__(self):
         unknown = sorted(set(self.bars) - set(BARS))
         if unknown:
             raise ValueError(f"bars: unknown {unknown}; known: {sorted(BARS)}")
+        if self.config not in CONFIGS:
+            raise ValueError(f"config {self.config!r}: choose one of {list(CONFIGS)}")
 
 
 def load_profiles(path: Path = PROFILES_FILE) -> dict[str, Profile]:

@@ -1,10 +1,10 @@
-"""GeoLLaVA Space: describe what changed between two satellite images of one place.
+"""GeoLLaVA Space: describe what changed between two satellite images of one place, or over 3 to 8 in time order.
 
     BASE_MODEL_ID=outputs/quickstart/base ADAPTER_ID=outputs/quickstart/adapter python spaces_demo/app.py
 
 The base and the adapter come from ``space_config.json`` beside this file or the two variables; the model loads on
-the CPU and moves to the GPU inside the ``@spaces.GPU`` function. It calls the same function as ``geollava-predict``,
-so both give the same text for the same pair. See docs/space.md.
+the CPU and moves to the GPU inside the ``@spaces.GPU`` function. It calls the same functions as ``geollava-predict``,
+so both give the same text for the same images. See docs/space.md.
 """
 
 import json
@@ -20,8 +20,9 @@ from PIL import Image
 from dataset_builder.frames import clip_ends
 from dataset_builder.images import ImageTooLarge
 from dataset_builder.prompts import PROMPT_TEMPLATES
-from trainer.evaluation.predict import describe_pair, read_image
+from trainer.evaluation.predict import describe_pair, describe_sequence, read_image
 from trainer.models.device import place, resolve_device, resolve_dtype
+from trainer.models.families import frame_dates
 from trainer.models.loading import adapter_folder, load_for_inference
 
 
@@ -45,6 +46,8 @@ CONFIG_FILE = Path(__file__).parent / "space_config.json"
 #: Larger inputs are resized (with a note): the model sees a few hundred pixels anyway.
 MAX_SIDE = int(os.environ.get("GEOLLAVA_MAX_SIDE", "2048"))
 DEFAULT_MAX_NEW_TOKENS = int(os.environ.get("GEOLLAVA_MAX_NEW_TOKENS", "128"))
+#: The most images of a time series (the ``sequences`` config's rows hold at most 8 by default).
+MAX_SEQUENCE = 8
 
 ABOUT = """
 **What it is.** A video-LLM (LLaVA-NeXT-Video, Video-LLaVA, ...) fine-tuned with LoRA/QLoRA and magnitude pruning on
@@ -54,9 +57,12 @@ GeoLLaVA (arXiv 2410.19552). It describes each image, then what changed between 
 **Good at.** Land-use changes that are visible at the model's input resolution: new or demolished buildings, new or
 wider roads, cleared forest, construction sites, water extent.
 
-**Not good at.** Small objects, counting, exact dates, anything outside the two frames, images that are not
-nadir-ish satellite/aerial RGB, and pairs that are not registered (the same place). It can state changes that did not
+**Not good at.** Small objects, counting, exact dates, anything outside the given frames, images that are not
+nadir-ish satellite/aerial RGB, and images that are not registered (the same place). It can state changes that did not
 happen: check what it says against the images.
+
+**A time series.** Given 3 to 8 images in time order (and optionally their dates), it is asked as the dataset's
+`sequences` rows are: what changed, and between which dates. A model trained on pairs only has not learnt that prompt.
 """
 
 _MODEL = {}
@@ -171,8 +177,36 @@ def gather_frames(before, after, clip) -> tuple[list[Image.Image], list[str]]:
     return frames, notes
 
 
+def parse_dates(text: str | None, n_images: int) -> list[str] | None:
+    """The dates typed for a time series (commas, spaces or new lines between them), checked; ``None`` if none."""
+    values = (text or "").replace(",", " ").split()
+    if not values:
+        return None
+    try:
+        return frame_dates(values, n_images)
+    except ValueError as err:
+        raise InputError(f"Dates: {err}.") from err
+
+
+def gather_sequence(files, dates_text: str | None) -> tuple[list[Image.Image], list[str] | None, list[str]]:
+    """The frames of a time series (2 to :data:`MAX_SEQUENCE` images in time order), their dates and notes."""
+    files = [f for f in files or [] if f]
+    if not 2 <= len(files) <= MAX_SEQUENCE:
+        raise InputError(f"A time series needs 2 to {MAX_SEQUENCE} images in time order; got {len(files)}.")
+    frames, notes = [], []
+    for i, path in enumerate(files, 1):
+        frame, note = limit_size(read_frame(path), f"#{i} ({_name(path)})")
+        frames.append(frame)
+        notes += [note] if note else []
+    dates = parse_dates(dates_text, len(files))
+    if dates and len(files) == 2:
+        notes.append("Two images are described as a pair, without their dates (dates are used from 3 images on).")
+        dates = None
+    return frames, dates, notes
+
+
 def model_view(frames: list[Image.Image], processor) -> Image.Image:
-    """The two frames side by side at the size the model's processor feeds it."""
+    """The frames side by side, in time order, at the size the model's processor feeds it."""
     side = None
     for attr in ("video_processor", "image_processor"):
         sub = getattr(processor, attr, None)
@@ -184,9 +218,9 @@ def model_view(frames: list[Image.Image], processor) -> Image.Image:
     side = int(side) if side and side < 4096 else 336
     tiles = [frame.convert("RGB").resize((side, side), Image.Resampling.BICUBIC) for frame in frames]
     gap = max(2, side // 32)
-    canvas = Image.new("RGB", (2 * side + gap, side), "white")
-    canvas.paste(tiles[0], (0, 0))
-    canvas.paste(tiles[1], (side + gap, 0))
+    canvas = Image.new("RGB", (len(tiles) * (side + gap) - gap, side), "white")
+    for i, tile in enumerate(tiles):
+        canvas.paste(tile, (i * (side + gap), 0))
     return canvas
 
 
@@ -204,18 +238,38 @@ def _generate(frames, template_id: int, max_new_tokens: int) -> str:
     )
 
 
-def describe(before, after, clip, template: str, max_new_tokens: float):
-    """The Space's one action: returns (description, the frames as the model saw them, status message)."""
+@gpu
+def _generate_sequence(frames, dates, max_new_tokens: int) -> str:
+    loaded = on_device(get_model())
+    return describe_sequence(
+        loaded["model"], loaded["processor"], loaded["family"], frames, dates, max_new_tokens=max_new_tokens
+    )
+
+
+def describe(before, after, clip, template: str, max_new_tokens: float, sequence=None, dates: str | None = None):
+    """The Space's one action: returns (description, the frames as the model saw them, status message).
+
+    ``sequence`` (2 to 8 image files in time order, ``dates`` optional) replaces the pair inputs when given: 3 or
+    more images are asked with the ``sequences`` prompt, 2 as a pair.
+    """
     try:
-        frames, notes = gather_frames(before, after, clip)
+        if sequence:
+            frames, days, notes = gather_sequence(sequence, dates)
+            if before or after or clip:
+                notes.append("The time series was described; the before/after/clip inputs were not used.")
+        else:
+            (frames, notes), days = gather_frames(before, after, clip), None
         template_id = PROMPT_TEMPLATES.index(template) if template in PROMPT_TEMPLATES else 0
-        text = _generate(frames, template_id, int(max_new_tokens))
+        if len(frames) > 2:
+            text = _generate_sequence(frames, days, int(max_new_tokens))
+        else:
+            text = _generate(frames, template_id, int(max_new_tokens))
         view = model_view(frames, get_model()["processor"])
     except InputError as err:
         return "", None, f"⚠️ {err}"
     except Exception as err:  # the app must stay up: show the failure, keep serving
         logger.exception("description failed")
-        return "", None, f"⚠️ Something went wrong while describing this pair: {type(err).__name__}: {err}"
+        return "", None, f"⚠️ Something went wrong while describing these images: {type(err).__name__}: {err}"
     status = "✅ Done." + "".join(f"\n\nℹ️ {note}" for note in notes)
     return text, view, status
 
@@ -233,7 +287,10 @@ def examples() -> list[list]:
 def build_demo() -> gr.Blocks:
     """The Gradio app."""
     with gr.Blocks(title="GeoLLaVA: what changed here?") as demo:
-        gr.Markdown("# 🛰️ GeoLLaVA — what changed here?\nUpload two satellite images of one place, earlier first.")
+        gr.Markdown(
+            "# 🛰️ GeoLLaVA — what changed here?\nUpload two satellite images of one place, earlier first (or, under "
+            "'A time series', 2 to 8 in time order)."
+        )
         with gr.Row():
             # image_mode=None: Gradio hands over the uploaded file after reading its header, never decoding it
             before = gr.Image(
@@ -246,25 +303,39 @@ def build_demo() -> gr.Blocks:
             before_file = gr.File(label="Before (JPEG, PNG or 3-band GeoTIFF)", elem_id="before_file")
             after_file = gr.File(label="After (JPEG, PNG or 3-band GeoTIFF)", elem_id="after_file")
             clip = gr.File(label="Use a clip (first and last frame)", elem_id="clip")
+        with gr.Accordion(f"A time series: 2 to {MAX_SEQUENCE} images in time order, dates optional", open=False):
+            sequence = gr.File(
+                label=f"Images in time order, earliest first (2 to {MAX_SEQUENCE}; JPEG, PNG or 3-band GeoTIFF)",
+                file_count="multiple",
+                elem_id="sequence",
+            )
+            dates = gr.Textbox(
+                label="Their dates, in the same order (optional)",
+                placeholder="2016-03-02, 2017-08-15, 2019-01-30",
+                elem_id="dates",
+            )
         template = gr.Dropdown(
-            choices=list(PROMPT_TEMPLATES), value=PROMPT_TEMPLATES[0], label="Prompt (the paper's 6 templates)"
+            choices=list(PROMPT_TEMPLATES),
+            value=PROMPT_TEMPLATES[0],
+            label="Prompt for a pair (the paper's 6 templates; 3 or more images get the sequences prompt)",
         )
         with gr.Accordion("Advanced settings", open=False):
             max_new_tokens = gr.Slider(8, 512, value=DEFAULT_MAX_NEW_TOKENS, step=8, label="Max new tokens")
         run = gr.Button("Describe the change", variant="primary", elem_id="run")
         status = gr.Markdown(elem_id="status")
         output = gr.Textbox(label="Description", lines=6, elem_id="output")
-        view = gr.Image(label="The frames as the model saw them (before | after)", elem_id="view", interactive=False)
+        view = gr.Image(label="The frames as the model saw them, in time order", elem_id="view", interactive=False)
         if examples():
             gr.Examples(examples(), inputs=[before, after], label="Examples (synthetic fMoW-style scenes)")
         gr.Markdown(ABOUT)
 
-        def _run(b, a, bf, af, c, t, n):
-            return describe(bf or b, af or a, c, t, n)
+        # The time series inputs come last, with defaults: API callers that send the pair inputs only still work.
+        def _run(b, a, bf, af, c, t, n, s=None, d=None):
+            return describe(bf or b, af or a, c, t, n, s, d)
 
         run.click(
             _run,
-            [before, after, before_file, after_file, clip, template, max_new_tokens],
+            [before, after, before_file, after_file, clip, template, max_new_tokens, sequence, dates],
             [output, view, status],
             api_name="describe",
         )

@@ -37,7 +37,7 @@ from trainer.training.throughput import ThroughputCallback
 
 logger = logging.getLogger(__name__)
 
-ROW_COLUMNS = ("id", "frames", "conversations")
+ROW_COLUMNS = ("id", "frames", "timestamps", "conversations")
 # Files the trainer writes into output_dir that do not belong in an adapter folder: PEFT's placeholder card (the card
 # renderer writes the real one) and the pickled training arguments (run_summary.json records them as JSON).
 NOT_ADAPTER_FILES = ("README.md", "training_args.bin")
@@ -67,6 +67,7 @@ def load_rows(script_args: GeoScriptArguments):
     if missing:
         raise ValueError(f"dataset_name {script_args.dataset_name!r}: rows lack the column(s) {missing}")
     dataset = dataset.select_columns([c for c in ROW_COLUMNS if c in dataset.column_names])
+    check_frame_counts(dataset, script_args)
     if script_args.shuffle_seed is not None:
         dataset = dataset.shuffle(seed=script_args.shuffle_seed)
     if script_args.max_samples is not None:
@@ -76,6 +77,25 @@ def load_rows(script_args: GeoScriptArguments):
             f"dataset_name {script_args.dataset_name!r}: split {script_args.dataset_train_split!r} is empty"
         )
     return dataset
+
+
+def check_frame_counts(dataset, script_args: GeoScriptArguments) -> None:
+    """Check the rows hold what ``num_frames`` says: 2 frames for pairs, at most ``num_frames`` for sequences.
+
+    Raises:
+        ValueError: Naming ``num_frames`` and the first row that does not fit.
+    """
+    if "timestamps" not in dataset.column_names:
+        if script_args.num_frames != 2:
+            raise ValueError(f"num_frames {script_args.num_frames}: the rows are pairs of 2 frames (no 'timestamps')")
+        return
+    ids = dataset["id"] if "id" in dataset.column_names else range(len(dataset))
+    for row_id, timestamps in zip(ids, dataset["timestamps"], strict=True):
+        if len(timestamps) > script_args.num_frames:
+            raise ValueError(
+                f"num_frames {script_args.num_frames}: row {row_id!r} holds {len(timestamps)} dated frames; "
+                "raise num_frames to the dataset's max_frames"
+            )
 
 
 def resume_checkpoint(training_args) -> str | None:
@@ -125,12 +145,32 @@ def finalize_output_dir(output_dir: str | Path, keep_checkpoints: bool) -> None:
             shutil.rmtree(checkpoint, ignore_errors=True)
 
 
+class CurrentStdoutHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout`` is when a record is emitted, not to the one of its creation.
+
+    A caller that captures one run's output (``contextlib.redirect_stdout``) then still sees the logs of the runs after
+    it, instead of their going to the first run's closed or discarded buffer.
+    """
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        """The current ``sys.stdout``."""
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass  # always the current sys.stdout
+
+
 def setup(training_args, script_args, model_args, pruning_args) -> None:
     """Logging on every process (at the process's level), the seed, and the torch thread count."""
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
+        handlers=[CurrentStdoutHandler()],
     )
     log_level = training_args.get_process_log_level()
     logging.getLogger("trainer").setLevel(log_level)
@@ -161,6 +201,7 @@ def load_training_model(model_args, training_args, pruning_args, train_dataset, 
         pruned_dir=out.with_name(out.name + ".pruned-base"),
         calibration=calibration,
         activation_checkpointing=bool(training_args.activation_checkpointing),
+        device=training_args.device,  # Wanda calibrates where training runs
     )
 
 

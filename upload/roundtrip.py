@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-#: The dataset configs a release carries (CONTRACTS.md §2).
+#: The dataset configs every release carries (CONTRACTS.md §2); a build with --sequences adds `sequences`.
 CONFIGS = ("default", "sample_10k")
 
 
@@ -24,15 +24,33 @@ class RoundTripError(RuntimeError):
     """What was loaded back from the Hub differs from what was pushed; the message names the first difference."""
 
 
-def check_dataset(repo_id: str, local_dataset: str | Path, configs: Sequence[str] = CONFIGS) -> dict:
+def card_configs(local_dataset: str | Path) -> list[str]:
+    """The config names the local dataset card's YAML lists (``configs:``), in its order."""
+    from huggingface_hub import DatasetCard  # imported here: huggingface_hub reads HF_ENDPOINT when it is imported
+
+    configs = DatasetCard.load(Path(local_dataset) / "README.md").data.to_dict().get("configs") or []
+    return [c["config_name"] for c in configs]
+
+
+def check_dataset(repo_id: str, local_dataset: str | Path, configs: Sequence[str] | None = None) -> dict:
     """Compare each config of the dataset repo with the local folder; return ``{config: {split: rows}}``.
 
+    Args:
+        repo_id: The dataset repo on the Hub.
+        local_dataset: The folder that was pushed.
+        configs: The configs to compare; by default every one the local card lists, which must include
+            :data:`CONFIGS`.
+
     Raises:
-        RoundTripError: Naming the config, split and field that differ.
+        RoundTripError: Naming the config, split and field that differ, or a config the release lacks.
     """
     # Imported here, not at the top: HF_ENDPOINT/HF_HOME must already be set when `datasets` is imported.
     from datasets import load_dataset
 
+    if configs is None:
+        configs = card_configs(local_dataset)
+        if missing := [c for c in CONFIGS if c not in configs]:
+            raise RoundTripError(f"{local_dataset}/README.md: the card's configs lack {missing}")
     report = {}
     for config in configs:
         hub = load_dataset(repo_id, config)

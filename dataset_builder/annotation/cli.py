@@ -3,8 +3,8 @@
     OPENAI_API_KEY=sk-... geollava-annotate outputs/geollava --max_cost_usd 25 --concurrency 16
 
 The estimate is printed before anything is sent (``--dry_run`` stops there); each shard is rewritten atomically,
-``sample_10k`` rows reuse the answers of the same pairs, and the folder's report, official JSON and card follow.
-See docs/annotation.md.
+``sample_10k`` rows reuse the answers of the same pairs, ``sequences`` rows are asked with their N frames and dates,
+and the folder's report, official JSON and card follow. See docs/annotation.md.
 """
 
 import json
@@ -26,6 +26,7 @@ from dataset_builder.annotation.openai.cost import summary_line
 from dataset_builder.atomic import atomic_path, write_json
 from dataset_builder.card import write_dataset_card
 from dataset_builder.official_json import export_official
+from dataset_builder.sequences import MIN_VIEWS, SEQUENCES_CONFIG
 
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def with_answer(conversations: list[dict] | None, text: str) -> list[dict]:
 #: Rows read from a shard at a time (frames included): what bounds the memory of reading, whatever the folder's size.
 READ_BATCH_ROWS = 64
 _COLUMNS = ["id", "frames", "conversations", "image1", "image2"]
+_SEQUENCE_COLUMNS = ["id", "frames", "timestamps", "conversations"]
 
 
 @dataclass
@@ -92,7 +94,8 @@ class FolderRows:
     A row is *asked* (an annotation request) when it is in the default config, or in another config
     (``sample_10k``) with an id the default config does not have; it is *looked up* (its answer comes from the cache
     once its default-config twin is answered) otherwise. The first pass (:meth:`scan`) records the default config's
-    ids in a set (about 12 MB at 100K ids); later passes reuse it.
+    ids in a set (about 12 MB at 100K ids); later passes reuse it. A ``sequences`` row is always asked, as the
+    sequence request ``{split}/{id}`` with its frames and timestamps.
 
     Args:
         args: The folder and what to annotate.
@@ -111,17 +114,27 @@ class FolderRows:
     def rows(self, path: Path, state: _Pass) -> Iterator[tuple[bool, AnnotationRequest]]:
         """``(asked, request)`` for each row of one shard that needs an answer (see the class docstring)."""
         default = path.parent == self.data
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS, columns=_COLUMNS):
+        sequences = path.parent == self.data / SEQUENCES_CONFIG
+        columns = _SEQUENCE_COLUMNS if sequences else _COLUMNS
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
             for row in batch.to_pylist():
                 if not self.args.overwrite and gpt_answer(row["conversations"]).strip():
                     continue
                 frames = row["frames"] or []
-                if len(frames) != 2 or not all(f and f.get("bytes") for f in frames):
+                expected = len(row["timestamps"] or []) if sequences else 2  # a sequence: a frame per timestamp
+                short = sequences and expected < MIN_VIEWS
+                if short or len(frames) != expected or not all(f and f.get("bytes") for f in frames):
                     logger.warning(
-                        "%s: row %s has %d stored frame(s), expected 2: skipped", path, row["id"], len(frames)
+                        "%s: row %s has %d stored frame(s), expected %d: skipped",
+                        path,
+                        row["id"],
+                        len(frames),
+                        expected,
                     )
                     continue
-                if default:
+                if sequences:
+                    asked = True
+                elif default:
                     if not self._scanned:
                         self.default_ids.add(row["id"])
                     asked = True
@@ -147,12 +160,25 @@ class FolderRows:
 
 def _request(row: dict, path: Path) -> AnnotationRequest:
     frames = row["frames"]
+    if "timestamps" in row:  # a sequences row: asked as its split's, the row ids of two splits may be alike
+        return AnnotationRequest(
+            id=f"{path.name.split('-')[0]}/{row['id']}",
+            image_paths=(),
+            frames_jpeg=tuple(frame["bytes"] for frame in frames),
+            metadata={"shard": str(path)},
+            timestamps=tuple(row["timestamps"]),
+        )
     return AnnotationRequest(
         id=row["id"],
         image_paths=(Path(row["image1"] or ""), Path(row["image2"] or "")),
         frames_jpeg=(frames[0]["bytes"], frames[1]["bytes"]),
         metadata={"shard": str(path)},
     )
+
+
+def row_answers(answers: dict[str, str]) -> dict[str, str]:
+    """Answers by request id (a pair id, or a sequence's ``{split}/{id}``) as answers by the shard's row id."""
+    return {request_id.rpartition("/")[2]: text for request_id, text in answers.items()}
 
 
 def rewrite_shard(path: Path, answers: dict[str, str]) -> int:
@@ -237,7 +263,7 @@ def _annotate_by_shard(folder: FolderRows, annotator: OpenAIAnnotator, problems:
 
         for result in annotator.annotate(asked()):
             _note(result, answers, problems)
-        changed = rewrite_shard(path, answers)
+        changed = rewrite_shard(path, row_answers(answers))
         logger.info("%s: %d row(s) answered", path.relative_to(folder.data.parent), changed)
 
 
@@ -249,7 +275,7 @@ def _annotate_in_batches(folder: FolderRows, annotator: OpenAIAnnotator, problem
     for path in folder.args.shards:
         answers: dict[str, str] = {}
         _lookup_answers(annotator, (request for _, request in folder.rows(path, state)), answers)
-        changed = rewrite_shard(path, answers)
+        changed = rewrite_shard(path, row_answers(answers))
         logger.info("%s: %d row(s) answered", path.relative_to(folder.data.parent), changed)
 
 

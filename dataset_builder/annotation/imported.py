@@ -88,6 +88,7 @@ class ImportAnnotator:
     name = "import"
     model = "gpt-4o-mini (imported from the official GeoLLaVA JSON)"
     prompt = ANNOTATION_PROMPT
+    sequence_prompt = None  # the official release has no sequences
 
     def __init__(self, path: Path | str):
         """Read the official JSON at ``path`` (a file or a folder of ``{split}.json``)."""

@@ -1,9 +1,8 @@
 """The synthetic describer: ground truth turned into reference text, and the `synthetic` annotator.
 
-GPT-4o-mini was asked to "briefly describe each image independently, then explain the changes happening between
-them"; the describer writes the same three parts from the generator's ground truth: the first image, the second
-image, then each change with its kind, place and size (or that nothing changed). The wording is mostly decided by
-the content; each sentence slot has two phrasings, picked deterministically from the pair id.
+A pair's caption describes the first image, the second, then each change with its kind, place and size (as
+GPT-4o-mini was asked to); a sequence's, the first and the last view, then each interval's changes with its dates.
+Each sentence slot has two phrasings, picked deterministically from the id. See docs/synthetic-data.md.
 """
 
 import hashlib
@@ -15,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from dataset_builder.annotation.base import AnnotationRequest, AnnotationResult
-from dataset_builder.changes import NO_CHANGE_PHRASES, PHRASES, PLURAL_PHRASES
+from dataset_builder.changes import (
+    INTERVAL_PHRASE,
+    NO_CHANGE_PHRASES,
+    PHRASES,
+    PLURAL_PHRASES,
+    SEQUENCE_NO_CHANGE_PHRASES,
+)
+from dataset_builder.prompts import month_of
 from dataset_builder.synthetic.scenes import apply_random_changes, describe_objects, diff_scenes, random_scene
 
 
@@ -28,6 +34,10 @@ SCENE_OPENERS = (
     ("The earlier image shows {scene}.", "The later image shows {scene}."),
 )
 CHANGE_OPENERS = ("Between the two dates, {changes}.", "Over time, {changes}.")
+SEQUENCE_OPENERS = (
+    ("The first image, from {month}, shows {scene}.", "The last image, from {month}, shows {scene}."),
+    ("The earliest image, taken in {month}, shows {scene}.", "The latest image, taken in {month}, shows {scene}."),
+)
 
 
 def _rng_for(pair_id: str) -> np.random.Generator:
@@ -71,6 +81,12 @@ def describe_changes(changes: list[dict], rng: np.random.Generator) -> str:
     """
     if not changes:
         return NO_CHANGE_PHRASES[int(rng.integers(len(NO_CHANGE_PHRASES)))]
+    joined = _clauses(changes, rng)  # drawn before the opener: the order a seed's captions were written in
+    return CHANGE_OPENERS[int(rng.integers(len(CHANGE_OPENERS)))].format(changes=joined)
+
+
+def _clauses(changes: list[dict], rng: np.random.Generator) -> str:
+    """The changes as joined clauses, one per kind (phrasings drawn from ``rng``, in order)."""
     by_kind: dict[str, list[dict]] = {}
     for change in changes:
         by_kind.setdefault(change["kind"], []).append(change)
@@ -83,8 +99,7 @@ def describe_changes(changes: list[dict], rng: np.random.Generator) -> str:
         else:
             places = [c["location"] for c in group]
             clauses.append(PLURAL_PHRASES[kind].format(locs=", the ".join(places[:-1]) + " and the " + places[-1]))
-    joined = clauses[0] if len(clauses) == 1 else ", and ".join([", ".join(clauses[:-1]), clauses[-1]])
-    return CHANGE_OPENERS[int(rng.integers(len(CHANGE_OPENERS)))].format(changes=joined)
+    return clauses[0] if len(clauses) == 1 else ", and ".join([", ".join(clauses[:-1]), clauses[-1]])
 
 
 def describe_pair(location_gt: dict, pair_id: str) -> str:
@@ -111,6 +126,42 @@ def describe_pair(location_gt: dict, pair_id: str) -> str:
             describe_changes(changes, rng),
         ]
     )
+
+
+def describe_sequence(location_gt: dict, stems: list[str], timestamps: list[str]) -> str:
+    """Reference text for a sequence of a location's views (docs/CONTRACTS.md §2, the ``sequences`` config).
+
+    The first and the last view, then one sentence per interval between consecutive views in which something
+    changed, "Between 2016-03 and 2017-08, ..." (months of the two views' timestamps), its changes as a pair's
+    caption phrases them; with no change at all, a sentence that says so. A change between views left out of the
+    sequence falls in the interval of the kept views around it (the ground truth's diff of those two states).
+
+    Args:
+        location_gt: One line of ``groundtruth/{split}.jsonl``.
+        stems: The kept views' stems, in time order (at least 2).
+        timestamps: Their timestamps as written, in the same order.
+
+    Returns:
+        The caption.
+
+    Raises:
+        KeyError: If the ground truth lacks a view or the pair of two consecutive views.
+    """
+    rng = _rng_for(location_gt["location_id"] + ":" + ",".join(stems))
+    first, last = SEQUENCE_OPENERS[int(rng.integers(len(SEQUENCE_OPENERS)))]
+    sentences = [
+        first.format(month=month_of(timestamps[0]), scene=describe_scene(location_gt["images"][stems[0]]["objects"])),
+        last.format(month=month_of(timestamps[-1]), scene=describe_scene(location_gt["images"][stems[-1]]["objects"])),
+    ]
+    for i in range(len(stems) - 1):
+        changes = location_gt["pairs"][f"{stems[i]}-{stems[i + 1]}"]["changes"]
+        if changes:
+            start, end = month_of(timestamps[i]), month_of(timestamps[i + 1])
+            sentences.append(INTERVAL_PHRASE.format(start=start, end=end, changes=_clauses(changes, rng)))
+    if len(sentences) == 2:
+        options = SEQUENCE_NO_CHANGE_PHRASES
+        sentences.append(options[int(rng.integers(len(options)))].format(n=len(stems)))
+    return " ".join(sentences)
 
 
 def _split_pair_id(pair_id: str, location_id: str) -> tuple[str, str]:
@@ -143,11 +194,16 @@ def describe_corpus(n: int, seed: int = 0) -> list[str]:
 
 
 class SyntheticAnnotator:
-    """The ``synthetic`` annotator: captions from the ground truth that ``geollava-synth`` wrote beside the tree."""
+    """The ``synthetic`` annotator: captions from the ground truth that ``geollava-synth`` wrote beside the tree.
+
+    A pair request is answered by :func:`describe_pair`; a sequence request (one with ``timestamps``; its
+    ``metadata`` names the ``location_id`` and the views' ``stems``) by :func:`describe_sequence`.
+    """
 
     name = "synthetic"
     model = None
     prompt = None
+    sequence_prompt = None
 
     def __init__(self, fmow_root: Path | str | None = None):
         """Read ground truth under ``fmow_root`` (else under each request's ``metadata["fmow_root"]``)."""
@@ -155,17 +211,19 @@ class SyntheticAnnotator:
         self._cache: dict[tuple[str, str], dict[str, dict]] = {}
 
     def _ground_truth(self, root: Path, split: str) -> dict[str, dict]:
+        """Each location's ground truth by its pair ids and by its location id (the two never look alike)."""
         key = (str(root), split)
         if key not in self._cache:
             path = root / "groundtruth" / f"{split}.jsonl"
-            by_pair = {}
+            index = {}
             if path.exists():
                 with open(path, encoding="utf-8") as fh:
                     for line in fh:
                         location = json.loads(line)
+                        index[location["location_id"]] = location
                         for pair_id in location["pairs"]:
-                            by_pair[pair_id] = location
-            self._cache[key] = by_pair
+                            index[pair_id] = location
+            self._cache[key] = index
         return self._cache[key]
 
     def annotate(self, requests: Iterable[AnnotationRequest]) -> Iterator[AnnotationResult]:
@@ -173,13 +231,25 @@ class SyntheticAnnotator:
         for request in requests:
             root = self.fmow_root or Path(request.metadata.get("fmow_root", "."))
             split = request.metadata.get("split", "train")
+            where = f"{root}/groundtruth/{split}.jsonl"
+            if request.timestamps is not None:
+                yield self._sequence(request, self._ground_truth(root, split), where)
+                continue
             location = self._ground_truth(root, split).get(request.id)
             if location is None:
-                yield AnnotationResult(
-                    request.id,
-                    None,
-                    "missing",
-                    f"no ground truth for {request.id} in {root}/groundtruth/{split}.jsonl",
-                )
+                yield AnnotationResult(request.id, None, "missing", f"no ground truth for {request.id} in {where}")
                 continue
             yield AnnotationResult(request.id, describe_pair(location, request.id))
+
+    @staticmethod
+    def _sequence(request: AnnotationRequest, truth: dict[str, dict], where: str) -> AnnotationResult:
+        stems = request.metadata.get("stems") or []
+        location = truth.get(request.metadata.get("location_id"))
+        try:
+            if location is None:
+                raise KeyError(request.metadata.get("location_id"))
+            return AnnotationResult(request.id, describe_sequence(location, stems, list(request.timestamps)))
+        except KeyError as err:
+            return AnnotationResult(
+                request.id, None, "missing", f"no ground truth for {request.id} ({err}) in {where}"
+            )

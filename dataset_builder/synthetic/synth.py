@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 COUNTRIES = ("USA", "FRA", "BRA", "IND", "CHN", "EGY", "AUS", "KEN", "DEU", "MEX", "ARE", "IDN")
 OVERSIZE_BYTES = 1_000_000
+#: Most dates ``--min_dates`` asks for: geollava-build's default ``--max_frames`` (their gaps may end past 2017).
+MAX_DATES = 8
 
 
 @dataclass
@@ -65,6 +67,13 @@ class SynthConfig:
             "none (a simpler task than fMoW's 1-6 dates, whose pairs can span several changes; fMoW format)."
         },
     )
+    min_dates: int = field(
+        default=1,
+        metadata={
+            "help": "Give every location at least this many dates (1-8): the number drawn as usual is raised to it, "
+            "e.g. 3 for a tree whose every location makes a sequences row (fMoW format)."
+        },
+    )
 
     def __post_init__(self):
         if self.format not in ("fmow", "levir-cc"):
@@ -82,6 +91,12 @@ class SynthConfig:
             raise ValueError(f"--locations {self.locations}: need at least one location per split ({len(names)})")
         if self.two_dates and self.format != "fmow":
             raise ValueError(f"--two_dates applies to --format fmow, not {self.format!r}")
+        if not 1 <= self.min_dates <= MAX_DATES:
+            raise ValueError(f"--min_dates {self.min_dates}: must be in 1..{MAX_DATES}")
+        if self.min_dates > 1 and self.format != "fmow":
+            raise ValueError(f"--min_dates applies to --format fmow, not {self.format!r}")
+        if self.two_dates and self.min_dates > 2:
+            raise ValueError(f"--min_dates {self.min_dates} with --two_dates: a location then has exactly 2 dates")
         if self.pairs < 3:
             raise ValueError(f"--pairs {self.pairs}: need at least 3 (one pair per LEVIR-CC split)")
 
@@ -156,6 +171,7 @@ def write_location(
     n = int(rng.choice([1, 2, 2, 3, 3, 4, 4, 5, 6]))
     if cfg.two_dates:
         n = 2  # drawn all the same: a seed writes the tree docs/training.md measured this option on
+    n = max(n, cfg.min_dates)  # after the draw too: without the option a seed keeps writing the same tree
     dates = _dates(n, rng, over_a_year=cfg.two_dates)
     scenes = [random_scene(rng)]
     for _ in range(n - 1):

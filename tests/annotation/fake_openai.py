@@ -56,6 +56,7 @@ class FakeState:
     batch_max_bytes: int = 200 * 1024 * 1024
     max_enqueued_tokens: int | None = None
     batch_faults: deque = field(default_factory=deque)  # one fault per Files/Batches call, in arrival order
+    record_bodies: bool = False  # keep every answered request body in `bodies` (small tests only)
     # observations
     requests: int = 0
     arrivals: list = field(default_factory=list)
@@ -66,6 +67,7 @@ class FakeState:
     files: dict = field(default_factory=dict)
     batches: dict = field(default_factory=dict)
     peak_enqueued_tokens: int = 0
+    bodies: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def enqueued_tokens(self) -> int:
@@ -219,6 +221,8 @@ def _answer(body: dict, state: FakeState, fault: str | None) -> dict:
     reply = _completion(body, key, state, fault)
     with state.lock:
         state.billed[key] += 1
+        if state.record_bodies:
+            state.bodies.append(body)
         if reply["choices"][0]["message"]["content"]:
             state.successes[key] += 1
     return reply

@@ -32,6 +32,19 @@ def pair_requests(n: int, start: int = 0) -> list[AnnotationRequest]:
     ]
 
 
+def sequence_requests(n: int, frames: int = 3, start: int = 0) -> list[AnnotationRequest]:
+    """``n`` sequence requests of ``frames`` stored frames each, with their timestamps (distinct images)."""
+    return [
+        AnnotationRequest(
+            f"train/barn_{i}",
+            (),
+            tuple(jpeg(1000 + 10 * i + j) for j in range(frames)),
+            timestamps=tuple(f"{2004 + 2 * j}-0{j % 9 + 1}-1{j % 10}T10:30:00Z" for j in range(frames)),
+        )
+        for i in range(start, start + n)
+    ]
+
+
 FEATURES = features(columns=("id", "split", "image1", "image2", "frames", "conversations", "prompt_template_id"))
 
 

@@ -7,12 +7,12 @@ from dataset_builder.build import main as build_main
 from tests.annotation.helpers import SECRET, jpeg
 
 
-def write_tree(root, locations=3):
-    """A tiny fMoW tree: per location, two images two years apart (one pair each)."""
+def write_tree(root, locations=3, years=(2010, 2012)):
+    """A tiny fMoW tree: per location, one image in each of ``years`` (two years apart: a pair between each two)."""
     for loc in range(locations):
         folder = root / "train" / "barn" / f"barn_{loc}"
         folder.mkdir(parents=True)
-        for index, year in ((0, 2010), (1, 2012)):
+        for index, year in enumerate(years):
             stem = f"barn_{loc}_{index}"
             (folder / f"{stem}_rgb.jpg").write_bytes(jpeg(100 * loc + index, size=(64, 48)))
             meta = {

@@ -103,3 +103,47 @@ def undecodable_jpeg(seed: int = 1) -> bytes:
     good = jpeg_bytes(seed, (64, 48))
     dht = good.index(b"\xff\xc4")
     return good[: dht + 5] + b"\x00" * 16 + good[dht + 21 :]
+
+
+def gray_jpeg(level: int, size=(40, 32)) -> bytes:
+    """A uniform gray JPEG: its frame's mean tells which view a row holds."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, (level, level, level)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def write_sequence_tree(root: Path) -> dict[str, list[int]]:
+    """A tree with the sequences rule's cases; returns the gray level of every kept view of each row, in order.
+
+    Each view is a uniform gray (its level names it). ``barn_0``: 4 views whose index T is not time order, with
+    msrgb files beside them; ``barn_1``: 3 images, one oversize, so 2 usable views and no row; ``barn_2``: two views
+    at the same instant (written two ways) ordered by T (2 before 10, unlike their file names), and a view with
+    malformed JSON; ``dam_3``: 10 views (more
+    than ``max_frames`` 4); val ``barn_4``: 3 views, a ``test`` row.
+    """
+    views = {
+        ("train", "barn", 0): [(3, "2010-03-02T10:00:00Z", 10), (0, "2012-05-01T10:00:00Z", 30),
+                               (2, "2014-08-15T10:00:00Z", 50), (1, "2016-01-30T10:00:00Z", 70)],
+        ("train", "barn", 1): [(0, "2010-01-01T00:00:00Z", 90), (1, "2012-01-01T00:00:00Z", 110)],
+        ("train", "barn", 2): [(10, "2011-01-01T00:00:00Z", 130), (2, "2011-01-01T00:00:00.000Z", 150),
+                               (7, "2013-06-01T00:00:00Z", 170)],
+        ("train", "dam", 3): [(t, f"{2002 + k}-07-01T12:00:00Z", 10 + 24 * k)
+                              for k, t in enumerate([4, 9, 0, 7, 1, 8, 2, 6, 3, 5])],
+        ("val", "barn", 4): [(1, "2009-09-09T09:09:09Z", 60), (0, "2011-09-09T09:09:09Z", 120),
+                             (2, "2015-09-09T09:09:09Z", 180)],
+    }  # fmt: skip
+    for (split, category, loc), items in views.items():
+        for index, timestamp, level in items:
+            write_image(root, split, category, loc, index, timestamp, data=gray_jpeg(level))
+    folder = root / "train" / "barn" / "barn_0"
+    for index in range(4):  # msrgb beside every rgb view: never a view
+        (folder / f"barn_0_{index}_msrgb.jpg").write_bytes(gray_jpeg(250))
+        (folder / f"barn_0_{index}_msrgb.json").write_text('{"timestamp": "2011-01-01T00:00:00Z"}')
+    write_image(root, "train", "barn", 1, 2, "2014-01-01T00:00:00Z", data=b"\xff\xd8" + b"0" * 1_100_000 + b"\xff\xd9")
+    write_image(root, "train", "barn", 2, 9, None, json_text="{not json")
+    return {
+        "barn_0": [10, 30, 50, 70],
+        "barn_2": [150, 130, 170],
+        "dam_3": [10 + 24 * k for k in (0, 3, 6, 9)],
+        "barn_4": [60, 120, 180],
+    }

@@ -242,3 +242,15 @@ def test_openai_options_join_the_command_line(tmp_path):
     other = {**asdict(openai_cfg), "model": "gpt-4o-mini"}
     base = build_fingerprint(cfg, scan, asdict(openai_cfg))
     assert build_fingerprint(cfg, scan, fast) == base != build_fingerprint(cfg, scan, other)
+
+
+def test_a_build_without_videos_needs_no_pyav(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # as on a machine without PyAV: importing it raises ImportError
+    fmow, out = tmp_path / "fmow", tmp_path / "out"
+    generate_tree(SynthConfig(out=str(fmow), locations=6, seed=1, image_size=64, oversize_fraction=0))
+    report = _build(fmow, out, no_videos=True)
+    assert load_dataset(str(out), split="train").num_rows == report["pairs_per_split"]["train"] > 0
+    with pytest.raises(ImportError):
+        _build(fmow, tmp_path / "with-videos")

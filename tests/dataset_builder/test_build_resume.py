@@ -46,27 +46,59 @@ def reference(tmp_path_factory):
     return fmow, root / "ref"
 
 
-def test_kill_9_mid_build_then_rerun_gives_the_same_folder(reference, tmp_path):
-    fmow, ref = reference
-    out = tmp_path / "out"
-    args = [sys.executable, "-m", "dataset_builder.build", "--fmow-root", str(fmow), "--out", str(out)]
+def _kill_then_rerun(fmow, out, marker: str, *extra: str) -> dict:
+    """Start a build, SIGKILL it once its state records a shard whose path holds ``marker``, rerun it; the state."""
+    args = [sys.executable, "-m", "dataset_builder.build", "--fmow-root", str(fmow), "--out", str(out), *extra]
     args += [x for k, v in OPTIONS.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_path = out / STATE_FILE
     deadline = time.time() + 120
-    while time.time() < deadline and not (state_path.exists() and '"rows"' in state_path.read_text()):
+    while time.time() < deadline and not (state_path.exists() and marker in state_path.read_text()):
         time.sleep(0.005)
     proc.kill()
     proc.wait()
     state = json.loads(state_path.read_text())
-    n_shards = sum(1 for p in (ref / "data").glob("*-of-*.parquet"))
-    assert not state.get("complete") and 0 < len(state["shards"]) < n_shards, "the kill did not land mid-build"
     assert not (out / "README.md").exists()  # an interrupted folder never looks complete
     rerun = subprocess.run(args, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming" in rerun.stderr
+    return state
+
+
+def test_kill_9_mid_build_then_rerun_gives_the_same_folder(reference, tmp_path):
+    fmow, ref = reference
+    out = tmp_path / "out"
+    state = _kill_then_rerun(fmow, out, '"rows"')
+    n_shards = sum(1 for p in (ref / "data").glob("*-of-*.parquet"))
+    assert not state.get("complete") and 0 < len(state["shards"]) < n_shards, "the kill did not land mid-build"
     assert _listing(out) == _listing(ref)
     assert not list(out.rglob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def sequence_reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume_sequences")
+    fmow = root / "fmow"
+    generate_tree(SynthConfig(out=str(fmow), locations=14, seed=7, image_size=64, oversize_fraction=0, min_dates=3))
+    _build(fmow, root / "ref", sequences=True, max_frames=4)
+    return fmow, root / "ref"
+
+
+def test_kill_9_while_writing_the_sequences_then_rerun_gives_the_same_folder(sequence_reference, tmp_path):
+    fmow, ref = sequence_reference
+    out = tmp_path / "out"
+    state = _kill_then_rerun(fmow, out, '"data/sequences/', "--sequences", "--max-frames", "4")
+    done = [path for path in state["shards"] if path.startswith("data/sequences/")]
+    n_shards = sum(1 for p in (ref / "data" / "sequences").glob("*-of-*.parquet"))
+    assert not state.get("complete") and 0 < len(done) < n_shards, "the kill did not land among the sequences"
+    assert _listing(out) == _listing(ref)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_num_proc_writes_the_same_sequences(sequence_reference, tmp_path):
+    fmow, ref = sequence_reference
+    _build(fmow, tmp_path / "par", sequences=True, max_frames=4, num_proc=2)
+    assert _listing(tmp_path / "par") == _listing(ref)
 
 
 def test_num_proc_writes_the_same_folder(reference, tmp_path):

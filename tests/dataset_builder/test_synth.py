@@ -108,6 +108,43 @@ def test_deterministic_for_a_seed(tmp_path):
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
+#: sha256 of the metadata and ground truth (every rng draw shows there) that geollava-synth writes for seed 11.
+SEED_11_METADATA = "fe4aeb2d97baa5336e18a4a01cc7b0b26081f1e3460e740b43947ab82506fc44"
+
+
+def _metadata_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix in (".json", ".jsonl"):
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_a_seed_keeps_writing_the_same_tree_without_min_dates(tmp_path):
+    for name, extra in (("default", {}), ("explicit", {"min_dates": 1})):
+        generate_tree(SynthConfig(out=str(tmp_path / name), locations=8, seed=11, image_size=32, **extra))
+        assert _metadata_digest(tmp_path / name) == SEED_11_METADATA, name
+    assert _digest(tmp_path / "default") == _digest(tmp_path / "explicit")
+
+
+def test_min_dates_gives_every_location_that_many_dates_or_more(tmp_path):
+    _tree(tmp_path / "plain", locations=30)
+    _tree(tmp_path / "three", locations=30, min_dates=3)
+    counts = {}
+    for name in ("plain", "three"):
+        counts[name] = []
+        for split in ("train", "val"):
+            for line in (tmp_path / name / "groundtruth" / f"{split}.jsonl").read_text().splitlines():
+                loc = json.loads(line)
+                n = len(loc["images"])
+                folder = tmp_path / name / split / loc["category"] / loc["location_id"]
+                assert len(list(folder.glob("*_rgb.jpg"))) == n and len(loc["pairs"]) == n * (n - 1) // 2
+                counts[name].append(n)
+    assert min(counts["plain"]) < 3 and min(counts["three"]) == 3 and max(counts["three"]) <= 6
+    assert sum(counts["three"]) > sum(counts["plain"])
+
+
 def test_two_dates_give_each_location_one_pair_with_one_change_or_none(tmp_path):
     _tree(tmp_path / "two", locations=40, two_dates=True)
     changes = []
@@ -263,6 +300,10 @@ def test_cli(tmp_path, capsys):
         ({"oversize_fraction": 1.5}, "--oversize_fraction"),
         ({"image_size": 8}, "--image_size"),
         ({"two_dates": True, "format": "levir-cc"}, "--two_dates"),
+        ({"min_dates": 0}, "--min_dates 0: must be in 1..8"),
+        ({"min_dates": 9}, "--min_dates 9"),
+        ({"min_dates": 3, "two_dates": True}, "--min_dates 3 with --two_dates"),
+        ({"min_dates": 3, "format": "levir-cc"}, "--min_dates applies to --format fmow"),
     ],
 )
 def test_config_names_the_bad_field(kwargs, field):

@@ -69,6 +69,18 @@ def test_model_card_metadata_and_model_index(adapter, tmp_path):
     assert ModelCard(text).data.to_dict()["library_name"] == "peft"
 
 
+def test_a_sequences_evaluation_names_its_config_and_temporal_scores(adapter, tmp_path):
+    metrics = tmp_path / "metrics.json"
+    values = {"rougeL": 0.7, "temporal_f1": 0.3, "temporal_majority": {"temporal_f1": 0.2}}
+    values["run"] = {"config": "sequences"}
+    metrics.write_text(json.dumps(values))
+    _, results = model_index_to_eval_results(
+        _front_matter(render_model_card(adapter, "geo-org/lora", metrics, "geo-org/geollava"))["model-index"]
+    )
+    assert {r.metric_type: r.metric_value for r in results} == {"rougeL": 0.7, "temporal_f1": 0.3}
+    assert {(r.dataset_config, r.dataset_name) for r in results} == {("sequences", "GeoLLaVA sequences (test)")}
+
+
 def test_model_card_tolerates_missing_inputs(tmp_path):
     folder = tmp_path / "bare"
     folder.mkdir()

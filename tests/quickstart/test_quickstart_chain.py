@@ -147,3 +147,57 @@ def test_bars_say_which_are_met():
     assert checked[1]["target"] == pytest.approx(0.25) and checked[3]["target"] == pytest.approx(0.45)
     # a metric that was not computed meets no bar
     assert not quickstart_report.check_bars({"grounding_f1_min": 0.3}, {}, {})[0]["met"]
+
+
+def test_the_sequences_profile_builds_trains_and_evaluates_the_sequences_config(tmp_path):
+    profile = quickstart.PROFILES["sequences"]
+    assert profile.config == "sequences" and profile.recipe.name == "sequences_lora_prune.yaml"
+    assert profile.synth["min_dates"] == 3  # every synthetic location makes a sequences row
+    assert profile.bars == {"temporal_f1_gain": 0.05, "temporal_f1_vs_majority": 0.01}
+    job = quickstart.Job(profile, tmp_path)
+    assert job.config_flags == {
+        "build": ("--sequences",),
+        "train": ("--dataset_config", "sequences"),
+        "eval": ("--config", "sequences"),
+    }
+    assert job.eval_args()[:4] == ("--dataset", job.dataset, "--config", "sequences")
+    # the pairs' profiles keep their flags and their stage fingerprints
+    default = quickstart.Job(quickstart.PROFILES["default"], tmp_path)
+    assert set(default.build_key) == {"synth", "frame_size", "sample_size"} and "config" in job.build_key
+    assert all(not flags for flags in default.config_flags.values())
+    assert default.eval_args()[:4] == ("--dataset", default.dataset, "--split", "test")
+    with pytest.raises(ValueError, match="config 'levircc': choose one of"):
+        _profiles(tmp_path, "a: {out: o/a, synth: {}, frame_size: 8, base: {}, recipe: r.yaml, config: levircc}\n")
+
+
+def test_temporal_bars_and_the_majority_answer_on_sequences(tmp_path):
+    bars = {"temporal_f1_gain": 0.05, "temporal_f1_vs_majority": 0.01}
+    base, trained = {"temporal_f1": 0.1}, {"temporal_f1": 0.3}
+    checked = quickstart_report.check_bars(bars, base, trained, {"temporal_f1": 0.35})
+    assert [(c["bar"], c["met"], c["target"]) for c in checked] == [
+        ("trained temporal F1 >= the base's + 0.05", True, pytest.approx(0.15)),
+        ("trained temporal F1 >= the majority answer's + 0.01", False, pytest.approx(0.36)),
+    ]
+    assert not quickstart_report.check_bars(bars, base, trained)[1]["met"]  # no majority: not met
+    stamps = ["2016-03-02", "2017-08-15", "2019-01-30"]
+    change = {"kind": "road_built", "location": "north", "size": "small", "start": stamps[0], "end": stamps[1]}
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "changes": [change] * (i % 2)}) + "\n" for i in range(3)))
+    temporal = {"temporal_f1": 0.4, "temporal_precision": 0.5, "temporal_recall": 1 / 3, "kinds": ["road_built"]}
+    majority = quickstart_report.majority_metrics(path, {"temporal_majority": temporal})
+    assert majority["kinds"] == ["no_change"] and majority["temporal_f1"] == 0.4  # kinds: grounding's answer
+    assert quickstart_report.majority_metrics(path) == {k: v for k, v in majority.items() if "temporal" not in k}
+
+
+def test_the_report_counts_the_rows_of_the_config_it_scored(tmp_path):
+    for folder in ("eval_base", "eval_trained", "dataset"):
+        (tmp_path / folder).mkdir()
+    metrics = {"rougeL": 0.5, "temporal_f1": 0.2, "run": {"config": "sequences"}}
+    for folder in ("eval_base", "eval_trained"):
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "eval_trained" / "predictions.jsonl").write_text(json.dumps({"id": "a_0", "changes": []}) + "\n")
+    build = {"pairs_per_split": {"train": 90, "test": 10}, "sequences": {"rows_per_split": {"train": 9, "test": 3}}}
+    (tmp_path / "dataset" / "build_report.json").write_text(json.dumps(build))
+    report = quickstart_report.write_report(tmp_path, "sequences", {}, {}, {}, 1.0, {"model": "o/m"})
+    assert report["config"] == "sequences" and report["rows"] == {"train": 9, "test": 3}
+    assert "Rows (sequences config): {'train': 9, 'test': 3}." in (tmp_path / "report.md").read_text()

@@ -13,8 +13,9 @@ REPOS = {"dataset": "geo-org/roundtrip-data", "model": "geo-org/roundtrip-lora"}
 
 
 def _dataset(root, seed):
-    generate_tree(SynthConfig(out=str(root / "fmow"), locations=12, seed=seed, image_size=64, oversize_fraction=0))
-    build(BuildConfig(fmow_root=str(root / "fmow"), out=str(root / "dataset"), frame_size=32, sample_size=4))
+    fmow, out = str(root / "fmow"), str(root / "dataset")
+    generate_tree(SynthConfig(out=fmow, locations=12, seed=seed, image_size=64, oversize_fraction=0, min_dates=3))
+    build(BuildConfig(fmow_root=fmow, out=out, frame_size=32, sample_size=4, sequences=True))
     return root / "dataset"
 
 
@@ -57,7 +58,8 @@ def test_a_fresh_process_loads_back_what_was_pushed(pushed, tmp_path):
     )
     from datasets import load_dataset
 
-    for config in ("default", "sample_10k"):
+    assert list(report)[:3] == ["default", "sample_10k", "sequences"]  # every config the card lists
+    for config in ("default", "sample_10k", "sequences"):
         local = load_dataset(str(dataset), config)
         assert report[config] == {split: local[split].num_rows for split in local}
     assert report["adapter_tensors_identical"] is True and report["masks"] == 1
@@ -75,6 +77,8 @@ def test_a_different_adapter_or_dataset_is_named(pushed, tmp_path):
     other_data = _dataset(tmp_path / "b", seed=4)
     with pytest.raises(RoundTripError, match=r"geo-org/roundtrip-data \(default, \w+\): '(id|conversations)' differs"):
         check_dataset(REPOS["dataset"], other_data)
+    with pytest.raises(RoundTripError, match=r"\(sequences, \w+\): '(id|conversations)' differs"):
+        check_dataset(REPOS["dataset"], other_data, configs=["sequences"])
 
 
 def test_a_failed_check_stops_the_fresh_process_with_its_reason(pushed, tmp_path):

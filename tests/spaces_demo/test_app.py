@@ -124,3 +124,67 @@ def test_model_ids_come_from_the_pushed_settings_and_the_variables_override_them
     (tmp_path / SPACE_CONFIG_FILE).write_text("[1, 2]")
     with pytest.raises(RuntimeError, match="expected a JSON object"):
         module.model_ids()
+
+
+DATES = "2016-03-02, 2017-08-15\n2019-01-30"
+
+
+def test_a_time_series_is_asked_as_a_sequence_with_the_same_text_as_geollava_predict(
+    app, space_model, pair_files, capsys
+):
+    from trainer.evaluation.predict import main as predict_main
+
+    before, after, _ = pair_files
+    series = [str(before), str(after), str(before)]
+    text, view, status = app.describe(None, None, None, PROMPT_TEMPLATES[0], 16, series, DATES)
+    assert status.startswith("✅") and text, status
+    assert view.width > 3 * view.height - 10  # three frames side by side
+    base, adapter = space_model
+    options = ["--model", str(base), "--adapter", str(adapter), "--max-new-tokens", "16"]
+    capsys.readouterr()
+    assert predict_main([*options, "--dates", "2016-03-02,2017-08-15,2019-01-30", *series]) == 0
+    assert text.strip() == capsys.readouterr().out.strip()
+    undated, _, _ = app.describe(None, None, None, PROMPT_TEMPLATES[0], 16, series, "")
+    assert predict_main([*options, *series]) == 0
+    assert undated.strip() == capsys.readouterr().out.strip()
+
+
+def test_a_series_of_two_is_the_pair_as_before(app, pair_files):
+    before, after, _ = pair_files
+    pair, _, _ = app.describe(str(before), str(after), None, PROMPT_TEMPLATES[2], 16)
+    text, _, status = app.describe(
+        None, None, None, PROMPT_TEMPLATES[2], 16, [str(before), str(after)], "2016-03-02 2017-08-15"
+    )
+    assert text == pair
+    assert "described as a pair, without their dates" in status
+
+
+@pytest.mark.parametrize(
+    ("count", "dates", "message"),
+    [
+        (1, "", "A time series needs 2 to 8 images in time order; got 1."),
+        (9, "", "A time series needs 2 to 8 images in time order; got 9."),
+        (3, "2016-03-02, 2017-08-15", "Dates: 2 dates for 3 frames"),
+        (3, "2016-03-02 2015-01-01 2019-01-30", "date 2 (2015-01-01) is before date 1 (2016-03-02)"),
+        (3, "2016-03-02 soon 2019-01-30", "date 2 ('soon') is not an ISO 8601 date"),
+    ],
+)
+def test_a_bad_series_is_a_friendly_message(app, pair_files, count, dates, message):
+    before, after, _ = pair_files
+    series = [str(before), str(after)] * 5
+    text, view, status = app.describe(None, None, None, PROMPT_TEMPLATES[0], 8, series[:count], dates)
+    assert (text, view) == ("", None)
+    assert message in status, status
+
+
+def test_a_non_image_in_the_series_is_named(app, pair_files):
+    before, after, notes = pair_files
+    text, _, status = app.describe(None, None, None, PROMPT_TEMPLATES[0], 8, [str(before), str(notes), str(after)])
+    assert text == "" and "Could not use 'notes.txt'" in status
+
+
+def test_the_api_keeps_the_pair_inputs_first_and_the_series_optional(app):
+    parameters = app.build_demo().get_api_info()["named_endpoints"]["/describe"]["parameters"]
+    # a caller that sends the 7 pair inputs by position (gradio_client, scripts/space_check.py) still works
+    assert [p["parameter_name"] for p in parameters] == ["b", "a", "bf", "af", "c", "t", "n", "s", "d"]
+    assert all(p.get("parameter_has_default") for p in parameters[7:])

@@ -103,3 +103,28 @@ def test_bad_upload_shows_the_error_and_the_app_stays_up(served, browser, pair_f
     page.screenshot(path=str(tmp_path / "space-error.png"), full_page=True)
     # Still serving: the page answers again.
     assert urllib.request.urlopen(served, timeout=5).status == 200
+
+
+def test_a_dated_time_series_gets_the_same_text_as_geollava_predict(served, browser, space_model, pair_files, capsys):
+    from trainer.evaluation.predict import main as predict_main
+
+    before, after, _ = pair_files
+    series = [str(before), str(after), str(before)]
+    dates = "2016-03-02,2017-08-15,2019-01-30"
+    options = ["--model", str(space_model[0]), "--adapter", str(space_model[1]), "--max-new-tokens", "128"]
+    assert predict_main([*options, "--dates", dates, *series]) == 0
+    expected = capsys.readouterr().out.strip()
+
+    page = browser.new_page(viewport={"width": 1200, "height": 1600})
+    page.goto(served, wait_until="networkidle")
+    page.get_by_text("A time series: 2 to 8 images").click()
+    page.locator("#sequence input[type=file]").set_input_files(series)
+    page.locator("#dates textarea").fill(dates.replace(",", ", "))
+    page.wait_for_function("() => document.querySelectorAll('#sequence .file-preview tr, #sequence li').length >= 3")
+    page.locator("#run").click()
+    page.wait_for_function(
+        "() => { const t = document.querySelector('#output textarea'); return t && t.value.length > 0; }",
+        timeout=60_000,
+    )
+    assert page.locator("#output textarea").input_value().strip() == expected
+    assert "✅" in page.locator("#status").inner_text()

@@ -62,6 +62,6 @@ def test_prompt_is_not_in_the_output(loaded):
 
 
 def test_mismatched_inputs_and_empty_batch():
-    with pytest.raises(ValueError, match="2 questions but 1 frame pairs"):
+    with pytest.raises(ValueError, match="2 questions but 1 frame lists"):
         encode_batch(None, "llava-next-video", ["a", "b"], [[None, None]])
     assert generate_batch(None, None, "llava-next-video", [], []) == []

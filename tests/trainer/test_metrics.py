@@ -218,7 +218,7 @@ def test_each_distinct_sentence_goes_through_the_encoder_once_in_length_sorted_b
     from trainer.evaluation import shared_encoder
 
     encoder = _minilm_encoder()
-    _, model = shared_encoder._load(encoder.path, "fp32")
+    _, model = shared_encoder._load(encoder.path, "fp32", "cpu")  # the cached model embed uses
     widths = []
     hook = model.register_forward_pre_hook(
         lambda _m, _a, kw: widths.append(tuple(kw["input_ids"].shape)), with_kwargs=True
@@ -246,3 +246,55 @@ def test_fast_precisions_stay_close_and_say_so():
             assert fast.per_row[key] != exact.per_row[key], (precision, key)
             assert fast.per_row[key] == pytest.approx(exact.per_row[key], abs=tolerance), (precision, key)
             assert f"encoder in {precision}" in fast.models[key]["detail"]
+
+
+# --- where the encoders run, and a stand-in encoder -----------------------------------------------------------------
+
+
+def test_the_encoders_run_where_device_says_and_a_missing_cuda_device_is_an_error():
+    import torch
+
+    from trainer.evaluation.metric_sets import EncoderOptions
+
+    assert not torch.cuda.is_available()
+    assert metrics.encoder_device("auto") == "cpu" and metrics.encoder_device("CPU") == "cpu"
+    assert metrics.encoder_device("auto", "int8") == "cpu"
+    with pytest.raises(ValueError, match="'cuda': no such CUDA device"):
+        metrics.encoder_device("cuda")
+    with pytest.raises(ValueError, match="'gpu': choose auto, cpu, cuda or cuda:N"):
+        metrics.encoder_device("gpu")
+    with pytest.raises(ValueError, match="int8 runs on the CPU only"):
+        metrics.encoder_device("cuda:0", "int8")
+    with pytest.raises(ValueError, match="'cuda:1': no such CUDA device"):
+        EncoderOptions(device="cuda:1")
+    assert EncoderOptions().resolved_device == "cpu"
+
+
+def test_the_tiny_encoder_is_read_as_the_libraries_read_the_minilm(tmp_path):
+    from trainer.evaluation.metric_sets import EncoderOptions, encoder_metrics, shared_encoder_for
+    from trainer.tiny.encoder import build_tiny_encoder
+
+    preds, refs = BERT_PREDS + SBERT_PREDS, BERT_REFS + SBERT_REFS
+    path = str(build_tiny_encoder(tmp_path / "encoder", [*preds, *(r for rs in refs for r in rs)]))
+    options = EncoderOptions(sbert_model=path, bertscore_model=path, bertscore_layers=2, device="cpu")
+    assert shared_encoder_for(options).pooling_max_length == 128
+    shared = encoder_metrics(preds, refs, options)
+    expected_bert, _ = metrics.bertscore_f1(preds, refs, model_type=path, num_layers=2, device="cpu")
+    expected_cos, _ = metrics.sbert_cosine(preds, refs, model=path, device="cpu")
+    assert shared.per_row["bertscore_f1"] == pytest.approx(expected_bert, abs=1e-6)
+    assert shared.per_row["sbert_cosine"] == pytest.approx(expected_cos, abs=1e-6)
+    for key in ("bertscore_f1", "sbert_cosine"):
+        assert shared.models[key]["detail"].endswith(
+            "one encoder pass shared by bertscore_f1 and sbert_cosine; encoder on cpu"
+        )
+
+
+def test_without_pycocoevalcap_the_levircc_metrics_are_reported_as_not_computed(monkeypatch):
+    import sys
+
+    from trainer.evaluation.metric_sets import LEVIRCC_KEYS, levircc_set
+
+    monkeypatch.setitem(sys.modules, "pycocoevalcap.bleu.bleu", None)  # an import of it raises ImportError
+    scored = levircc_set(["a road was built"], [["a road was built"]], meteor=False)
+    assert scored.values == {} and set(scored.unavailable) == set(LEVIRCC_KEYS)
+    assert all("pycocoevalcap" in why for why in scored.unavailable.values())

@@ -10,7 +10,7 @@ from PIL import Image
 
 from dataset_builder.prompts import PROMPT_TEMPLATES
 from tests.trainer.helpers import tiny_base_and_adapter
-from trainer.evaluation.predict import describe_pair, main, read_image
+from trainer.evaluation.predict import describe_pair, describe_sequence, main, read_image
 from trainer.models.loading import load_for_inference
 
 
@@ -84,6 +84,27 @@ def test_cli_prints_the_same_text_as_describe_pair(tiny, images, capsys):
     assert describe_pair(model, processor, family, Image.open(before), after, 3, 9) == expected
 
 
+def test_three_images_in_time_order_are_asked_as_a_sequence(tiny, images, capsys):
+    base, adapter = tiny
+    before, after = images
+    dates = "2016-03-02,2017-08-15,2019-01-30"
+    options = ["--model", str(base), "--adapter", str(adapter), "--max_new_tokens", "9"]
+    assert main([*options, "--dates", dates, str(before), str(after), str(before)]) == 0
+    printed = capsys.readouterr().out.strip()
+    model, processor, family = load_for_inference(base, adapter)
+    frames = [before, after, before]
+    expected = describe_sequence(model, processor, family, frames, dates.split(","), max_new_tokens=9)
+    assert printed == expected
+    # without --dates the frames are numbered only
+    undated = describe_sequence(model, processor, family, frames, None, max_new_tokens=9)
+    assert main([*options, str(before), str(after), str(before)]) == 0
+    assert capsys.readouterr().out.strip() == undated
+    assert main([*options, "--dates", "2016-03-02,2015-01-01,2019-01-30", str(before), str(after), str(before)]) == 2
+    assert "date 2 (2015-01-01) is before date 1 (2016-03-02)" in capsys.readouterr().err
+    assert main([*options, "--dates", "2016-03-02,2017-08-15", str(before), str(after)]) == 2
+    assert "--dates: give it with 3 or more images" in capsys.readouterr().err
+
+
 def test_cli_refuses_bad_input_with_non_zero_exit(tiny, images, tmp_path, capsys):
     base, _ = tiny
     before, _ = images
@@ -91,7 +112,7 @@ def test_cli_refuses_bad_input_with_non_zero_exit(tiny, images, tmp_path, capsys
     assert main(["--model", str(base), str(before), str(tmp_path / "notes.txt")]) == 2
     assert "notes.txt: not a readable image" in capsys.readouterr().err
     assert main(["--model", str(base), str(before)]) == 2
-    assert "exactly two images" in capsys.readouterr().err
+    assert "give two images, BEFORE and AFTER, 3 or more in time order" in capsys.readouterr().err
     assert main(["--model", str(base), "--prompt_template", "9", str(before), str(before)]) == 2
     assert "--prompt_template must be in 0..5, got 9" in capsys.readouterr().err
     assert main(["--model", str(tmp_path / "no-model"), str(before), str(before)]) == 1

@@ -203,3 +203,15 @@ def test_prune_before_quantization_then_nf4_keeps_exact_zeros(tmp_path):
     with pytest.raises(FileExistsError, match="pruned the same way"):
         prune_before_quantization(tiny_path, PruningConfig(pruning_method="magnitude", pruning_sparsity=0.1), out, LNV)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_a_wanda_copy_is_calibrated_on_the_device_it_is_given(tmp_path):
+    source = _tiny(tmp_path, "llava-next-video")
+    config = PruningConfig(pruning_method="wanda", pruning_sparsity=0.25)
+    batch = {"input_ids": torch.randint(10, 200, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    copy = prune_before_quantization(source, config, tmp_path / "pruned", LNV, calibration=[batch], device="cpu")
+    report = json.loads((copy.path / "pruning.json").read_text())
+    assert report["pruned_by"] == "loading the model"
+    assert report["pruned_on"] == "cpu" and report["calibrated_on"] == "cpu"
+    for name, mask in copy.masks.unpack().items():  # Wanda: the same count pruned in every row
+        assert ((~mask).sum(dim=1) == round(0.25 * mask.shape[1])).all(), name

@@ -4,6 +4,8 @@ Run with ``GEOLLAVA_TEST_CUDA=0 .venv/bin/pytest tests/trainer/test_pruning_gpu.
 CUDA unless ``GEOLLAVA_TEST_CUDA`` names a device).
 """
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
@@ -56,3 +58,15 @@ def test_nf4_on_cuda_keeps_pruned_weights_exactly_zero(tmp_path):
         assert (values[~masks[name]] == 0).all(), name
     with pytest.raises(TypeError, match="Params4bit"):
         apply_masks(model, masks)
+
+
+def test_a_wanda_copy_is_calibrated_on_cuda_when_training_runs_there(tmp_path):
+    tiny = build_tiny_model("llava-next-video", tmp_path / "tiny", corpus=CORPUS)
+    config = PruningConfig(pruning_method="wanda", pruning_sparsity=0.25)
+    batch = {"input_ids": torch.randint(10, 200, (2, 12)), "attention_mask": torch.ones(2, 12, dtype=torch.long)}
+    family = get_family("llava-next-video")
+    copy = prune_before_quantization(tiny, config, tmp_path / "pruned", family, calibration=[batch], device="cuda")
+    report = json.loads((copy.path / "pruning.json").read_text())
+    assert report["calibrated_on"].startswith("cuda") and report["pruned_on"].startswith("cuda")
+    for name, mask in copy.masks.unpack().items():
+        assert ((~mask).sum(dim=1) == round(0.25 * mask.shape[1])).all(), name

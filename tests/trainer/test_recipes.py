@@ -10,7 +10,7 @@ from trainer.sft import parse_args
 
 
 # The geollava-train recipes (other folders, e.g. ccexpert/, belong to other trainers).
-OWN = ("tiny", "llava-next-video-7b", "video-llava-7b")
+OWN = ("tiny", "llava-next-video-7b", "video-llava-7b", "llava-onevision-7b", "qwen2.5-vl-7b")
 RECIPES = sorted(p for folder in OWN for p in Path("trainer/recipes", folder).glob("*.yaml"))
 
 
@@ -33,6 +33,11 @@ def test_the_expected_recipes_exist():
         "llava-next-video-7b/qlora_prune5_10k.yaml",
         "llava-next-video-7b/h100_lora.yaml",
         "video-llava-7b/lora.yaml",
+        "tiny/sequences_lora_prune.yaml",
+        "llava-next-video-7b/sequences_lora.yaml",
+        "video-llava-7b/sequences_lora.yaml",
+        "llava-onevision-7b/sequences_lora.yaml",
+        "qwen2.5-vl-7b/sequences_lora.yaml",
     } <= names
 
 
@@ -46,10 +51,16 @@ def test_recipe_parses_and_has_a_header(recipe, tmp_path):
     # Every key is a field of one of the four dataclasses (TrlParser refuses unknown keys).
     script, sft, model, pruning = _parse(recipe, tmp_path)
     assert sft.remove_unused_columns is False and sft.dataset_kwargs["skip_prepare_dataset"]
-    assert script.num_frames == 2
+    if recipe.name.startswith("sequences"):
+        assert script.dataset_config == "sequences" and script.num_frames == 8
+    else:
+        assert script.num_frames == 2
     if sft.chat_template_path:
         template = Path(sft.chat_template_path).read_text()
-        assert "{% generation %}" in template and "eos_token" in template
+        # the answer's end of turn is supervised: the tokenizer's EOS (Vicuna) or ChatML's <|im_end|>
+        assert "{% generation %}" in template and (
+            "eos_token" in template or "'<|im_end|>' }}{% endgeneration" in template
+        )
 
 
 def test_table3_recipe_values(tmp_path):
@@ -89,6 +100,23 @@ def test_tiny_recipes_suit_two_cpu_cores(tmp_path):
         assert model.family == "llava-next-video" and model.lora_modules_to_save == ["lm_head"]
         assert 8 <= sft.per_device_train_batch_size <= 16 and 2e-3 <= sft.learning_rate <= 5e-3
     assert model.load_in_4bit and (pruning.pruning_method, pruning.pruning_sparsity) == ("magnitude", 0.05)
+
+
+def test_sequences_recipes_one_per_family_never_truncate(tmp_path):
+    families = set()
+    for recipe in sorted(Path("trainer/recipes").glob("*/sequences_*.yaml")):
+        _, sft, model, _ = _parse(recipe, tmp_path)
+        families.add(model.family)
+        assert model.on_overlong == "error"
+        if recipe.parent.name != "tiny":
+            assert sft.max_length and sft.per_device_train_batch_size * sft.gradient_accumulation_steps == 4
+    assert families == {"llava-next-video", "video-llava", "llava-onevision", "qwen2.5-vl"}
+    _, sft, model, pruning = _parse("trainer/recipes/tiny/sequences_lora_prune.yaml", tmp_path)
+    assert not sft.bf16 and not sft.activation_checkpointing and sft.dataloader_num_workers <= 1
+    assert model.lora_modules_to_save == ["lm_head"] and (pruning.pruning_method, pruning.pruning_sparsity) == (
+        "magnitude",
+        0.05,
+    )
 
 
 def test_overrides_win_and_bad_values_are_named(tmp_path):

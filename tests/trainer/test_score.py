@@ -47,6 +47,7 @@ def test_cli_scores_every_metric(tmp_path, capsys):
     assert result["models"]["bertscore_f1"]["model"] == "all-MiniLM-L6-v2"
     assert "num_layers=6" in result["models"]["bertscore_f1"]["detail"]
     assert result["libraries"]["rouge-score"] and result["libraries"]["pycocoevalcap"]
+    assert result["encoder_device"] == "cpu"  # auto, on a machine without CUDA
     # no 'changes' anywhere: no grounding numbers, and the output says why
     assert "grounding_f1" not in result and "changes" in result["unavailable"]["grounding_f1"]
     assert not list(out.parent.glob(".metrics.json.*"))  # atomic write left no temp file
@@ -179,3 +180,10 @@ def test_precision_bf16_scores_in_bf16_and_an_unknown_precision_is_refused(tmp_p
         main([*args, "--precision", "fp8"])
     assert main([*args, "--bertscore_bf16", "true"]) == 2  # no alias: --precision bf16 is the flag
     assert "not used by the HfArgumentParser: ['--bertscore_bf16', 'true']" in capsys.readouterr().err
+
+
+def test_a_cuda_device_this_machine_lacks_is_refused_before_scoring(tmp_path, capsys):
+    pred = _write(tmp_path / "p.jsonl", ROWS)
+    assert main(["--predictions", str(pred), "--out", str(tmp_path / "m.json"), "--device", "cuda"]) == 2
+    assert "--device 'cuda': no such CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()

@@ -309,3 +309,24 @@ def test_resume_checkpoint_resolves_last(tmp_path):
     assert resolved(str(tmp_path / "checkpoint-2")) == str(tmp_path / "checkpoint-2")
     with pytest.raises(ValueError, match="No valid checkpoint"):
         resolved("last", tmp_path / "empty")
+
+
+def test_logs_go_to_the_stdout_of_each_run_when_a_caller_captures_runs_one_by_one(tmp_path, monkeypatch):
+    import contextlib
+    import io
+    import logging
+
+    from trainer.sft import parse_args, setup
+
+    # a fresh process: no handler yet, so setup's basicConfig installs its own
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    argv = ["--config", "trainer/recipes/tiny/lora.yaml", "--model_name_or_path", "base", "--dataset_name", "data"]
+    script, training, model, pruning, _ = parse_args([*argv, "--output_dir", str(tmp_path), "--log_level", "info"])
+    first, second = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(first):
+        setup(training, script, model, pruning)
+    with contextlib.redirect_stdout(second):
+        setup(training, script, model, pruning)
+        logging.getLogger("trainer.sft").info("said during the second run")
+    assert "model options" in first.getvalue() and "said during the second run" not in first.getvalue()
+    assert "model options" in second.getvalue() and "said during the second run" in second.getvalue()

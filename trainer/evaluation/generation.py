@@ -18,21 +18,31 @@ from trainer.models.families import Family, build_messages
 logger = logging.getLogger(__name__)
 
 
-def encode_batch(processor, family: Family | str, questions: Sequence[str], frames: Sequence[Sequence]) -> dict:
-    """Chat-template a batch of (question, two frames) into left-padded model inputs.
+def encode_batch(
+    processor,
+    family: Family | str,
+    questions: Sequence[str],
+    frames: Sequence[Sequence],
+    dates: Sequence[Sequence[str] | None] | None = None,
+) -> dict:
+    """Chat-template a batch of (question, frames) into left-padded model inputs.
 
     Args:
         processor: The model's processor.
-        family: The model family (how it takes the two frames).
+        family: The model family (how it takes a pair or a sequence).
         questions: Question text of each row, without visual placeholders.
-        frames: The two frames (earlier, later) of each row.
+        frames: The frames of each row in time order (2 for a pair).
+        dates: Each row's frame dates (a sequence) or ``None`` (a pair); ``None``: every row is a pair.
 
     Returns:
         The processor's ``BatchFeature`` (``input_ids``, ``attention_mask``, pixel values, ...).
     """
     if len(questions) != len(frames):
-        raise ValueError(f"{len(questions)} questions but {len(frames)} frame pairs")
-    conversations = [build_messages(family, q, f) for q, f in zip(questions, frames, strict=True)]
+        raise ValueError(f"{len(questions)} questions but {len(frames)} frame lists")
+    dates = [None] * len(frames) if dates is None else dates
+    if len(dates) != len(frames):
+        raise ValueError(f"{len(dates)} date lists but {len(frames)} frame lists")
+    conversations = [build_messages(family, q, f, dates=d) for q, f, d in zip(questions, frames, dates, strict=True)]
     ensure_chat_template(processor, family if isinstance(family, str) else family.name)
     return processor.apply_chat_template(
         conversations,
@@ -53,18 +63,20 @@ def generate_batch(
     frames: Sequence[Sequence],
     max_new_tokens: int = 128,
     do_sample: bool = False,
+    dates: Sequence[Sequence[str] | None] | None = None,
     **generate_kwargs,
 ) -> list[str]:
-    """Generate one answer per (question, frames) row, all rows in one left-padded batch.
+    """Generate one answer per (question, frames) row, all rows with as many frames in one left-padded batch.
 
     Args:
         model: The loaded model (base or PEFT-wrapped).
         processor: Its processor.
         family: The model family.
         questions: Question text of each row.
-        frames: The two frames of each row.
+        frames: The frames of each row (2 for a pair).
         max_new_tokens: Generation budget per row.
         do_sample: Sample instead of greedy decoding (greedy by default, as the paper's evaluation).
+        dates: Each row's frame dates for a sequence (see :func:`encode_batch`).
         **generate_kwargs: Passed to ``model.generate`` (e.g. ``num_beams``, ``top_p``).
 
     Returns:
@@ -72,7 +84,27 @@ def generate_batch(
     """
     if not questions:
         return []
-    inputs = move_inputs(encode_batch(processor, family, questions, frames), model)
+    by_length: dict[int, list[int]] = {}
+    for i, row_frames in enumerate(frames):
+        by_length.setdefault(len(row_frames), []).append(i)
+    if len(by_length) > 1:  # a clip needs one length per batch: each frame count is its own batch
+        answers: list[str] = [""] * len(questions)
+        for rows in by_length.values():
+            texts = generate_batch(
+                model,
+                processor,
+                family,
+                [questions[i] for i in rows],
+                [frames[i] for i in rows],
+                max_new_tokens,
+                do_sample,
+                None if dates is None else [dates[i] for i in rows],
+                **generate_kwargs,
+            )
+            for i, text in zip(rows, texts, strict=True):
+                answers[i] = text
+        return answers
+    inputs = move_inputs(encode_batch(processor, family, questions, frames, dates), model)
     tokenizer = processor.tokenizer
     output = model.generate(
         **inputs,

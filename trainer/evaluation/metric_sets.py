@@ -10,6 +10,7 @@ BERTScore and the SBERT cosine come from one encoder pass when they use the same
 metric modules for ``evaluate`` carry copies of them (:mod:`trainer.evaluation.hub_metrics`).
 """
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,9 +20,14 @@ from trainer.evaluation import metrics, shared_encoder
 from trainer.evaluation.grounding import grounding_scores
 
 
+logger = logging.getLogger(__name__)
+
 GEOLLAVA_KEYS = ("rouge1", "rouge2", "rougeL", "sentence_bleu2", "sbert_cosine", "bertscore_f1")
 LEVIRCC_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rougeL_coco", "cider_d", "s_m")
 GROUNDING_KEYS = ("grounding_precision", "grounding_recall", "grounding_f1")
+#: Temporal grounding of sequence rows (``trainer.evaluation.temporal``, which imports this module: the ``evaluate``
+#: modules do not carry it).
+TEMPORAL_KEYS = ("temporal_precision", "temporal_recall", "temporal_f1")
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class EncoderOptions:
         bertscore_layers: Its layer (required with ``bertscore_model``).
         batch_size: Sentences per forward pass.
         precision: ``fp32`` (exact, the default), ``bf16`` or ``int8`` (:data:`shared_encoder.PRECISIONS`).
+        device: Where the encoders run: ``auto`` (the first CUDA device when there is one; the CPU for ``int8``),
+            ``cpu``, ``cuda`` or ``cuda:N`` (:func:`metrics.encoder_device`).
     """
 
     sbert_model: str | None = None
@@ -41,12 +49,19 @@ class EncoderOptions:
     bertscore_layers: int | None = None
     batch_size: int = 64
     precision: str = "fp32"
+    device: str = "auto"
 
     def __post_init__(self):
         if self.precision not in shared_encoder.PRECISIONS:
             raise ValueError(f"precision must be one of {shared_encoder.PRECISIONS}, got {self.precision!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        metrics.encoder_device(self.device, self.precision)  # a bad or absent device fails here, before any model
+
+    @property
+    def resolved_device(self) -> str:
+        """The device the encoders run on (``cpu`` or ``cuda:N``)."""
+        return metrics.encoder_device(self.device, self.precision)
 
 
 @dataclass
@@ -102,13 +117,14 @@ def encoder_metrics(
     """BERTScore F1 and the SBERT cosine per row: one shared encoder pass when possible, else each library."""
     metrics.use_available_cores()
     out = MetricSet()
+    device = options.resolved_device
     _, _, bert_info = metrics.bertscore_model_choice(options.bertscore_model, options.bertscore_layers)
     _, sbert_info = metrics.sbert_model_choice(options.sbert_model)
     encoder = shared_encoder_for(options)
-    note = _precision_note(options.precision)
+    note = _precision_note(options.precision) + f"; encoder on {device}"
     if encoder is not None:
         bert, cos, seconds = shared_encoder.score_both(
-            predictions, references, encoder, options.batch_size, options.precision
+            predictions, references, encoder, options.batch_size, options.precision, device
         )
         # the keys geollava-score always reported, the shared pass counted to BERTScore, and the breakdown
         out.seconds = {
@@ -123,13 +139,17 @@ def encoder_metrics(
         raise ValueError("precision int8 needs one encoder shared by both metrics (the default MiniLM)")
     else:
         start = time.perf_counter()
-        cos, sbert_info = metrics.sbert_cosine(predictions, references, options.sbert_model, options.batch_size)
+        cos, sbert_info = metrics.sbert_cosine(
+            predictions, references, options.sbert_model, options.batch_size, device=device
+        )
+        sbert_info = metrics.MetricInfo(sbert_info.model, sbert_info.detail + f"; encoder on {device}")
         out.seconds["sbert_cosine"] = time.perf_counter() - start
         start = time.perf_counter()
-        kwargs = {"batch_size": options.batch_size, "bf16": options.precision == "bf16"}
+        kwargs = {"batch_size": options.batch_size, "bf16": options.precision == "bf16", "device": device}
         if options.bertscore_model:
             kwargs.update(model_type=options.bertscore_model, num_layers=options.bertscore_layers)
         bert, bert_info = metrics.bertscore_f1(predictions, references, **kwargs)
+        bert_info = metrics.MetricInfo(bert_info.model, bert_info.detail + f"; encoder on {device}")
         out.seconds["bertscore_f1"] = time.perf_counter() - start
     out.per_row = {"bertscore_f1": bert, "sbert_cosine": cos}
     out.values = {key: metrics.mean(values) for key, values in out.per_row.items()}
@@ -192,7 +212,14 @@ def geollava_set(
 
 
 def levircc_set(predictions: Sequence[str], references: Sequence[Sequence[str]], meteor: bool = True) -> MetricSet:
-    """The LEVIR-CC set through pycocoevalcap, over all rows at once (CIDEr-D uses corpus statistics)."""
+    """The LEVIR-CC set through pycocoevalcap, over all rows at once (CIDEr-D uses corpus statistics).
+
+    Without pycocoevalcap every LEVIR-CC metric is reported as not computed, with the reason.
+    """
     start = time.perf_counter()
-    values, unavailable, details = metrics.coco_caption_metrics(predictions, references, meteor=meteor)
+    try:
+        values, unavailable, details = metrics.coco_caption_metrics(predictions, references, meteor=meteor)
+    except metrics.MetricUnavailable as why:
+        logger.warning("LEVIR-CC metrics not computed: %s", why)
+        return MetricSet(unavailable=dict.fromkeys(LEVIRCC_KEYS, str(why)))
     return MetricSet(values, {}, {"levircc": details}, unavailable, {"levircc": time.perf_counter() - start})

@@ -27,6 +27,36 @@ class MetricUnavailable(RuntimeError):
     """A metric cannot be computed here (no Java, no model); the message says what is missing."""
 
 
+#: Where the metric encoders can run.
+ENCODER_DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def encoder_device(device: str = "auto", precision: str = "fp32") -> str:
+    """Where the metric encoders run: ``auto`` is the first CUDA device when there is one, else the CPU.
+
+    ``int8`` (dynamic quantization) runs on the CPU only, so ``auto`` is the CPU for it.
+
+    Raises:
+        ValueError: If ``device`` is not one of :data:`ENCODER_DEVICES`, names a CUDA device this machine lacks, or is
+            a CUDA device for ``int8``.
+    """
+    import torch
+
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return "cuda:0" if torch.cuda.is_available() and precision != "int8" else "cpu"
+    if name == "cpu":
+        return name
+    kind, colon, index = name.partition(":")
+    if kind != "cuda" or (colon and not index.isdigit()):
+        raise ValueError(f"device {device!r}: choose {ENCODER_DEVICES}")
+    if precision == "int8":
+        raise ValueError(f"device {device!r}: precision int8 runs on the CPU only (use device cpu or auto)")
+    if not torch.cuda.is_available() or int(index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: no such CUDA device on this machine (use device cpu or auto)")
+    return f"cuda:{int(index or 0)}"
+
+
 @dataclass(frozen=True)
 class MetricInfo:
     """What computed a model-based metric.
@@ -182,8 +212,8 @@ def sbert_model_choice(model: str | None = None) -> tuple[str, MetricInfo]:
 
 
 @functools.cache
-def load_sbert(model: str | None = None):
-    """The sentence-transformers model of :func:`sbert_model_choice`, loaded from local files.
+def load_sbert(model: str | None = None, device: str = "cpu"):
+    """The sentence-transformers model of :func:`sbert_model_choice`, loaded from local files onto ``device``.
 
     Returns:
         ``(SentenceTransformer, MetricInfo)``.
@@ -191,11 +221,15 @@ def load_sbert(model: str | None = None):
     from sentence_transformers import SentenceTransformer
 
     name, info = sbert_model_choice(model)
-    return SentenceTransformer(name, device="cpu", local_files_only=True), info
+    return SentenceTransformer(name, device=device, local_files_only=True), info
 
 
 def sbert_cosine(
-    predictions: Sequence[str], references: Sequence[Sequence[str]], model: str | None = None, batch_size: int = 128
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    model: str | None = None,
+    batch_size: int = 128,
+    device: str = "auto",
 ) -> tuple[list[float], MetricInfo]:
     """Per-row cosine similarity of sentence embeddings (the GeoLLaVA paper's "BERT" column; not BERTScore).
 
@@ -206,6 +240,7 @@ def sbert_cosine(
         references: One or more references per row.
         model: A sentence-transformers model name or path; by default see :func:`load_sbert`.
         batch_size: Encoding batch size.
+        device: Where the model runs (:func:`encoder_device`).
 
     Returns:
         One value per row and what computed them.
@@ -214,7 +249,7 @@ def sbert_cosine(
 
     _check(predictions, references)
     use_available_cores()
-    st, info = load_sbert(model)
+    st, info = load_sbert(model, encoder_device(device))
     flat_refs = [r for refs in references for r in refs]
     texts = list(dict.fromkeys([*predictions, *flat_refs]))
     index = {text: i for i, text in enumerate(texts)}
@@ -250,10 +285,10 @@ def bertscore_model_choice(
 
 
 @functools.cache
-def _bertscorer(model_type: str, num_layers: int | None, batch_size: int):
+def _bertscorer(model_type: str, num_layers: int | None, batch_size: int, device: str):
     from bert_score import BERTScorer
 
-    return BERTScorer(model_type=model_type, num_layers=num_layers, batch_size=batch_size, device="cpu")
+    return BERTScorer(model_type=model_type, num_layers=num_layers, batch_size=batch_size, device=device)
 
 
 def bertscore_f1(
@@ -263,6 +298,7 @@ def bertscore_f1(
     num_layers: int | None = None,
     batch_size: int = 64,
     bf16: bool = False,
+    device: str = "auto",
 ) -> tuple[list[float], MetricInfo]:
     """Per-row BERTScore F1 (``bert-score``; with several references, the best one, as ``bert-score`` does).
 
@@ -272,8 +308,9 @@ def bertscore_f1(
         model_type: A model name or path; by default ``roberta-large`` when cached locally, else the offline MiniLM.
         num_layers: Layer to use (required by ``bert-score`` for a path).
         batch_size: Sentences per forward pass (``bert-score`` sorts them by length, so padding stays small).
-        bf16: Run the model under CPU bfloat16 autocast: ~2.5x faster where the CPU has AVX512-BF16, F1 within
+        bf16: Run the model under bfloat16 autocast: on a CPU ~2.5x faster where it has AVX512-BF16, F1 within
             ~1e-3 of float32 (stated in the returned info). Off by default: the default is the exact value.
+        device: Where the model runs (:func:`encoder_device`).
 
     Returns:
         One F1 per row and what computed them.
@@ -289,14 +326,15 @@ def bertscore_f1(
     scores = [0.0] * len(predictions)
     if not keep:
         return scores, info
-    scorer = _bertscorer(model_type, num_layers, batch_size)
+    device = encoder_device(device)
+    scorer = _bertscorer(model_type, num_layers, batch_size, device)
     cands = [predictions[i] for i in keep]
     refs: list = [references[i][0] for i in keep]
     if any(len(references[i]) > 1 for i in keep):
         refs = [list(references[i]) for i in keep]
     if bf16:
         info = MetricInfo(info.model, info.detail + "; computed under bfloat16 autocast (F1 within ~1e-3 of float32)")
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
         _, _, f1 = scorer.score(cands, refs, batch_size=batch_size)
     for i, value in zip(keep, f1.tolist(), strict=True):
         scores[i] = float(value)
@@ -332,10 +370,16 @@ def coco_caption_metrics(
     Returns:
         ``(metrics, unavailable, details)``: the values; ``{metric: why it was skipped}``; how it was computed.
         Without Java, METEOR and ``s_m`` are skipped and the other metrics use CCExpert's plain tokenization.
+
+    Raises:
+        MetricUnavailable: If ``pycocoevalcap`` is not installed.
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError as error:
+        raise MetricUnavailable(f"the LEVIR-CC metrics need pycocoevalcap, not installed here ({error})") from error
 
     _check(predictions, references)
     unavailable: dict[str, str] = {}

@@ -2,6 +2,8 @@
 
     geollava-predict --model outputs/quickstart/base --adapter outputs/quickstart/adapter before.png after.tif
 
+Three or more images in time order (``--dates`` optional) are asked with the ``sequences`` prompt.
+
 ``--device auto`` (the default) runs on the first CUDA device in bf16 when there is one, else on the CPU.
 
 Inputs are JPEG, PNG or 3-band GeoTIFF (any sample type, scaled to 8 bits); anything else is refused with a message
@@ -24,9 +26,10 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from dataset_builder.images import ImageTooLarge, check_tiff, open_image
-from dataset_builder.prompts import PROMPT_TEMPLATES
+from dataset_builder.prompts import PROMPT_TEMPLATES, SEQUENCE_QUESTION
 from trainer.evaluation.generation import generate_batch
 from trainer.models.device import DEVICE_CHOICES, resolve_device, resolve_dtype
+from trainer.models.families import frame_dates
 from trainer.models.loading import load_for_inference
 
 
@@ -157,9 +160,35 @@ def describe_pair(
     return describe_pairs(model, processor, family, [(before, after)], template_id, max_new_tokens)[0]
 
 
+def describe_sequence(
+    model,
+    processor,
+    family,
+    frames: list,
+    dates: list[str] | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> str:
+    """Describe how one place changed over images in time order, asked as a ``sequences`` row is.
+
+    Args:
+        model: From :func:`trainer.models.loading.load_for_inference`.
+        processor: Its processor.
+        family: Its family.
+        frames: The images in time order (PIL images, ``(H, W, 3)`` arrays, or JPEG/PNG/GeoTIFF paths).
+        dates: Their ISO 8601 dates, one per image (the prompt gives them), or ``None`` (frames numbered only).
+        max_new_tokens: Generation budget.
+
+    Returns:
+        The model's description.
+    """
+    images = [_as_image(frame) for frame in frames]
+    days = None if dates is None else [frame_dates(dates, len(images))]
+    return generate_batch(model, processor, family, [SEQUENCE_QUESTION], [images], max_new_tokens, dates=days)[0]
+
+
 @dataclass
 class PredictConfig:
-    """Options of ``geollava-predict`` (the BEFORE and AFTER images are positional)."""
+    """Options of ``geollava-predict`` (the BEFORE and AFTER images, or 3 or more in time order, are positional)."""
 
     model: str = field(metadata={"help": "Base model folder or Hub id."})
     adapter: str | None = field(default=None, metadata={"help": "Adapter folder or Hub repo id (none: base model)."})
@@ -177,6 +206,10 @@ class PredictConfig:
     )
     batch_size: int = field(default=8, metadata={"help": "Pairs per generation batch with --batch."})
     out: str | None = field(default=None, metadata={"help": "With --batch: write JSON lines here, not to stdout."})
+    dates: str | None = field(
+        default=None,
+        metadata={"help": "With 3 or more images: their dates, comma-separated ISO 8601 (2016-03-02,2017-08-15,...)."},
+    )
 
     def __post_init__(self):
         if not 0 <= self.prompt_template < len(PROMPT_TEMPLATES):
@@ -245,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     parser = HfArgumentParser(
         PredictConfig,
-        usage="geollava-predict --model BASE [--adapter ADAPTER] [options] BEFORE AFTER | --batch FILE.csv",
+        usage="geollava-predict --model BASE [--adapter ADAPTER] [options] BEFORE AFTER [MORE ...] | --batch FILE.csv",
         description="Describe what changed between two images (JPEG, PNG or 3-band GeoTIFF) of one place.",
     )
     try:
@@ -253,12 +286,19 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [a for a in images if a.startswith("--")]
         if unknown:
             raise ValueError(f"unknown option(s) {unknown}")
-        if config.batch is None and len(images) != 2:
-            raise ValueError(f"give exactly two images, BEFORE and AFTER (or --batch FILE.csv); got {len(images)}")
+        if config.batch is None and len(images) < 2:
+            raise ValueError(
+                f"give two images, BEFORE and AFTER, 3 or more in time order, or --batch FILE.csv; got {len(images)}"
+            )
         if config.batch is not None and images:
             raise ValueError(f"give either --batch or two images, not both (got images {images})")
+        dates = None if config.dates is None else config.dates.split(",")
+        if dates is not None and len(images) < 3:
+            raise ValueError("--dates: give it with 3 or more images (a sequence); a pair is asked without dates")
+        if dates is not None:
+            frame_dates(dates, len(images))
         if config.batch is None:
-            before, after = (read_image(p) for p in images)
+            frames = [read_image(p) for p in images]
             rows, skipped = [], []
         else:
             rows, skipped = read_batch_csv(config.batch, config.prompt_template)
@@ -275,8 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"geollava-predict: error: cannot load {config.model!r} + {config.adapter!r}: {err}", file=sys.stderr)
         return 1
+    if config.batch is None and len(frames) > 2:
+        print(describe_sequence(model, processor, family, frames, dates, config.max_new_tokens))
+        return 0
     if config.batch is None:
-        print(describe_pair(model, processor, family, before, after, config.prompt_template, config.max_new_tokens))
+        print(describe_pair(model, processor, family, *frames, config.prompt_template, config.max_new_tokens))
         return 0
 
     sink = open(config.out, "w", encoding="utf-8") if config.out else sys.stdout  # noqa: SIM115

@@ -194,6 +194,24 @@ def render_markdown(metrics: dict, records: list[dict], plots: dict[str, str]) -
                 f"| {kind} | {c['tp']} | {c['fp']} | {c['fn']} | {_fmt(c['precision'])} | {_fmt(c['recall'])} "
                 f"| {_fmt(c['f1'])} |"
             )
+    if "temporal_f1" in metrics:
+        counts, truth = metrics.get("temporal_counts", {}), metrics.get("temporal_truth", {})
+        majority = metrics.get("temporal_majority") or {}
+        lines += [
+            "",
+            "## Temporal grounding (sequences: is each change named with an interval that holds it?)",
+            "",
+            f"Micro-averaged over {metrics['temporal_rows']} sequence rows ({truth.get('changes', 0)} with true "
+            f"changes, {truth.get('annotation', 0)} from a dated reference): precision "
+            f"{_fmt(metrics['temporal_precision'])}, recall {_fmt(metrics['temporal_recall'])}, F1 "
+            f"{_fmt(metrics['temporal_f1'])} (TP {counts.get('tp')}, FP {counts.get('fp')}, FN {counts.get('fn')}).",
+        ]
+        if majority:
+            answer = ", ".join(f"{k} in interval {majority['gaps'][k] + 1}" for k in majority["kinds"]) or "no change"
+            lines.append(
+                f"Majority answer (no image, the prompt's dates): {answer}: temporal F1 "
+                f"{_fmt(majority['temporal_f1'])}, grounding F1 {_fmt(majority.get('grounding_f1'))}."
+            )
     if unavailable:
         lines += ["", "## Not computed", ""] + [f"- `{k}`: {why}" for k, why in unavailable.items()]
     if metrics.get("skipped"):

@@ -23,6 +23,7 @@ from transformers import HfArgumentParser
 from dataset_builder.atomic import write_lines
 from dataset_builder.prompts import strip_visual_placeholder
 from trainer.evaluation.generation import generate_batch
+from trainer.evaluation.metric_sets import EncoderOptions
 from trainer.evaluation.report import write_report
 from trainer.evaluation.score import collect_rows, score_rows, summary_lines, write_json_atomic
 from trainer.models.device import DEVICE_CHOICES, model_device, resolve_device, resolve_dtype
@@ -47,7 +48,9 @@ class EvalConfig:
     dataset: str = field(metadata={"help": "Dataset folder or Hub repo id (Hub layout, CONTRACTS.md §2)."})
     out: str = field(metadata={"help": "Output folder: predictions.jsonl, metrics.json, report.md, plots."})
     adapter: str | None = field(default=None, metadata={"help": "Adapter folder or Hub repo id (none: base model)."})
-    config: str | None = field(default=None, metadata={"help": "Dataset config name (e.g. 'default', 'levircc')."})
+    config: str | None = field(
+        default=None, metadata={"help": "Dataset config name (e.g. 'default', 'sequences', 'levircc')."}
+    )
     split: str = field(default="test", metadata={"help": "Dataset split."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows of the split."})
     batch_size: int = field(default=8, metadata={"help": "Rows per generation batch (left padding)."})
@@ -91,7 +94,7 @@ class EvalConfig:
 
 
 def row_question_and_references(row: dict) -> tuple[str, list[str]]:
-    """The question (human turn without ``<video>``) and the reference caption(s) of a dataset row, frames unread.
+    """The question (human turn without ``<video>``) and the reference caption(s) of a pair or sequence row.
 
     References are the row's ``references`` (LEVIR-CC: 5 captions) when present and non-empty, else the gpt turn.
     lmms-eval scores rows without their images, so this is apart from :func:`row_prompt_and_references`.
@@ -117,15 +120,16 @@ def row_question_and_references(row: dict) -> tuple[str, list[str]]:
 
 
 def row_prompt_and_references(row: dict) -> tuple[str, list[str]]:
-    """The question and reference caption(s) of a row to generate for: :func:`row_question_and_references`, 2 frames.
+    """The question and reference caption(s) of a row to generate for: :func:`row_question_and_references`, its frames.
 
     Raises:
         ValueError: Naming the field that is missing or malformed.
     """
     question, references = row_question_and_references(row)
-    frames = row.get("frames")
-    if not frames or len(frames) != 2:
-        raise ValueError(f"'frames' must hold 2 images, got {0 if not frames else len(frames)}")
+    frames, timestamps = row.get("frames"), row.get("timestamps")  # a sequences row dates its N frames
+    if not frames or len(frames) != (2 if timestamps is None else len(timestamps)):
+        what = "2 images" if timestamps is None else f"one image per timestamp ({len(timestamps)})"
+        raise ValueError(f"'frames' must hold {what}, got {0 if not frames else len(frames)}")
     return question, references
 
 
@@ -185,7 +189,7 @@ def generate_predictions(model, processor, family, dataset, path: Path, config: 
     with open(path, "a", encoding="utf-8") as sink, tqdm(total=len(todo), unit="row", desc="generating") as bar:
         for begin in range(0, len(todo), config.batch_size):
             batch = dataset.select(todo[begin : begin + config.batch_size])
-            records, questions, frames = [], [], []
+            records, questions, frames, dates = [], [], [], []
             for row in batch:
                 try:
                     question, references = row_prompt_and_references(row)
@@ -198,9 +202,12 @@ def generate_predictions(model, processor, family, dataset, path: Path, config: 
                     record["category"] = row["category"]
                 if has_changes and row.get("changes") is not None:
                     record["changes"] = row["changes"]
+                if row.get("timestamps") is not None:
+                    record["timestamps"] = row["timestamps"]
                 records.append(record)
                 questions.append(question)
                 frames.append(row["frames"])
+                dates.append(row.get("timestamps"))
             texts = generate_batch(
                 model,
                 processor,
@@ -210,6 +217,7 @@ def generate_predictions(model, processor, family, dataset, path: Path, config: 
                 max_new_tokens=config.max_new_tokens,
                 do_sample=config.do_sample,
                 num_beams=config.num_beams,
+                dates=dates,
             )
             for record, text in zip(records, texts, strict=True):
                 record["prediction"] = text
@@ -262,7 +270,8 @@ def run_eval(config: EvalConfig) -> dict:
     rows = [r for r in rows if r.id in wanted]
     if not rows:
         raise ValueError(f"no prediction can be scored in {path}")
-    metrics = score_rows(rows, meteor=config.meteor, model_metrics=config.model_metrics)
+    options = EncoderOptions(device=config.device)  # the metric encoders run where the model ran
+    metrics = score_rows(rows, meteor=config.meteor, model_metrics=config.model_metrics, options=options)
     metrics["empty_predictions"] = sum(not r.prediction.strip() for r in rows)
     metrics["skipped"] = [*generation["skipped"], *[s for s in skipped if s.get("id") in wanted]]
     metrics["n_skipped"] = len(metrics["skipped"])

@@ -23,10 +23,12 @@ from trainer.evaluation.metric_sets import (
     GEOLLAVA_KEYS,
     GROUNDING_KEYS,
     LEVIRCC_KEYS,
+    TEMPORAL_KEYS,
     EncoderOptions,
     geollava_set,
     levircc_set,
 )
+from trainer.evaluation.temporal import month, temporal_set, true_events
 
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,16 @@ LIBRARIES = (
     "transformers",
     "torch",
 )
-__all__ = ["GEOLLAVA_KEYS", "GROUNDING_KEYS", "LEVIRCC_KEYS", "ScoreConfig", "collect_rows", "main", "score_rows"]
+__all__ = [
+    "GEOLLAVA_KEYS",
+    "GROUNDING_KEYS",
+    "LEVIRCC_KEYS",
+    "TEMPORAL_KEYS",
+    "ScoreConfig",
+    "collect_rows",
+    "main",
+    "score_rows",
+]
 
 
 @dataclass
@@ -79,6 +90,13 @@ class ScoreConfig:
             "choices": list(shared_encoder.PRECISIONS),
         },
     )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": f"Where the encoders run: {metrics.ENCODER_DEVICES} (auto: the first CUDA device when there is "
+            "one; the CPU for int8)."
+        },
+    )
 
     def __post_init__(self):
         if not Path(self.predictions).is_file():
@@ -89,11 +107,15 @@ class ScoreConfig:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.bertscore_model is not None and self.bertscore_layers is None:
             raise ValueError(f"--bertscore_layers is required with --bertscore_model {self.bertscore_model!r}")
+        try:
+            metrics.encoder_device(self.device, self.precision)
+        except ValueError as error:
+            raise ValueError(f"--{error}") from error
 
     def encoder_options(self) -> EncoderOptions:
-        """The encoder's options: models, batch size, precision."""
+        """The encoder's options: models, batch size, precision, device."""
         models = (self.sbert_model, self.bertscore_model, self.bertscore_layers)
-        return EncoderOptions(*models, batch_size=self.batch_size, precision=self.precision)
+        return EncoderOptions(*models, batch_size=self.batch_size, precision=self.precision, device=self.device)
 
 
 @dataclass
@@ -105,6 +127,7 @@ class ScoredRow:
     references: list[str]
     category: str | None = None
     changes: list[dict] | None = None
+    timestamps: list[str] | None = None
 
 
 def _read_jsonl(path: str | Path) -> Iterable[tuple[int, dict | None, str | None]]:
@@ -160,6 +183,16 @@ def _extras_problem(source: dict, row: dict) -> str | None:
         and all(isinstance(c, dict) and isinstance(c.get("kind"), str) and c["kind"] for c in changes)
     ):
         return "'changes' must be a list of objects with a non-empty string 'kind'"
+    timestamps = source.get("timestamps", row.get("timestamps"))
+    if timestamps is not None:
+        if not (isinstance(timestamps, list) and len(timestamps) >= 2 and all(isinstance(t, str) for t in timestamps)):
+            return "'timestamps' must be a list of at least 2 ISO 8601 strings (a sequence row)"
+        try:
+            for value in timestamps:
+                month(value)
+            true_events(changes or [])
+        except ValueError as err:
+            return f"a sequence row needs dated 'timestamps' and 'changes' with 'start' and 'end': {err}"
     return None
 
 
@@ -234,6 +267,7 @@ def collect_rows(predictions_path: str | Path, references_path: str | Path | Non
                 references=refs,
                 category=source.get("category", row.get("category")),
                 changes=source.get("changes", row.get("changes")) if "changes" in source or "changes" in row else None,
+                timestamps=source.get("timestamps", row.get("timestamps")),
             )
         )
     if by_id is not None:
@@ -246,7 +280,10 @@ def collect_rows(predictions_path: str | Path, references_path: str | Path | Non
 def score_rows(
     rows: list[ScoredRow], *, meteor: bool = True, model_metrics: bool = True, options: EncoderOptions | None = None
 ) -> dict:
-    """Every metric over the rows (GeoLLaVA macro means, LEVIR-CC corpus metrics, grounding when ``changes`` exist).
+    """Every metric: GeoLLaVA macro means, LEVIR-CC corpus metrics, grounding and temporal grounding where known.
+
+    Grounding needs the rows' ``changes``; temporal grounding is computed over the sequence rows (those with
+    ``timestamps``, :func:`trainer.evaluation.temporal.temporal_set`).
 
     Args:
         rows: Checked rows (:func:`collect_rows`).
@@ -257,7 +294,8 @@ def score_rows(
 
     Returns:
         The metrics dict: metric keys, ``n_rows``, ``per_category``, ``libraries``, ``models``, ``unavailable``
-        (metric -> why it was not computed), ``precision`` and ``timings_s``.
+        (metric -> why it was not computed), ``precision``, ``encoder_device`` (where the encoders ran, ``None``
+        without model metrics) and ``timings_s``.
     """
     if not rows:
         raise ValueError("no row can be scored")
@@ -267,6 +305,7 @@ def score_rows(
     changes = [r.changes for r in rows]
     scored = geollava_set(predictions, references, changes, model_metrics=model_metrics, options=options)
     scored.update(levircc_set(predictions, references, meteor=meteor))
+    scored.update(temporal_set(predictions, references, changes, [r.timestamps for r in rows]))
     out: dict = {"n_rows": len(rows), **scored.values}
     by_category: dict[str, list[float]] = defaultdict(list)
     for row, value in zip(rows, scored.per_row["rougeL"], strict=True):
@@ -277,6 +316,7 @@ def score_rows(
     out["unavailable"] = scored.unavailable
     deviation = shared_encoder.measured_deviation(options.precision)
     out["precision"] = {"encoder": options.precision, "deviation_from_fp32": deviation}
+    out["encoder_device"] = options.resolved_device if model_metrics else None
     out["libraries"] = metrics.library_versions(LIBRARIES)
     out["timings_s"] = {k: round(v, 3) for k, v in scored.seconds.items()}
     return out
@@ -320,11 +360,16 @@ def score_file(config: ScoreConfig) -> dict:
 def summary_lines(result: dict) -> list[str]:
     """Human-readable lines: every metric computed, then what was skipped or unavailable."""
     lines = [f"scored {result['n_rows']} rows ({result.get('n_skipped', 0)} skipped)"]
-    for key in (*GEOLLAVA_KEYS, "sacrebleu", *LEVIRCC_KEYS, *GROUNDING_KEYS):
+    for key in (*GEOLLAVA_KEYS, "sacrebleu", *LEVIRCC_KEYS, *GROUNDING_KEYS, *TEMPORAL_KEYS):
         if key in result:
             lines.append(f"  {key:<20} {result[key]:.4f}")
         elif key in result.get("unavailable", {}):
             lines.append(f"  {key:<20} not computed: {result['unavailable'][key]}")
+    majority = result.get("temporal_majority")
+    if majority:
+        lines.append(
+            f"  {'temporal_f1 majority':<20} {majority['temporal_f1']:.4f} (always {majority['kinds'] or 'no change'})"
+        )
     for name, info in result.get("models", {}).items():
         lines.append(f"  [{name}] {info}")
     deviation = (result.get("precision") or {}).get("deviation_from_fp32")

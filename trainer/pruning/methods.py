@@ -172,6 +172,7 @@ def compute_masks(
         norms = collect_input_norms(model, targets, batches)
         masks = wanda_masks(weights, norms, config.pruning_sparsity)
         metadata |= {"threshold": None, "comparison_group": "per-output-row", "score": "|W| * ||X||_2"}
+        metadata["calibrated_on"] = str(next(model.parameters()).device)
     else:
         raise ValueError(f"pruning_method {config.pruning_method!r}: nothing to compute")
     reached, _ = mask_sparsity(masks)

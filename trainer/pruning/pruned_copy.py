@@ -66,6 +66,7 @@ def prune_before_quantization(
     family: FamilyParts,
     calibration: Iterable[dict] | None = None,
     dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
 ) -> PrunedCopy:
     """Prune a copy of a base model in its own dtype, for QLoRA: the trainer then loads the copy in 4-bit.
 
@@ -77,9 +78,9 @@ def prune_before_quantization(
     * ``magnitude`` streams the checkpoint's safetensors shards tensor by tensor (:func:`prune_checkpoint`): the
       exact global threshold over all target weights, masks in the checkpoint's dtype, the copy written in that
       dtype; peak memory is one weight plus the packed masks.
-    * ``wanda`` needs activations: the model is loaded whole (in its own dtype, or ``dtype``), calibrated, pruned
-      and saved with ``save_pretrained``. So is a magnitude checkpoint that cannot be streamed (no safetensors, a
-      target missing from the shards) or an explicit ``dtype``.
+    * ``wanda`` needs activations: the model is loaded whole (in its own dtype, or ``dtype``) on ``device``,
+      calibrated there, pruned and saved with ``save_pretrained``. So is a magnitude checkpoint that cannot be
+      streamed (no safetensors, a target missing from the shards) or an explicit ``dtype``.
 
     Args:
         model_path: Local folder or Hub id of the base model.
@@ -89,6 +90,7 @@ def prune_before_quantization(
         family: The model's family (``trainer.models.families.Family``).
         calibration: Calibration model inputs (wanda only).
         dtype: Load and save the copy in this dtype (the loaded path); ``None`` keeps the checkpoint's.
+        device: Where the loaded path runs, Wanda's calibration included (the training device); ``None``: the CPU.
 
     Returns:
         The pruned copy's folder and its masks.
@@ -110,7 +112,7 @@ def prune_before_quantization(
             return _prune_streaming(model_path, config, out, family)
         except StreamingUnsupported as why:
             logger.warning("cannot prune %s tensor by tensor (%s): loading it whole instead", model_path, why)
-    return _prune_loaded(model_path, config, out, family, calibration, dtype)
+    return _prune_loaded(model_path, config, out, family, calibration, dtype, device)
 
 
 def _prune_streaming(model_path: str | Path, config: PruningConfig, out: Path, family: FamilyParts) -> PrunedCopy:
@@ -143,17 +145,29 @@ def _prune_streaming(model_path: str | Path, config: PruningConfig, out: Path, f
 
 
 def _prune_loaded(
-    model_path, config: PruningConfig, out: Path, family: FamilyParts, calibration, dtype: torch.dtype | None
+    model_path,
+    config: PruningConfig,
+    out: Path,
+    family: FamilyParts,
+    calibration,
+    dtype: torch.dtype | None,
+    device: str | torch.device | None,
 ) -> PrunedCopy:
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype or "auto")
+    device = torch.device(device or "cpu")
+    placement = {} if device.type == "cpu" else {"device_map": {"": str(device)}}
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=dtype or "auto", **placement)
     masks, metadata = compute_masks(model, config, family, calibration)
     apply_masks(model, masks)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         copy_side_files(local_checkpoint(model_path), tmp, weights=False)
         metadata = {**metadata, "source": str(model_path), "dtype": str(model.dtype), "pruned_by": "loading the model"}
+        metadata["pruned_on"] = str(device)
         saved = save_masks(masks, tmp, metadata)
-    logger.info("saved the pruned copy of %s (%s) to %s", model_path, model.dtype, out)
+    logger.info("saved the pruned copy of %s (%s, pruned on %s) to %s", model_path, model.dtype, device, out)
+    del model  # the quantized copy is loaded next: free this one's device memory first
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return PrunedCopy(out, replace(saved, folder=out))  # atomic_dir has renamed tmp to out
 
 

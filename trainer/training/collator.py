@@ -1,4 +1,4 @@
-"""The video collator: dataset rows -> model inputs with labels on the answer only, never truncated.
+"""The video collator: rows (pairs or dated sequences) -> model inputs, labels on the answer only, never truncated.
 
 TRL has no video path, so ``SFTTrainer`` gets the raw rows and this collator builds everything: the chat messages,
 the processor call and the labels, with the answer found from the template's own rendering of the generation prompt.
@@ -86,7 +86,10 @@ class OverlongSampleError(ValueError):
 
 
 def row_messages(row: dict, family: Family | str) -> list[dict]:
-    """The chat messages of one dataset row (CONTRACTS.md §2): question, both frames and the answer.
+    """The chat messages of one dataset row: question, frames (with their dates for a sequence) and the answer.
+
+    A pair row (CONTRACTS.md §2) holds 2 frames; a ``sequences`` row holds N frames and their ``timestamps``, which
+    the prompt gives as dates (``families.build_messages``).
 
     Raises:
         ValueError: If the row lacks frames or a human + gpt conversation (the message names the row id).
@@ -96,11 +99,15 @@ def row_messages(row: dict, family: Family | str) -> list[dict]:
     if len(conversations) < 2 or conversations[0].get("from") != "human" or conversations[1].get("from") != "gpt":
         raise ValueError(f"row {row_id!r}: conversations must start with a human turn then a gpt turn")
     frames = row.get("frames")
-    if frames is None or len(frames) != 2:
+    timestamps = row.get("timestamps")
+    if timestamps is None and (frames is None or len(frames) != 2):
         raise ValueError(f"row {row_id!r}: frames must hold 2 images, got {None if frames is None else len(frames)}")
+    if timestamps is not None and (frames is None or len(frames) != len(timestamps)):
+        got = None if frames is None else len(frames)
+        raise ValueError(f"row {row_id!r}: frames must hold one image per timestamp ({len(timestamps)}), got {got}")
     question = strip_visual_placeholder(conversations[0]["value"])
     try:
-        return build_messages(family, question, frames, conversations[1]["value"])
+        return build_messages(family, question, frames, conversations[1]["value"], dates=timestamps)
     except ValueError as error:
         raise ValueError(f"row {row_id!r}: {error}") from error
 
@@ -112,6 +119,16 @@ def _as_tensor(value) -> torch.Tensor:
     if isinstance(value, list | tuple) and value and all(torch.is_tensor(v) for v in value):
         return torch.stack(list(value))
     return torch.as_tensor(np.asarray(value))
+
+
+def _one_clip(clips: list[torch.Tensor]) -> torch.Tensor:
+    """Clips of different lengths as one clip of all their frames, ``(1, total frames, C, H, W)``.
+
+    The families that take a sequence as a clip (LLaVA-NeXT-Video, Video-LLaVA) encode each frame on its own, and
+    the model fills the batch's video placeholders in order: each row's placeholders get its own frames' features,
+    exactly as in a batch of one.
+    """
+    return torch.cat(list(clips))[None]
 
 
 class VideoSFTCollator:
@@ -136,7 +153,7 @@ class VideoSFTCollator:
 
         Args:
             processor: The model's processor, with its chat template (published or the project's).
-            family: The model family (how the two frames are given).
+            family: The model family (how a pair's two frames, or a sequence's N frames, are given).
             on_overlong: ``"error"`` or ``"skip"``.
             max_length: Maximum tokens per sample after visual expansion; ``None`` = no limit.
         """
@@ -172,6 +189,8 @@ class VideoSFTCollator:
         texts = [p + fmt.separator + a + fmt.end_of_turn for p, a in zip(prompts, answers, strict=True)]
         images, videos = zip(*(_visuals(c) for c in conversations), strict=True)
         bos = self.processor.tokenizer.bos_token
+        # Clips of different lengths (a batch of sequences) cannot be stacked: the processor returns them as a list.
+        mixed_clips = len({len(clip) for row_videos in videos for clip in row_videos}) > 1
         enc = self.processor(
             text=texts,
             images=list(images) if any(images) else None,
@@ -181,7 +200,10 @@ class VideoSFTCollator:
             return_offsets_mapping=True,
             return_text_replacement_offsets=True,
             add_special_tokens=not (bos and texts[0].startswith(bos)),
+            **({"return_tensors": None} if mixed_clips else {}),
         )
+        if mixed_clips:
+            enc["pixel_values_videos"] = _one_clip(enc["pixel_values_videos"])
         offsets = enc.pop("offset_mapping")
         replacements = enc.pop("text_replacement_offsets", None) or [[] for _ in texts]
         answer_masks = []

@@ -25,7 +25,11 @@ class GeoScriptArguments(ScriptArguments):
     """Which rows to train on: a dataset folder or Hub id (``dataset_name``), its config and split."""
 
     num_frames: int = field(
-        default=2, metadata={"help": "Frames per sample (the dataset's rows hold 2: earlier, later). Only 2 is valid."}
+        default=2,
+        metadata={
+            "help": "Frames per sample: 2 for the pair configs (earlier, later); for the 'sequences' config, the most "
+            "frames a row may hold (the builder's max_frames). Rows holding other counts are refused before training."
+        },
     )
     max_samples: int | None = field(
         default=None, metadata={"help": "Train on the first N rows of the split only (None = all)."}
@@ -38,8 +42,8 @@ class GeoScriptArguments(ScriptArguments):
     def __post_init__(self):
         if not self.dataset_name:
             raise ValueError("dataset_name is required: a dataset folder or a Hub dataset id such as <org>/geollava")
-        if self.num_frames != 2:
-            raise ValueError(f"num_frames {self.num_frames!r}: rows hold exactly 2 frames (earlier, later)")
+        if self.num_frames < 2:
+            raise ValueError(f"num_frames {self.num_frames!r}: a sample holds at least 2 frames (earlier, later)")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"max_samples {self.max_samples!r}: must be >= 1 or None")
 

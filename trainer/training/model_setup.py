@@ -134,11 +134,13 @@ def pruned_base(
     pruning_config: PruningConfig | None = None,
     pruned_dir: str | Path | None = None,
     calibration: Iterable[dict] | None = None,
+    device: str | torch.device | None = None,
 ) -> PrunedCopy | None:
     """The pruned full-precision copy to load instead of the base, when a quantized base is pruned; else ``None``.
 
     bitsandbytes packs 4-bit weights and pruning them would zero packed bytes, so the full-precision base is pruned
-    into a copy first (with ``pruning_masks_path`` the masks are given and the base is loaded as it is).
+    into a copy first (with ``pruning_masks_path`` the masks are given and the base is loaded as it is), on
+    ``device`` when the copy is made by loading the model (Wanda calibrates there).
 
     Raises:
         ValueError: If a pruned copy is needed and ``pruned_dir`` is missing.
@@ -149,7 +151,7 @@ def pruned_base(
     if pruned_dir is None:
         raise ValueError("pruned_dir: needed to prune a full-precision copy before quantizing the base")
     copy = prune_before_quantization(
-        str(model_args.model_name_or_path), pruning_config, pruned_dir, family, calibration=calibration
+        str(model_args.model_name_or_path), pruning_config, pruned_dir, family, calibration=calibration, device=device
     )
     logger.info("quantizing the pruned full-precision copy %s", copy.path)
     return copy
@@ -203,6 +205,7 @@ def load_model(
     pruned_dir: str | Path | None = None,
     calibration: Iterable[dict] | None = None,
     activation_checkpointing: bool = False,
+    device: str | torch.device | None = None,
 ) -> LoadedModel:
     """Load the base model as the options ask and make it trainable.
 
@@ -213,6 +216,7 @@ def load_model(
         pruned_dir: Folder for that copy (required in that case).
         calibration: Calibration batches for wanda pruning before quantization.
         activation_checkpointing: Prepare a quantized model for activation checkpointing.
+        device: Where that pruned copy is made when the model must be loaded for it (the training device).
 
     Returns:
         The :class:`LoadedModel`.
@@ -221,7 +225,7 @@ def load_model(
         ValueError: If a pruned copy is needed and ``pruned_dir`` is missing, or a vision prefix is not in the model.
     """
     family = resolve_family(model_args)
-    copy = pruned_base(model_args, family, pruning_config, pruned_dir, calibration)
+    copy = pruned_base(model_args, family, pruning_config, pruned_dir, calibration, device)
     path = str(copy.path) if copy is not None else str(model_args.model_name_or_path)
     quant = bitsandbytes_config_from_options(model_args, family)
     model = AutoModelForImageTextToText.from_pretrained(path, **_load_kwargs(model_args, path, quant))

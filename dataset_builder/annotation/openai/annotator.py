@@ -1,8 +1,8 @@
-"""The ``openai`` annotator: plans each pair, asks through the chat or the Batch path, records every answer.
+"""The ``openai`` annotator: plans each request, asks through the chat or the Batch path, records every answer.
 
-Each pair is one Chat Completions request (the paper's prompt and the two frames, earlier first). Every final answer
-is cached (fsync'd) before it is counted or handed on, so a rerun after a crash only sends what is missing.
-See docs/annotation.md.
+Each pair is one Chat Completions request (the paper's prompt and the two frames, earlier first); each sequence one
+with its N frames and their dates. Every final answer is cached (fsync'd) before it is counted or handed on, so a
+rerun after a crash only sends what is missing. See docs/annotation.md.
 """
 
 import logging
@@ -28,7 +28,7 @@ from dataset_builder.annotation.openai.cost import (
     summary_line,
 )
 from dataset_builder.atomic import write_json
-from dataset_builder.prompts import ANNOTATION_PROMPT
+from dataset_builder.prompts import ANNOTATION_PROMPT, SEQUENCE_ANNOTATION_PROMPT
 
 
 logger = logging.getLogger(__name__)
@@ -55,13 +55,14 @@ class OpenAIAnnotator:
         cfg = self.config
         self.model = cfg.model
         self.prompt = ANNOTATION_PROMPT
+        self.sequence_prompt = SEQUENCE_ANNOTATION_PROMPT
         self.pricing = pricing_for(cfg.model, load_price_table(cfg.price_table))
         if cfg.max_cost_usd is not None and not self.pricing.known:
             raise ValueError(
                 f"--max_cost_usd {cfg.max_cost_usd}: the price table has no price for --model {cfg.model!r}; "
                 "add it with --price_table FILE"
             )
-        self.planner = RequestPlanner(cfg, self.prompt, self.pricing)
+        self.planner = RequestPlanner(cfg, self.prompt, self.pricing, self.sequence_prompt)
         self.params_hash = self.planner.params_hash
         self.stats = AnnotationStats()
         self.budget = Budget(cfg.max_cost_usd, self.pricing, cfg.max_tokens, cfg.batch, self.stats)
@@ -134,6 +135,7 @@ class OpenAIAnnotator:
         for request in requests:
             planned = self.plan(request)
             s.pairs += 1
+            s.sequences += request.timestamps is not None
             if not self._needs_sending(planned):
                 s.cached += 1
                 yield cached_result(planned.request.id, planned.cached)
@@ -228,7 +230,8 @@ class OpenAIAnnotator:
                 "key": planned.key,
                 "id": planned.request.id,
                 "model": self.model,
-                "params_hash": self.params_hash,
+                # the pairs' or the sequences', read from the key: a Batch answer comes back as its key only
+                "params_hash": planned.key.rsplit("|", 2)[1],
                 "image_hash": planned.image_hash,
                 "status": status,
                 "text": text,
@@ -288,7 +291,7 @@ class OpenAIAnnotator:
     def report(self) -> dict:
         """The run's report (``annotation_report.json``): counts, tokens, cost, time; never the key."""
         endpoint = self.config.base_url or os.environ.get("OPENAI_BASE_URL")
-        return build_report(self.stats, self.config, self.pricing, self.prompt, endpoint)
+        return build_report(self.stats, self.config, self.pricing, self.prompt, endpoint, self.sequence_prompt)
 
     def summary_line(self) -> str:
         """One line for the console: the report's main counts."""

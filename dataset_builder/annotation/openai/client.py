@@ -33,8 +33,10 @@ from dataset_builder.annotation.openai.cost import (
     Budget,
     ModelPricing,
     request_input_tokens,
+    text_tokens,
 )
 from dataset_builder.images import ImageTooLarge, open_image
+from dataset_builder.prompts import date_of, image_label
 
 
 # ---------------------------------------------------------------------- one request
@@ -42,7 +44,7 @@ from dataset_builder.images import ImageTooLarge, open_image
 class PlannedRequest:
     """One request, ready to send: its cache key, the sizes sent and the estimated tokens.
 
-    Planning reads the two images once (sizes for the estimate, sha256 for the key) and keeps no bytes: the body is
+    Planning reads the images once (sizes for the estimate, sha256 for the key) and keeps no bytes: the body is
     built from the request's ``frames_jpeg`` or files when it is sent or written to a batch file.
     """
 
@@ -75,15 +77,23 @@ def mime_type(data: bytes) -> str:
 class RequestPlanner:
     """Plans requests (cache key, sizes, estimated tokens) and builds their Chat Completions bodies.
 
+    A pair is sent as the prompt then its two images; a sequence (a request with ``timestamps``) as the sequence
+    prompt then each image after its label, ``"Image 3 (2017-08-02):"``. A sequence's key covers every image and
+    every date shown (its image hash is taken over both).
+
     Args:
         config: The annotator's options.
         prompt: The instruction sent with every pair.
         pricing: The model's pricing (its image-token rule).
+        sequence_prompt: The instruction sent with every sequence.
     """
 
-    def __init__(self, config: OpenAIAnnotatorConfig, prompt: str, pricing: ModelPricing):
+    def __init__(
+        self, config: OpenAIAnnotatorConfig, prompt: str, pricing: ModelPricing, sequence_prompt: str | None = None
+    ):
         self.config = config
         self.prompt = prompt
+        self.sequence_prompt = sequence_prompt
         self.pricing = pricing
         params = {
             "prompt": prompt,
@@ -93,10 +103,34 @@ class RequestPlanner:
             "image_max_side": config.image_max_side,
         }
         self.params_hash = sha256_hex(json.dumps(params, sort_keys=True))
+        self.sequence_params_hash = sha256_hex(json.dumps(params | {"prompt": sequence_prompt}, sort_keys=True))
+
+    def params_hash_of(self, request: AnnotationRequest) -> str:
+        """The hash of the prompt and parameters a request is sent with (the pairs' or the sequences')."""
+        return self.params_hash if request.timestamps is None else self.sequence_params_hash
+
+    def prompt_of(self, request: AnnotationRequest) -> str:
+        """The instruction a request is sent with.
+
+        Raises:
+            ValueError: For a sequence when no sequence prompt was given.
+        """
+        if request.timestamps is None:
+            return self.prompt
+        if self.sequence_prompt is None:
+            raise ValueError(f"sequence {request.id}: this planner has no sequence prompt")
+        return self.sequence_prompt
+
+    @staticmethod
+    def labels(request: AnnotationRequest) -> list[str] | None:
+        """The text before each image of a sequence (``None`` for a pair: its images follow the prompt bare)."""
+        if request.timestamps is None:
+            return None
+        return [image_label(i, ts) for i, ts in enumerate(request.timestamps, 1)]
 
     @staticmethod
     def sources(request: AnnotationRequest) -> list[bytes]:
-        """The two images' bytes: the stored frames, else the fMoW files."""
+        """The images' bytes: the stored frames, else the fMoW files."""
         if request.frames_jpeg is not None:
             return list(request.frames_jpeg)
         return [Path(p).read_bytes() for p in request.image_paths]
@@ -108,6 +142,9 @@ class RequestPlanner:
             ValueError: If an image cannot be read (the message names the pair and the file).
         """
         sources = self.sources(request)
+        labels = self.labels(request)
+        if labels is not None and len(labels) != len(sources):
+            raise ValueError(f"sequence {request.id}: {len(sources)} images but {len(labels)} timestamps")
         sizes = []
         for i, data in enumerate(sources):
             where = "frames_jpeg" if request.frames_jpeg is not None else str(request.image_paths[i])
@@ -120,13 +157,18 @@ class RequestPlanner:
             except (OSError, ValueError) as err:
                 raise ValueError(f"pair {request.id}: image {i} ({where}) cannot be read: {err}") from err
             sizes.append((w, h) if request.frames_jpeg is not None else scaled_size(w, h, self.config.image_max_side))
-        image_hash = sha256_hex(*sources)
-        key = cache_key(request.id, self.config.model, self.params_hash, image_hash)
-        tokens = request_input_tokens(self.prompt, sizes, self.config.image_detail, self.pricing.image_rule)
+        if labels is None:
+            image_hash = sha256_hex(*sources)
+        else:  # the dates shown belong to what is asked as much as the images
+            image_hash = sha256_hex(*sources, *(date_of(ts) for ts in request.timestamps))
+        key = cache_key(request.id, self.config.model, self.params_hash_of(request), image_hash)
+        prompt = self.prompt_of(request)
+        tokens = request_input_tokens(prompt, sizes, self.config.image_detail, self.pricing.image_rule)
+        tokens += sum(text_tokens(label) for label in labels or [])
         return PlannedRequest(request, key, image_hash, sizes, tokens)
 
     def image_urls(self, planned: PlannedRequest) -> list[str]:
-        """The two frames as base64 data URLs, earlier first (fMoW images downscaled to ``image_max_side``)."""
+        """The frames as base64 data URLs, earliest first (fMoW images downscaled to ``image_max_side``)."""
         urls = []
         for data, size in zip(self.sources(planned.request), planned.sizes, strict=True):
             if planned.request.frames_jpeg is None:
@@ -139,12 +181,14 @@ class RequestPlanner:
         return urls
 
     def chat_body(self, planned: PlannedRequest) -> dict:
-        """The Chat Completions request body of one pair (also the Batch API line's ``body``)."""
-        content = [{"type": "text", "text": self.prompt}]
-        content += [
-            {"type": "image_url", "image_url": {"url": url, "detail": self.config.image_detail}}
-            for url in self.image_urls(planned)
-        ]
+        """The Chat Completions request body of one pair or sequence (also the Batch API line's ``body``)."""
+        request = planned.request
+        content = [{"type": "text", "text": self.prompt_of(request)}]
+        labels = self.labels(request)
+        for i, url in enumerate(self.image_urls(planned)):
+            if labels is not None:
+                content.append({"type": "text", "text": labels[i]})
+            content.append({"type": "image_url", "image_url": {"url": url, "detail": self.config.image_detail}})
         return {
             "model": self.config.model,
             "messages": [{"role": "user", "content": content}],

@@ -240,6 +240,7 @@ class AnnotationStats:
     """Counters of one annotator's lifetime (all ``annotate`` calls), written to ``annotation_report.json``."""
 
     pairs: int = 0
+    sequences: int = 0
     cached: int = 0
     sent: int = 0
     requests: int = 0
@@ -366,9 +367,17 @@ def _tokens(s: AnnotationStats) -> dict:
 
 
 def build_report(
-    stats: AnnotationStats, config: OpenAIAnnotatorConfig, pricing: ModelPricing, prompt: str, endpoint: str | None
+    stats: AnnotationStats,
+    config: OpenAIAnnotatorConfig,
+    pricing: ModelPricing,
+    prompt: str,
+    endpoint: str | None,
+    sequence_prompt: str | None = None,
 ) -> dict:
     """The run's report (``annotation_report.json``): counts, tokens, cost, time, batches; never the key.
+
+    ``pairs`` counts every request; when some were sequences, ``sequences`` says how many and ``sequence_prompt``
+    what they were asked.
 
     Args:
         stats: The counters.
@@ -376,6 +385,7 @@ def build_report(
         pricing: The model's prices.
         prompt: The instruction sent with every pair.
         endpoint: The endpoint URL (redacted here).
+        sequence_prompt: The instruction sent with every sequence.
 
     Returns:
         The report, JSON-serialisable.
@@ -388,6 +398,8 @@ def build_report(
         "prompt": prompt,
         "options": {k: v for k, v in asdict(cfg).items() if k not in ("cache_path", "report_path")},
     }
+    if s.sequences:
+        report |= {"sequence_prompt": sequence_prompt, "sequences": s.sequences}
     for name in ("pairs", "cached", "sent", "requests", "succeeded", "refused", "content_filter", "empty"):
         report[name] = getattr(s, name)
     report |= {

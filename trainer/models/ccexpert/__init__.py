@@ -22,6 +22,7 @@ from trainer.models.families import FAMILIES, LLAVA_VISION, register_family
 
 # LLaVA-OneVision with the module between tower and projector, taking the two dates as two image slots. The module
 # works in the vision width before the projector: frozen with the tower by default, never quantized, never pruned.
+# Pairs only: the module fuses exactly one (before, after) pair per sample.
 CCEXPERT_FAMILY = dataclasses.replace(
     FAMILIES["llava-onevision"],
     name="ccexpert",
@@ -29,6 +30,7 @@ CCEXPERT_FAMILY = dataclasses.replace(
     model_class="CCExpertForConditionalGeneration",
     visual="images",
     vision_modules=(*LLAVA_VISION, "model.integration_module"),
+    sequence_visual=None,
 )
 
 

@@ -1,9 +1,11 @@
 """benchmarks/gpu_train.py on CPU: it skips cleanly without CUDA (or fails with --require_cuda), its 7B config and FLOP
 counts match the anchors, it reads the 7B recipes, and its dry run (tiny config, 2 steps per recipe, the whole code
-path: meta build, LoRA and QLoRA steps, results files) runs here, so that it works unchanged on a GPU."""
+path: meta build, LoRA and QLoRA steps, results files) runs here, so that it works unchanged on a GPU. Out of memory in
+any of its CUDA forms falls back to a smaller micro-batch; a recipe that fails leaves the others' results."""
 
 import importlib.util
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,8 @@ def test_bad_options_are_named():
 
 def test_the_default_recipes_are_the_7b_ones_and_their_weights_are_found_offline(tmp_path):
     recipes = {r.name: r for r in gpu_train.GpuTrainBenchConfig().recipe_list}
-    assert recipes["h100_lora"].method == "lora" and recipes["h100_lora"].batch == 16
+    assert recipes["h100_lora"].method == "lora" and recipes["h100_lora"].batch == 8
+    assert not recipes["h100_lora"].activation_checkpointing
     qlora = recipes["qlora_prune5"]
     assert (qlora.method, qlora.batch, qlora.lora_r, qlora.lora_alpha) == ("qlora", 2, 64, 128)
     assert qlora.model_id == "llava-hf/LLaVA-NeXT-Video-7B-hf" and qlora.activation_checkpointing
@@ -113,7 +116,9 @@ def test_dry_run_times_every_recipe_and_writes_its_results(tmp_path):
         assert r["samples_per_s"] > 0 and r["losses_finite"] and r["lora_parameters"] > 0
         assert r["flops_per_sample"]["6n"] > 0 and r["flops_per_sample"]["4n"] > 0
         assert r["parameters"] == counts  # the QLoRA base is counted unpacked
-    assert "| qlora_prune5 | qlora | random (7B config) | 2 |" in (tmp_path / "gpu_train.md").read_text()
+    page = (tmp_path / "gpu_train.md").read_text()
+    assert "| qlora_prune5 | qlora | random (7B config) | 2 |" in page
+    assert page.splitlines()[0].endswith("(dry run on the CPU, tiny config: nothing here is a GPU figure)")
 
 
 def test_dry_run_writes_nothing_into_the_results_folder(tmp_path, monkeypatch):
@@ -126,3 +131,79 @@ def test_dry_run_writes_nothing_into_the_results_folder(tmp_path, monkeypatch):
         == 0
     )
     assert not (tmp_path / "results").exists()
+
+
+def test_micro_batches_fall_back_to_half_and_a_quarter_of_the_recipes():
+    bench = gpu_train.GpuTrainBenchConfig()
+    recipes = {r.name: r for r in bench.recipe_list}
+    assert bench.batch_list(recipes["h100_lora"]) == [8, 4, 2]
+    assert bench.batch_list(recipes["qlora_prune5"]) == [2, 1]
+    assert gpu_train.GpuTrainBenchConfig(batch_sizes="4,16,8").batch_list(recipes["qlora_prune5"]) == [16, 8, 4]
+
+
+def test_every_cuda_out_of_memory_form_is_recognised():
+    assert gpu_train.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    cublas = "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+    assert gpu_train.is_out_of_memory(RuntimeError(cublas))
+    assert gpu_train.is_out_of_memory(RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be ..."))
+    assert not gpu_train.is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not gpu_train.is_out_of_memory(ValueError("out of memory"))
+
+
+def _tiny_bench(*extra):
+    return gpu_train.GpuTrainBenchConfig(
+        dry_run=True, tokens_per_sample=40, answer_tokens=10, steps=1, warmup_steps=0, **dict(extra)
+    )
+
+
+def test_an_out_of_memory_error_moves_on_to_the_next_micro_batch(tmp_path, monkeypatch):
+    # No CUDA here: the measurement raises what cuBLAS raises near the memory limit, at micro-batches above 1.
+    real = gpu_train.measure
+
+    def measure(model, batch, *args):
+        if batch["input_ids"].shape[0] > 1:
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+        return real(model, batch, *args)
+
+    monkeypatch.setattr(gpu_train, "measure", measure)
+    bench = _tiny_bench(("recipes", gpu_train.DEFAULT_RECIPES.split(",")[1]), ("batch_sizes", "2,1"))
+    (recipe,) = bench.recipe_list
+    result = gpu_train.run_recipe(recipe, gpu_train.tiny_config(), bench, "cpu", torch.float32, tmp_path)
+    assert result["batch"] == 1 and result["losses_finite"]
+    assert result["tried"] == [
+        {"batch": 2, "result": "out of memory (RuntimeError)"},
+        {"batch": 1, "result": "measured"},
+    ]
+
+
+def test_a_failing_recipe_keeps_its_traceback_and_the_next_one_runs_with_results_after_each(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        textwrap.dedent(
+            """\
+            model_name_or_path: llava-hf/LLaVA-NeXT-Video-7B-hf
+            use_peft: true
+            lora_r: 8
+            lora_alpha: 16
+            per_device_train_batch_size: 1
+            attn_implementation: no_such_attention
+            """
+        )
+    )
+    recipes = f"{broken},{gpu_train.DEFAULT_RECIPES.split(',')[0]}"
+    bench = _tiny_bench(("recipes", recipes), ("batch_sizes", "1"))
+    saved = []
+    results = gpu_train.run_recipes(bench, tmp_path / "work", lambda done, pending: saved.append((len(done), pending)))
+    assert saved == [(1, ["h100_lora"]), (2, [])]  # written after each recipe, naming what is still to run
+    assert results[0]["recipe"] == "broken" and "no_such_attention" in results[0]["error"]
+    assert "Traceback" in results[0]["traceback"]
+    assert "error" not in results[1] and results[1]["samples_per_s"] > 0
+
+
+def test_the_random_base_is_saved_in_shards_and_reloads_in_4bit(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_train, "SHARD_SIZE", "200KB")
+    folder = gpu_train.save_random_base(small_config(), "cpu", torch.float32, tmp_path / "base", "sdpa")
+    assert len(list(folder.glob("*.safetensors"))) > 1 and (folder / "model.safetensors.index.json").is_file()
+    (recipe,) = _tiny_bench(("recipes", gpu_train.DEFAULT_RECIPES.split(",")[1])).recipe_list
+    model = gpu_train._qlora_model(folder, recipe, torch.float32)
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
