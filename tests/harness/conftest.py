@@ -21,6 +21,19 @@ def geollava_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sequences_dataset(tmp_path_factory) -> Path:
+    """A synthetic fMoW tree whose every location has 3 dates or more, built with ``--sequences`` (5 test rows)."""
+    root = tmp_path_factory.mktemp("sequences")
+    synth_main(
+        ["--out", str(root / "fmow"), "--locations", "24", "--seed", "11", "--image_size", "64", "--min_dates", "3"]
+    )
+    build_main(
+        ["--fmow_root", str(root / "fmow"), "--out", str(root / "dataset"), "--frame_size", "32", "--sequences"]
+    )
+    return root / "dataset"
+
+
+@pytest.fixture(scope="session")
 def levircc_dataset(tmp_path_factory) -> Path:
     """A synthetic LEVIR-CC tree (5 references a pair), as ``geollava-build-levircc`` writes it."""
     root = tmp_path_factory.mktemp("levircc")

@@ -17,6 +17,8 @@ from trainer.evaluation.lmms_tasks import hooks
 from trainer.evaluation.lmms_tasks.cli import TASKS_DIR, main
 from trainer.evaluation.metric_sets import geollava_set, levircc_set
 from trainer.evaluation.run_eval import row_question_and_references
+from trainer.evaluation.temporal import temporal_set
+from trainer.models.families import build_messages
 
 
 ROOT = TASKS_DIR.parents[2]
@@ -38,7 +40,8 @@ def test_the_one_liner_prints_the_folder_lmms_eval_indexes(capsys):
 def test_each_task_names_its_metrics_and_the_project_functions(task):
     config = load_yaml_config(str(TASKS_DIR / f"{task}.yaml"))
     assert config["task"] == task
-    assert config["dataset_name"] == "default" and config["test_split"] == "test"
+    assert config["dataset_name"] == ("sequences" if task == "geollava_sequences" else "default")
+    assert config["test_split"] == "test"
     assert [m["metric"] for m in config["metric_list"]] == list(hooks.TASK_KEYS[task])
     prefix = hooks.PREFIX[task]
     for metric in config["metric_list"]:
@@ -97,6 +100,62 @@ def test_levircc_aggregations_are_the_metric_set_on_the_same_rows(levircc_datase
     expected = levircc_set(predictions, [row["references"] for row in docs]).values
     for key in hooks.TASK_KEYS["geollava_levircc"]:
         assert getattr(hooks, f"levircc_{key}")([row[key] for row in processed]) == expected[key], key
+
+
+def test_sequences_aggregations_are_the_metric_sets_on_the_same_rows(sequences_dataset):
+    test = load_dataset(str(sequences_dataset), "sequences", split="test")
+    docs = [{k: v for k, v in row.items() if k != "frames"} for row in test]
+    references = [row_question_and_references(row)[1] for row in docs]
+    # The first row answered with its reference (its dated changes right), the others with its first sentence.
+    predictions = [references[0][0], *(f"{refs[0].split('.')[0]}." for refs in references[1:])]
+    processed = _rows(docs, hooks.process_sequences, predictions)
+    assert processed[0]["temporal_f1"] == {
+        "id": docs[0]["id"],
+        "prediction": predictions[0],
+        "references": references[0],
+        "changes": docs[0]["changes"],
+        "timestamps": docs[0]["timestamps"],
+    }
+    changes, timestamps = [row["changes"] for row in docs], [row["timestamps"] for row in docs]
+    expected = geollava_set(predictions, references, changes)
+    expected = expected.update(temporal_set(predictions, references, changes, timestamps)).values
+    assert 0 < expected["temporal_f1"] < 1, expected["temporal_f1"]
+    for key in hooks.TASK_KEYS["geollava_sequences"]:
+        assert getattr(hooks, f"sequences_{key}")([row[key] for row in processed]) == expected[key], key
+
+    # Without timestamps (rows read as pairs) there is no temporal grounding: what the task scores is theirs.
+    undated = _rows(
+        [{k: v for k, v in row.items() if k != "timestamps"} for row in docs], hooks.process_sequences, predictions
+    )
+    assert hooks.sequences_temporal_f1([row["temporal_f1"] for row in undated]) is None
+
+
+def test_the_sequence_question_carries_the_dates_as_the_video_families_take_them(sequences_dataset):
+    row = load_dataset(str(sequences_dataset), "sequences", split="test")[0]
+    question = row_question_and_references(row)[0]
+    n = len(row["timestamps"])
+    assert n >= 3 and len(row["frames"]) == n
+    text = hooks.sequences_doc_to_text({k: v for k, v in row.items() if k != "frames"})
+    # lmms-eval sends the images first, then this text: LLaVA-NeXT-Video's dated form, the project's own.
+    content = build_messages("llava-next-video", question, row["frames"], dates=row["timestamps"])[0]["content"]
+    assert text == content[1]["text"]
+    assert text.startswith(f"Frame dates: 1) {row['timestamps'][0][:10]}, 2) {row['timestamps'][1][:10]}, 3) ")
+    assert text.endswith(f". {question}") and "<video>" not in text
+    frames = hooks.sequences_doc_to_visual(row)
+    assert [f.mode for f in frames] == ["RGB"] * n and frames[-1].size == row["frames"][-1].size
+
+    undated = {k: v for k, v in row.items() if k != "timestamps"}
+    with pytest.raises(
+        ValueError, match=r"task geollava_sequences: the dataset has no column 'timestamps': the task "
+    ):
+        hooks.sequences_doc_to_text(undated)
+    with pytest.raises(ValueError, match=r"no column 'timestamps'"):
+        hooks.sequences_doc_to_visual(undated)
+    with pytest.raises(ValueError, match=rf"row '{row['id']}': 'frames' must hold one image per timestamp \({n}\)"):
+        hooks.sequences_doc_to_visual({**row, "frames": row["frames"][:-1]})
+    reversed_dates = {**row, "timestamps": row["timestamps"][::-1]}
+    with pytest.raises(ValueError, match=rf"row '{row['id']}': 'timestamps': frames must be in time order"):
+        hooks.sequences_doc_to_text(reversed_dates)
 
 
 def test_the_first_row_read_names_the_task_and_the_missing_columns(geollava_dataset):

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 
-#: The folder of ``geollava.yaml``, ``geollava_levircc.yaml`` and the functions they name (``hooks``).
+#: The folder of the task YAMLs (``geollava``, ``geollava_levircc``, ``geollava_sequences``) and their ``hooks``.
 TASKS_DIR = Path(__file__).resolve().parent
 
 
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``geollava-lmms-tasks``: prints :data:`TASKS_DIR`."""
     parser = argparse.ArgumentParser(
         prog="geollava-lmms-tasks",
-        description="Print the folder of the lmms-eval tasks geollava and geollava_levircc (for --include_path).",
+        description="Print the folder of the benchmark's lmms-eval tasks, for --include_path.",
     )
     parser.parse_args(argv)
     print(TASKS_DIR)
