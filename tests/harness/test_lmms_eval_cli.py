@@ -27,16 +27,17 @@ FAILED = "[LMMS_EVAL_REQUEST_FAILED"
 HUB_REPO = "geollava-org/geollava"
 
 
-def geollava_score_of_samples(run, dataset, workdir) -> dict:
-    """geollava-score on lmms-eval's logged predictions, the references and changes taken from the dataset itself."""
-    test = load_dataset(str(dataset), "default", split="test")
+def geollava_score_of_samples(run, dataset, workdir, config="default") -> dict:
+    """geollava-score on lmms-eval's logged predictions, references, changes and timestamps read from the dataset."""
+    test = load_dataset(str(dataset), config, split="test")
     lines = []
     for sample in run.samples:
         row = test[sample["doc_id"]]
         _, references = row_prompt_and_references(row)
         record = {"id": row["id"], "prediction": sample["filtered_resps"], "references": references}
-        if "changes" in row:
-            record["changes"] = row["changes"]
+        for column in ("changes", "timestamps"):
+            if column in row:
+                record[column] = row[column]
         lines.append(json.dumps(record))
     (workdir / "predictions.jsonl").write_text("\n".join(lines) + "\n")
     out = workdir / "metrics.json"
@@ -51,7 +52,8 @@ def check_scores_are_geollava_scores(run, task, shipped, dataset, workdir):
     assert [sample["doc_id"] for sample in run.samples] == list(range(LIMIT))
     predictions = [sample["filtered_resps"] for sample in run.samples]
     assert all(isinstance(p, str) and p.strip() and not p.startswith(FAILED) for p in predictions), predictions
-    expected = geollava_score_of_samples(run, dataset, workdir)
+    config = load_yaml_config(str(TASKS_DIR / f"{shipped}.yaml"))["dataset_name"]
+    expected = geollava_score_of_samples(run, dataset, workdir, config)
     assert expected["n_rows"] == LIMIT
     for key in hooks.TASK_KEYS[shipped]:
         assert isinstance(scores[f"{key},none"], float), (key, scores)
@@ -79,6 +81,19 @@ def test_the_levircc_task_on_a_local_folder(levircc_dataset, served_qwen, tiny_q
     check_scores_are_geollava_scores(run, task, "geollava_levircc", levircc_dataset, tmp_path)
 
 
+def test_the_sequences_task_on_a_local_folder(sequences_dataset, served_qwen, tiny_qwen, tmp_path):
+    # N dated frames a row: the served model gets them as N images, then the question with the dates.
+    task = local_task(tmp_path / "tasks", "geollava_sequences", sequences_dataset)
+    args = served_args(served_qwen, tiny_qwen)
+    run = run_lmms_eval(tmp_path, task, "openai", args, "--limit", str(LIMIT), *GEN_KWARGS)
+    check_scores_are_geollava_scores(run, task, "geollava_sequences", sequences_dataset, tmp_path)
+    test = load_dataset(str(sequences_dataset), "sequences", split="test")
+    assert [sample["temporal_f1"]["timestamps"] for sample in run.samples] == test["timestamps"][:LIMIT]
+    assert (
+        geollava_score_of_samples(run, sequences_dataset, tmp_path, "sequences")["temporal_truth"]["changes"] == LIMIT
+    )
+
+
 @pytest.mark.parametrize(("family", "model_class"), [("qwen2.5-vl", "qwen2_5_vl"), ("llava-onevision", "llava_hf")])
 def test_the_geollava_task_on_a_local_folder_with_the_in_process_class(
     family, model_class, tiny_qwen, geollava_dataset, tmp_path
@@ -96,7 +111,7 @@ def check_failed_before_scoring(run, task):
     assert f"Selected Tasks: ['{task}']" in run.output
     assert "Error during evaluation: " in run.output
     # Nothing of the rows was touched: no traceback passes through the functions that read or score them.
-    for name in ("doc_to_target", "process_geollava", "process_levircc", "_scores"):
+    for name in ("doc_to_target", "process_geollava", "process_levircc", "process_sequences", "_scores"):
         assert f"in {name}\n" not in run.output, run.output[-6000:]
     assert "KeyError" not in run.output and "TypeError" not in run.output, run.output[-6000:]
 
@@ -110,13 +125,23 @@ def test_a_wrong_dataset_path_fails_with_the_datasets_message(tmp_path):
     assert "lmms_tasks/hooks.py" not in run.output
 
 
-@pytest.mark.parametrize(("shipped", "column"), [("geollava", "frames"), ("geollava_levircc", "conversations")])
+@pytest.mark.parametrize(
+    ("shipped", "column"),
+    [("geollava", "frames"), ("geollava_levircc", "conversations"), ("geollava_sequences", "timestamps")],
+)
 def test_a_missing_column_fails_naming_the_task_and_the_column(shipped, column, request, tmp_path):
-    dataset = request.getfixturevalue({"geollava": "geollava_dataset"}.get(shipped, "levircc_dataset"))
-    test = load_dataset(str(dataset), "default", split="test").remove_columns(column)
-    (tmp_path / "broken" / "data").mkdir(parents=True)
-    test.to_parquet(tmp_path / "broken" / "data" / "test-00000-of-00001.parquet")
-    task = local_task(tmp_path / "tasks", shipped, tmp_path / "broken")
+    fixture = {"geollava": "geollava_dataset", "geollava_levircc": "levircc_dataset"}.get(shipped, "sequences_dataset")
+    dataset = request.getfixturevalue(fixture)
+    config = load_yaml_config(str(TASKS_DIR / f"{shipped}.yaml"))["dataset_name"]
+    test = load_dataset(str(dataset), config, split="test").remove_columns(column)
+    # The task's config, declared as the builds declare theirs. `datasets` keys its cache of a local folder on the
+    # folder's name and this block: each case's folder has its own name.
+    broken = tmp_path / f"broken_{shipped}"
+    (broken / "data" / config).mkdir(parents=True)
+    test.to_parquet(broken / "data" / config / "test-00000-of-00001.parquet")
+    configs = f"configs:\n- config_name: {config}\n  data_files:\n  - split: test\n    path: data/{config}/test-*\n"
+    (broken / "README.md").write_text(f"---\n{configs}---\n")
+    task = local_task(tmp_path / "tasks", shipped, broken)
     run = run_lmms_eval(tmp_path, task, "openai", "model=none,base_url=http://127.0.0.1:9/v1,api_key=EMPTY")
     check_failed_before_scoring(run, task)
     assert f"Error during evaluation: task {shipped}: the dataset has no column '{column}'" in run.output
