@@ -188,3 +188,19 @@ def test_the_dataset_cards_command_writes_a_task_lmms_eval_loads(geollava_datase
     assert config["task"] == "geollava_here" and config["dataset_path"] == "some-org/geollava"
     assert [m["metric"] for m in config["metric_list"]] == list(hooks.TASK_KEYS["geollava"])
     assert "lmms-eval --include_path tasks --tasks geollava_here" in block
+    assert "geollava_sequences" not in card  # a pairs-only build has no sequences task to name
+
+
+def test_a_sequences_build_s_card_names_its_task_and_the_file_to_include(sequences_dataset, tmp_path):
+    card = str(render_dataset_card(sequences_dataset, "some-org/geollava"))
+    section = card[card.index("## Evaluate a model on it") : card.index("## Provenance")]
+    assert "the task `geollava_sequences`" in section and "`geollava_sequences.yaml` on the `include:` line" in section
+    block = section[section.index("```bash\n") + len("```bash\n") :]
+    block = block[: block.index("transformers serve")]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(
+        ["bash", "-euc", block.replace("geollava.yaml", "geollava_sequences.yaml")], cwd=tmp_path, env=env, check=True
+    )
+    config = load_yaml_config(str(tmp_path / "tasks" / "geollava_here.yaml"))
+    assert config["dataset_name"] == "sequences" and config["dataset_path"] == "some-org/geollava"
+    assert [m["metric"] for m in config["metric_list"]] == list(hooks.TASK_KEYS["geollava_sequences"])
