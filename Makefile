@@ -21,7 +21,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "[setup] installing into $(VENV) (torch and torchvision come from pip, served from this machine's disk)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,hub,serving]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,hub,serving,harness]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

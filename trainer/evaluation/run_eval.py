@@ -101,10 +101,11 @@ class EvalConfig:
         return f"beam search ({self.num_beams} beams{', sampling' if self.do_sample else ''})"
 
 
-def row_prompt_and_references(row: dict) -> tuple[str, list[str]]:
+def row_question_and_references(row: dict) -> tuple[str, list[str]]:
     """The question (human turn without ``<video>``) and the reference caption(s) of a pair or sequence row.
 
     References are the row's ``references`` (LEVIR-CC: 5 captions) when present and non-empty, else the gpt turn.
+    lmms-eval scores rows without their images, so this is apart from :func:`row_prompt_and_references`.
 
     Raises:
         ValueError: Naming the field that is missing or malformed.
@@ -123,6 +124,16 @@ def row_prompt_and_references(row: dict) -> tuple[str, list[str]]:
         if not (gpt.get("value") or "").strip():
             raise ValueError("no reference: the gpt turn is empty and there is no 'references'")
         references = [gpt["value"]]
+    return question, references
+
+
+def row_prompt_and_references(row: dict) -> tuple[str, list[str]]:
+    """The question and reference caption(s) of a row to generate for: :func:`row_question_and_references`, its frames.
+
+    Raises:
+        ValueError: Naming the field that is missing or malformed.
+    """
+    question, references = row_question_and_references(row)
     frames, timestamps = row.get("frames"), row.get("timestamps")  # a sequences row dates its N frames
     if not frames or len(frames) != (2 if timestamps is None else len(timestamps)):
         what = "2 images" if timestamps is None else f"one image per timestamp ({len(timestamps)})"

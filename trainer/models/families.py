@@ -177,12 +177,22 @@ def frame_dates(timestamps: Sequence[str], n_frames: int) -> list[str]:
     return dates
 
 
+def dated_question(question: str, dates: Sequence[str]) -> str:
+    """The question after the frames' dates, as the video families take a sequence's dates in the text.
+
+    ``dated_question("Describe ...", ["2016-03-02", "2017-08-15"])`` is
+    ``"Frame dates: 1) 2016-03-02, 2) 2017-08-15. Describe ..."``; no dates leave the question as it is.
+    """
+    if not dates:
+        return question
+    return f"Frame dates: {', '.join(f'{i}) {day}' for i, day in enumerate(dates, 1))}. {question}"
+
+
 def sequence_content(family: Family, question: str, images: list[Image.Image], dates: list[str] | None) -> list[dict]:
     """The user turn's content for a sequence: how ``family`` takes N frames and their dates (see build_messages)."""
     if family.sequence_visual == "video":
         clip = {"type": "video", "video": np.stack([np.asarray(image) for image in images])}
-        listed = ", ".join(f"{i}) {day}" for i, day in enumerate(dates or [], 1))
-        return [clip, {"type": "text", "text": f"Frame dates: {listed}. {question}" if dates else question}]
+        return [clip, {"type": "text", "text": dated_question(question, dates or [])}]
     content = []
     for i, image in enumerate(images, 1):
         label = (IMAGE_LABEL.format(index=i, date=dates[i - 1]) if dates else f"Image {i}:") + " "
