@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from dataset_builder.atomic import atomic_path
-from dataset_builder.images import ImageLimits, check_file, check_pixels, open_image
+from dataset_builder.images import ImageLimits, check_file, check_pixels, open_image, strict_decoding
 
 
 def load_frame(path: Path | str, size: int, limits: ImageLimits | None = None) -> Image.Image:
@@ -29,7 +29,7 @@ def load_frame(path: Path | str, size: int, limits: ImageLimits | None = None) -
     Raises:
         ImageTooLarge: Over a limit (nothing decoded).
     """
-    with open_image(path, limits=limits) as im:
+    with open_image(path, limits=limits) as im, strict_decoding():
         im.draft("RGB", (size, size))  # JPEG DCT scaling: decode big images at a fraction of the cost
         im = im.convert("RGB")
         scale = size / min(im.size)

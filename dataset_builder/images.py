@@ -6,16 +6,18 @@ Every entry point that opens an outside image opens it here; an image over a lim
 :class:`ImageTooLarge`, naming the file, its size and the limit. The defaults and why: docs/dataset.md "Image limits".
 """
 
+import contextlib
 import io
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 
 DEFAULT_MAX_PIXELS = 150_000_000
@@ -128,6 +130,21 @@ def _align_pillow(limits: ImageLimits) -> None:
     # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: with ours there, Pillow never speaks first.
     if Image.MAX_IMAGE_PIXELS is not None and limits.max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = limits.max_pixels
+
+
+@contextlib.contextmanager
+def strict_decoding() -> Iterator[None]:
+    """Within the block, an image whose data is cut or corrupt raises instead of decoding as grey.
+
+    Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is process-wide and other libraries set it (importing lmms-eval
+    does); a corrupt view must still be dropped and reported, so the flag is off here and restored after.
+    """
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def open_image(

@@ -12,6 +12,7 @@ from fmow_fixtures import (
     write_image,
     write_messy_tree,
 )
+from PIL import ImageFile
 
 from dataset_builder.build import BuildConfig, build, main
 from dataset_builder.frames import read_mp4
@@ -85,7 +86,10 @@ def test_the_card_is_rendered_from_the_builds_numbers(messy_build):
     assert f"min {report['gap_days']['min']}," in card
 
 
-def test_an_image_that_fails_to_decode_drops_its_pairs_and_is_reported(tmp_path):
+@pytest.mark.parametrize("truncated_ok", [False, True], ids=["pillow-default", "lmms-eval-imported"])
+def test_an_image_that_fails_to_decode_drops_its_pairs_and_is_reported(tmp_path, monkeypatch, truncated_ok):
+    # importing lmms-eval sets Pillow's process-wide LOAD_TRUNCATED_IMAGES; a corrupt view must still be dropped
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", truncated_ok)
     fmow = tmp_path / "fmow"
     write_image(fmow, "train", "barn", 0, 0, "2010-01-01T00:00:00Z")
     write_image(fmow, "train", "barn", 0, 1, "2012-01-01T00:00:00Z", data=undecodable_jpeg())
@@ -98,6 +102,7 @@ def test_an_image_that_fails_to_decode_drops_its_pairs_and_is_reported(tmp_path)
     failed = ["barn_0_0-barn_0_1", "barn_0_1-barn_0_2", "barn_2_0-barn_2_1"]
     assert sorted(f["id"] for f in report["pairs_failed"]) == failed
     assert all("corrupt_image" in f["reason"] for f in report["pairs_failed"])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is truncated_ok  # the caller's setting is given back
     assert report["pairs_found"] == 4 == sum(report["pairs_per_split"].values()) + len(report["pairs_failed"])
     ds = load_dataset(str(tmp_path / "out"))
     assert list(ds) == ["train"] and ds["train"]["id"] == ["barn_1_0-barn_1_1"]  # no empty test split
